@@ -1,0 +1,286 @@
+//! Reading and validating a configuration file. Every error names the key and, when the key is in
+//! the file, the line it stands on.
+
+use super::schema::Config;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}{at}: {message}")]
+    Invalid {
+        key: String,
+        at: String,
+        message: String,
+    },
+}
+
+/// Read and validate the file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_str(&text)
+}
+
+/// Parse and validate configuration text.
+pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+    Validator { text, errors: None }.check(&config)?;
+    Ok(config)
+}
+
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| format!("line {}: ", line_of_offset(text, s.start)))
+        .unwrap_or_default();
+    ConfigError::Syntax(format!("{line}{}", e.message()))
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// A key path such as `servers[1].url`, as segments.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    errors: Option<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn check(mut self, c: &Config) -> Result<(), ConfigError> {
+        use Seg::*;
+        self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
+        self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
+        let positive: [(&str, &str, u64); 10] = [
+            ("proxy", "threads", c.proxy.threads as u64),
+            ("proxy", "max_body_bytes", c.proxy.max_body_bytes as u64),
+            ("proxy", "connect_timeout_ms", c.proxy.connect_timeout_ms),
+            ("proxy", "read_timeout_secs", c.proxy.read_timeout_secs),
+            ("proxy", "write_timeout_secs", c.proxy.write_timeout_secs),
+            ("admin", "threads", c.admin.threads as u64),
+            ("affinity", "ttl_minutes", c.affinity.ttl_minutes),
+            ("health", "timeout_ms", c.health.timeout_ms),
+            (
+                "health",
+                "unhealthy_threshold",
+                c.health.unhealthy_threshold as u64,
+            ),
+            (
+                "health",
+                "healthy_threshold",
+                c.health.healthy_threshold as u64,
+            ),
+        ];
+        for (table, key, value) in positive {
+            if value == 0 {
+                self.fail(&[Key(table), Key(key)], "must be at least 1".into());
+            }
+        }
+        if c.proxy.max_retries >= crate::proxy::MAX_ATTEMPTS {
+            self.fail(
+                &[Key("proxy"), Key("max_retries")],
+                format!("must be at most {}", crate::proxy::MAX_ATTEMPTS - 1),
+            );
+        }
+        if c.health.interval_ms < 100 {
+            self.fail(
+                &[Key("health"), Key("interval_ms")],
+                "must be at least 100 (milliseconds)".into(),
+            );
+        }
+        if !c.health.path.starts_with('/') {
+            self.fail(
+                &[Key("health"), Key("path")],
+                format!("must start with '/', got {:?}", c.health.path),
+            );
+        }
+        if c.store.url != "memory://" {
+            self.fail(
+                &[Key("store"), Key("url")],
+                format!(
+                    "unsupported store {:?}: this build supports \"memory://\"",
+                    c.store.url
+                ),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in c.servers.iter().enumerate() {
+            match crate::upstream::ServerUrl::parse(&s.url) {
+                Ok(u) => {
+                    if !seen.insert(u.canonical()) {
+                        self.fail(
+                            &[Key("servers"), Index(i), Key("url")],
+                            format!("{:?} is listed twice", s.url),
+                        );
+                    }
+                }
+                Err(e) => self.fail(&[Key("servers"), Index(i), Key("url")], e.to_string()),
+            }
+            if s.models.is_empty() {
+                self.fail(
+                    &[Key("servers"), Index(i), Key("models")],
+                    "must name at least one model".into(),
+                );
+            }
+            if let Some(m) = s
+                .models
+                .iter()
+                .find(|m| m.trim().is_empty() || m.len() > 256)
+            {
+                self.fail(
+                    &[Key("servers"), Index(i), Key("models")],
+                    format!("model names must be 1 to 256 characters, got {m:?}"),
+                );
+            }
+            if let Some(var) = &s.api_key_env {
+                if var.is_empty() {
+                    self.fail(
+                        &[Key("servers"), Index(i), Key("api_key_env")],
+                        "must name an environment variable".into(),
+                    );
+                }
+            }
+        }
+        match self.errors {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn addr(&mut self, path: &[Seg<'_>], value: &str) {
+        if value.parse::<SocketAddr>().is_err() {
+            self.fail(
+                path,
+                format!("{value:?} is not an address such as \"0.0.0.0:8080\""),
+            );
+        }
+    }
+
+    /// Keep the first error (the one nearest the top of the validation order).
+    fn fail(&mut self, path: &[Seg<'_>], message: String) {
+        if self.errors.is_some() {
+            return;
+        }
+        let key = path
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => format!(".{k}"),
+                Seg::Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>();
+        let at = self
+            .line_of(path)
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        self.errors = Some(ConfigError::Invalid {
+            key: key.trim_start_matches('.').to_string(),
+            at,
+            message,
+        });
+    }
+
+    fn line_of(&self, path: &[Seg<'_>]) -> Option<usize> {
+        let doc = toml_edit::ImDocument::parse(self.text).ok()?;
+        let mut item = doc.as_item();
+        for seg in path {
+            item = match seg {
+                Seg::Key(k) => item.get(k)?,
+                Seg::Index(i) => item.get(*i)?,
+            };
+        }
+        let span = item.span()?;
+        Some(line_of_offset(self.text, span.start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = parse_str("").unwrap();
+        assert_eq!(c.proxy.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.affinity.ttl_minutes, 30);
+        assert_eq!(c.health.path, "/health");
+        assert_eq!(c.store.url, "memory://");
+        assert!(c.servers.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse_str("[proxy]\nlisten = \"0.0.0.0:1\"\nthreds = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("threds"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_server_url_is_named_with_its_line() {
+        let text = "[[servers]]\nurl = \"http://a:1/v1\"\nprovider = \"vllm\"\nmodels = [\"m\"]\n\n[[servers]]\nurl = \"ftp://b/v1\"\nprovider = \"vllm\"\nmodels = [\"m\"]\n";
+        let err = parse_str(text).unwrap_err().to_string();
+        assert!(err.starts_with("servers[1].url (line 7)"), "{err}");
+        assert!(err.contains("http or https"), "{err}");
+    }
+
+    #[test]
+    fn bad_provider_is_refused() {
+        let err = parse_str(
+            "[[servers]]\nurl = \"http://a:1/v1\"\nprovider = \"tgi\"\nmodels = [\"m\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 3") && err.contains("tgi"), "{err}");
+    }
+
+    #[test]
+    fn zero_threshold_is_refused() {
+        let err = parse_str("[health]\nunhealthy_threshold = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "health.unhealthy_threshold (line 2): must be at least 1"
+        );
+    }
+
+    #[test]
+    fn duplicate_server_is_refused() {
+        let one = "[[servers]]\nurl = \"http://a:1/v1\"\nprovider = \"vllm\"\nmodels = [\"m\"]\n";
+        let err = parse_str(&format!("{one}{one}")).unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn empty_models_are_refused() {
+        let err =
+            parse_str("[[servers]]\nurl = \"http://a:1/v1\"\nprovider = \"vllm\"\nmodels = []\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("servers[0].models") && err.contains("at least one"),
+            "{err}"
+        );
+    }
+}

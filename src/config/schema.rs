@@ -1,0 +1,166 @@
+//! The configuration schema. Unknown keys are rejected (`deny_unknown_fields`) so that a typo
+//! never silently falls back to a default.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub affinity: AffinityConfig,
+    pub health: HealthConfig,
+    pub servers: Vec<ServerConfig>,
+}
+
+/// `[proxy]`: the OpenAI-compatible data-plane listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: String,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_secs: u64,
+    pub write_timeout_secs: u64,
+    pub pool_idle_timeout_ms: u64,
+    pub pool_size: usize,
+    pub max_retries: usize,
+    pub retry_after_secs: u64,
+    pub ca_file: Option<String>,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            threads: 2,
+            max_body_bytes: 32 * 1024 * 1024,
+            connect_timeout_ms: 2_000,
+            read_timeout_secs: 600,
+            write_timeout_secs: 60,
+            pool_idle_timeout_ms: 4_000,
+            pool_size: 1_024,
+            max_retries: 2,
+            retry_after_secs: 5,
+            ca_file: None,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 60,
+        }
+    }
+}
+
+/// `[admin]`: the admin/metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+    pub threads: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            threads: 1,
+        }
+    }
+}
+
+/// `[store]`: where shared state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "memory://".into(),
+        }
+    }
+}
+
+/// `[affinity]`: session affinity (user, model) -> server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffinityConfig {
+    pub ttl_minutes: u64,
+    pub max_entries: usize,
+}
+
+impl Default for AffinityConfig {
+    fn default() -> Self {
+        Self {
+            ttl_minutes: 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// `[health]`: active probes and passive failure counting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval_ms: 5_000,
+            timeout_ms: 2_000,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// The kind of inference server behind a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Vllm,
+    Sglang,
+    Speaches,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 3] = [Provider::Vllm, Provider::Sglang, Provider::Speaches];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Vllm => "vllm",
+            Provider::Sglang => "sglang",
+            Provider::Speaches => "speaches",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[servers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub url: String,
+    pub provider: Provider,
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}

@@ -1,0 +1,7 @@
+//! Server health: per-server state fed by active probes and by passive failures seen on the data plane.
+
+mod probe;
+mod state;
+
+pub use probe::{HealthChecker, ProbeSetupError};
+pub use state::{HealthPolicy, HealthSnapshot, HealthState, Transition};

@@ -1,0 +1,127 @@
+//! Active health probes: `GET <origin><path>` of every server each `interval_ms`, with the
+//! server's own API key. Only a 2xx answer is a success.
+
+use crate::gateway::Gateway;
+use crate::telemetry::now_ms;
+use crate::upstream::Backend;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Expired affinity entries are swept this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Probes every server and sweeps expired affinity entries.
+pub struct HealthChecker {
+    gw: Arc<Gateway>,
+    client: reqwest::Client,
+    path: String,
+    interval: Duration,
+}
+
+/// Why the probe client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeSetupError {
+    #[error("cannot read proxy.ca_file {0}: {1}")]
+    CaFile(String, String),
+    #[error("cannot build the probe client: {0}")]
+    Client(String),
+}
+
+impl HealthChecker {
+    pub fn new(gw: Arc<Gateway>) -> Result<Self, ProbeSetupError> {
+        let h = &gw.config.health;
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_millis(h.timeout_ms))
+            .connect_timeout(Duration::from_millis(h.timeout_ms))
+            .pool_idle_timeout(Duration::from_millis(gw.config.proxy.pool_idle_timeout_ms))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &gw.config.proxy.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| ProbeSetupError::CaFile(ca.clone(), e.to_string()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ProbeSetupError::CaFile(ca.clone(), e.to_string()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| ProbeSetupError::Client(e.to_string()))?;
+        Ok(Self {
+            path: h.path.clone(),
+            interval: Duration::from_millis(h.interval_ms),
+            client,
+            gw,
+        })
+    }
+
+    /// Probe every server once, concurrently; returns when all probes ended.
+    pub async fn probe_all(&self) {
+        let table = self.gw.table.load_full();
+        let mut set = tokio::task::JoinSet::new();
+        for b in table.backends() {
+            let (b, client, path, policy) = (
+                b.clone(),
+                self.client.clone(),
+                self.path.clone(),
+                self.gw.policy,
+            );
+            set.spawn(async move {
+                b.refresh_address().await;
+                match probe(&client, &b, &path).await {
+                    Ok(()) => b.record_success(policy),
+                    Err(why) => {
+                        tracing::debug!(server = %b.id, reason = %why, "probe failed");
+                        b.record_failure(policy, &why);
+                    }
+                }
+                b.health.mark_checked(now_ms());
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+async fn probe(client: &reqwest::Client, b: &Backend, path: &str) -> Result<(), String> {
+    let mut req = client.get(format!("{}{}", b.url.origin(), path));
+    if let Some(auth) = &b.auth_header {
+        req = req.header(http::header::AUTHORIZATION, auth.clone());
+    }
+    let resp = req.send().await.map_err(|e| {
+        if e.is_timeout() {
+            "probe timed out".to_string()
+        } else {
+            format!("probe failed: {e}")
+        }
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("probe answered {status}"))
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.probe_all().await;
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                self.gw.store.sweep(now_ms());
+                last_sweep = tokio::time::Instant::now();
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! infergate: an OpenAI-compatible L7 gateway on Pingora for fleets of vLLM, SGLang and speaches
+//! servers.
+//!
+//! One folder per concern: `config` (the TOML schema), `proxy` (the data plane), `routing`
+//! (model pools, affinity and selection), `upstream` (servers), `health` (probes and passive
+//! failures), `store` (shared state), `telemetry` (metrics, TTFT and usage), `admin` (the admin
+//! listener), `mock` (a mock vLLM server for tests, benchmarks and the demo), `serve` (process
+//! assembly).
+
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod health;
+pub mod mock;
+pub mod proxy;
+pub mod routing;
+pub mod serve;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,354 @@
+//! The mock server's endpoints.
+
+use super::MockState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+type S = State<Arc<MockState>>;
+
+pub fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/rerank", post(rerank))
+        .route("/v1/score", post(score))
+        .route("/v1/audio/speech", post(speech))
+        .route("/v1/audio/transcriptions", post(transcription))
+        .route("/v1/audio/translations", post(transcription))
+        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
+        .with_state(state)
+}
+
+fn authorized(st: &MockState, headers: &HeaderMap) -> bool {
+    match &st.config.api_key {
+        None => true,
+        Some(key) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.strip_prefix("Bearer ") == Some(key.as_str())),
+    }
+}
+
+fn named(st: &MockState, mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&st.config.name) {
+        resp.headers_mut().insert("x-mock-server", v);
+    }
+    resp
+}
+
+fn error(st: &MockState, status: StatusCode, message: &str) -> Response {
+    let body = json!({"object": "error", "message": message, "type": "BadRequestError", "code": status.as_u16()});
+    named(st, (status, axum::Json(body)).into_response())
+}
+
+async fn health(State(st): S, headers: HeaderMap) -> Response {
+    st.probes.fetch_add(1, Relaxed);
+    if !authorized(&st, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if st.healthy.load(Relaxed) {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    }
+}
+
+async fn models(State(st): S) -> Response {
+    let data: Vec<Value> = st
+        .config
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 32768}))
+        .collect();
+    named(
+        &st,
+        axum::Json(json!({"object": "list", "data": data})).into_response(),
+    )
+}
+
+/// Common intake: counts, records the body, checks auth, model and injected failures.
+fn intake(
+    st: &MockState,
+    headers: &HeaderMap,
+    path: &str,
+    body: &Bytes,
+) -> Result<Value, Response> {
+    st.requests.fetch_add(1, Relaxed);
+    *st.last_body.lock().expect("lock") = body.clone();
+    *st.last_authorization.lock().expect("lock") = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    *st.last_path.lock().expect("lock") = path.to_owned();
+    if !authorized(st, headers) {
+        return Err(error(st, StatusCode::UNAUTHORIZED, "Unauthorized"));
+    }
+    let fail = st.fail_status.load(Relaxed);
+    if fail != 0 {
+        let status = StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(error(st, status, "injected failure"));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| error(st, StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")))?;
+    let model = v.get("model").and_then(Value::as_str).unwrap_or_default();
+    if !st.config.models.iter().any(|m| m == model) {
+        return Err(error(
+            st,
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist."),
+        ));
+    }
+    Ok(v)
+}
+
+fn tokens_wanted(st: &MockState, v: &Value) -> usize {
+    v.get("max_tokens")
+        .or_else(|| v.get("max_completion_tokens"))
+        .and_then(Value::as_u64)
+        .map_or(st.config.default_tokens, |n| n as usize)
+        .min(100_000)
+}
+
+async fn chat(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    generate(st, headers, body, "/v1/chat/completions", true).await
+}
+
+async fn completions(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    generate(st, headers, body, "/v1/completions", false).await
+}
+
+async fn generate(
+    st: Arc<MockState>,
+    headers: HeaderMap,
+    body: Bytes,
+    path: &str,
+    chat: bool,
+) -> Response {
+    let v = match intake(&st, &headers, path, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let n = tokens_wanted(&st, &v);
+    let model = v["model"].as_str().unwrap_or_default().to_owned();
+    let prompt_tokens = (body.len() / 4).max(1) as u64;
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if stream {
+        let include_usage = v
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        return named(
+            &st,
+            sse(st.clone(), model, n, prompt_tokens, include_usage, chat),
+        );
+    }
+    st.in_flight.fetch_add(1, Relaxed);
+    tokio::time::sleep(st.config.ttft + st.config.itl * n.saturating_sub(1) as u32).await;
+    st.in_flight.fetch_sub(1, Relaxed);
+    let text = "tok ".repeat(n);
+    let choice = if chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
+    } else {
+        json!({"index": 0, "text": text, "finish_reason": "length"})
+    };
+    let body = json!({
+        "id": "cmpl-mock", "object": if chat { "chat.completion" } else { "text_completion" },
+        "created": 0, "model": model, "choices": [choice],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n as u64}
+    });
+    named(&st, axum::Json(body).into_response())
+}
+
+/// Counts a stream as aborted when it is dropped before its last event.
+struct StreamGuard {
+    st: Arc<MockState>,
+    done: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.st.in_flight.fetch_sub(1, Relaxed);
+        if self.done {
+            self.st.completed_streams.fetch_add(1, Relaxed);
+        } else {
+            self.st.aborted_streams.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn sse(
+    st: Arc<MockState>,
+    model: String,
+    n: usize,
+    prompt_tokens: u64,
+    include_usage: bool,
+    chat: bool,
+) -> Response {
+    st.in_flight.fetch_add(1, Relaxed);
+    let (ttft, itl) = (st.config.ttft, st.config.itl);
+    let mut guard = StreamGuard { st, done: false };
+    let stream = async_stream(move |tx| async move {
+        let event = |v: Value| Bytes::from(format!("data: {v}\n\n"));
+        if chat {
+            let role = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]});
+            if tx.send(event(role)).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(ttft).await;
+        for i in 0..n {
+            if i > 0 {
+                tokio::time::sleep(itl).await;
+            }
+            let ev = if chat {
+                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}]})
+            } else {
+                json!({"id": "cmpl-mock", "object": "text_completion", "model": model,
+                    "choices": [{"index": 0, "text": format!("tok{i} ")}]})
+            };
+            if tx.send(event(ev)).await.is_err() {
+                return;
+            }
+        }
+        if include_usage {
+            let u = json!({"id": "chatcmpl-mock", "model": model, "choices": [],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n as u64}});
+            if tx.send(event(u)).await.is_err() {
+                return;
+            }
+        }
+        if tx
+            .send(Bytes::from_static(b"data: [DONE]\n\n"))
+            .await
+            .is_ok()
+        {
+            guard.done = true;
+        }
+        drop(guard);
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("valid response")
+}
+
+/// A body stream fed by a task through a channel of capacity 1; the task stops when the client
+/// goes away (the receiver is dropped).
+fn async_stream<F, Fut>(
+    f: F,
+) -> impl futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
+}
+
+async fn embeddings(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let v = match intake(&st, &headers, "/v1/embeddings", &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let inputs = match &v["input"] {
+        Value::Array(a) => a.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]}))
+        .collect();
+    let tokens = (body.len() / 4).max(1);
+    named(
+        &st,
+        axum::Json(json!({"object": "list", "data": data, "model": v["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+        .into_response(),
+    )
+}
+
+async fn rerank(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let v = match intake(&st, &headers, "/v1/rerank", &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let docs = v["documents"].as_array().map_or(0, Vec::len);
+    let results: Vec<Value> = (0..docs)
+        .map(|i| json!({"index": i, "relevance_score": 1.0 / (i as f64 + 1.0)}))
+        .collect();
+    named(
+        &st,
+        axum::Json(
+            json!({"id": "rerank-mock", "model": v["model"], "results": results,
+        "usage": {"total_tokens": (body.len() / 4).max(1)}}),
+        )
+        .into_response(),
+    )
+}
+
+async fn score(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let v = match intake(&st, &headers, "/v1/score", &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    named(&st, axum::Json(json!({"id": "score-mock", "object": "list", "model": v["model"],
+        "data": [{"index": 0, "object": "score", "score": 0.5}],
+        "usage": {"prompt_tokens": (body.len() / 4).max(1), "total_tokens": (body.len() / 4).max(1)}})).into_response())
+}
+
+async fn speech(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = intake(&st, &headers, "/v1/audio/speech", &body) {
+        return r;
+    }
+    let mut resp = Bytes::from_static(b"RIFF\x24\x00\x00\x00WAVEfmt ").into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+    named(&st, resp)
+}
+
+async fn transcription(State(st): S, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 256 * 1024 * 1024).await else {
+        return error(&st, StatusCode::BAD_REQUEST, "unreadable body");
+    };
+    st.requests.fetch_add(1, Relaxed);
+    *st.last_body.lock().expect("lock") = body.clone();
+    *st.last_path.lock().expect("lock") = parts.uri.path().to_owned();
+    if !authorized(&st, &parts.headers) {
+        return error(&st, StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    match crate::routing::route_key_multipart(&body, &ct) {
+        Ok(k) if st.config.models.iter().any(|m| *m == k.model) => named(
+            &st,
+            axum::Json(
+                json!({"text": "hello from the mock", "usage": {"type": "duration", "seconds": 1}}),
+            )
+            .into_response(),
+        ),
+        Ok(k) => error(
+            &st,
+            StatusCode::NOT_FOUND,
+            &format!("The model `{}` does not exist.", k.model),
+        ),
+        Err(e) => error(&st, StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}

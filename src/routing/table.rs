@@ -1,0 +1,74 @@
+//! The routing table: model -> pool of servers, rebuilt off the hot path and swapped in whole.
+
+use crate::telemetry::{Metrics, RouteMetrics};
+use crate::upstream::Backend;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// One server in one model's pool, with that route's metric handles.
+pub struct Member {
+    pub model: Arc<str>,
+    pub backend: Arc<Backend>,
+    pub metrics: RouteMetrics,
+}
+
+/// The servers of one model.
+pub struct Pool {
+    pub model: Arc<str>,
+    pub members: Vec<Member>,
+}
+
+impl Pool {
+    /// The member for a server id (as stored in affinity entries).
+    pub fn member(&self, id: &str) -> Option<(usize, &Member)> {
+        self.members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| &*m.backend.id == id)
+    }
+}
+
+/// Immutable routing state; replaced, never mutated.
+#[derive(Default)]
+pub struct RoutingTable {
+    pools: HashMap<Box<str>, Pool>,
+    backends: Vec<Arc<Backend>>,
+}
+
+impl RoutingTable {
+    pub fn new(backends: Vec<Arc<Backend>>, metrics: &Metrics) -> Self {
+        let mut pools: HashMap<Box<str>, Pool> = HashMap::new();
+        for b in &backends {
+            for model in &b.models {
+                let pool = pools.entry(model.as_str().into()).or_insert_with(|| Pool {
+                    model: model.as_str().into(),
+                    members: Vec::new(),
+                });
+                pool.members.push(Member {
+                    model: pool.model.clone(),
+                    metrics: metrics.route(model, &b.id),
+                    backend: b.clone(),
+                });
+            }
+        }
+        Self { pools, backends }
+    }
+
+    #[inline]
+    pub fn pool(&self, model: &str) -> Option<&Pool> {
+        self.pools.get(model)
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// Models with at least one healthy server, sorted.
+    pub fn healthy_models(&self) -> BTreeSet<&str> {
+        self.pools
+            .values()
+            .filter(|p| p.members.iter().any(|m| m.backend.is_healthy()))
+            .map(|p| &*p.model)
+            .collect()
+    }
+}

@@ -1,0 +1,77 @@
+//! Process assembly: one Pingora server holding the data-plane listener, the health checker
+//! and the admin service, each on its own threads.
+
+use crate::admin::AdminService;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::health::HealthChecker;
+use crate::proxy::ProxyApp;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Backend(#[from] crate::upstream::backend::BackendError),
+    #[error(transparent)]
+    Probe(#[from] crate::health::ProbeSetupError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        addr: String,
+        key: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Run the gateway until it is signalled to stop (SIGTERM: graceful, SIGINT: fast).
+pub fn run(config: Config) -> Result<(), ServeError> {
+    let admin_listener =
+        std::net::TcpListener::bind(&config.admin.listen).map_err(|source| ServeError::Listen {
+            addr: config.admin.listen.clone(),
+            key: "admin.listen",
+            source,
+        })?;
+    // Fail early and clearly when the proxy port is taken (Pingora would abort later).
+    drop(
+        std::net::TcpListener::bind(&config.proxy.listen).map_err(|source| ServeError::Listen {
+            addr: config.proxy.listen.clone(),
+            key: "proxy.listen",
+            source,
+        })?,
+    );
+    let gw = Gateway::new(config)?;
+    let cfg = &gw.config;
+    let conf = ServerConf {
+        threads: cfg.proxy.threads,
+        grace_period_seconds: Some(cfg.proxy.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(cfg.proxy.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: cfg.proxy.pool_size,
+        ca_file: cfg.proxy.ca_file.clone(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = Service::new("infergate proxy".into(), ProxyApp::new(gw.clone()));
+    proxy.add_tcp(&cfg.proxy.listen);
+    proxy.threads = Some(cfg.proxy.threads);
+
+    let mut health = background_service("health", HealthChecker::new(gw.clone())?);
+    health.threads = Some(1);
+    let mut admin = background_service("admin", AdminService::new(gw.clone(), admin_listener));
+    admin.threads = Some(cfg.admin.threads);
+
+    tracing::info!(
+        proxy = %cfg.proxy.listen,
+        admin = %cfg.admin.listen,
+        servers = cfg.servers.len(),
+        "infergate starting"
+    );
+    server.add_service(proxy);
+    server.add_service(health);
+    server.add_service(admin);
+    server.run_forever()
+}

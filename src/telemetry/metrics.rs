@@ -1,0 +1,228 @@
+//! The gateway's Prometheus metrics. Handles for every (model, server) route are resolved once
+//! when the routing table is built, so the hot path only touches atomics.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Result of an affinity lookup for a request that carries a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityOutcome {
+    /// The user's entry named a healthy server that still serves the model.
+    Hit,
+    /// No entry.
+    Miss,
+    /// An entry whose server is unhealthy or gone: reassigned.
+    Fallback,
+}
+
+impl AffinityOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AffinityOutcome::Hit => "hit",
+            AffinityOutcome::Miss => "miss",
+            AffinityOutcome::Fallback => "fallback",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum TokenKind {
+    Prompt,
+    Completion,
+}
+
+/// All metrics of one gateway process.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    itl: HistogramVec,
+    inflight: IntGaugeVec,
+    tokens: IntCounterVec,
+    healthy: IntGaugeVec,
+    affinity: IntCounterVec,
+    retries: IntCounterVec,
+}
+
+/// Pre-resolved handles for one (model, server) route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub ok: IntCounter,
+    pub duration: prometheus::Histogram,
+    pub ttft: prometheus::Histogram,
+    pub itl: prometheus::Histogram,
+    pub prompt_tokens: IntCounter,
+    pub completion_tokens: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "infergate_requests_total",
+                "Requests answered, by model, server and HTTP status (server is empty when the gateway answered itself)",
+            ),
+            &["model", "server", "status"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "infergate_request_duration_seconds",
+                "Time from request received to the last response byte sent",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["model", "server"],
+        )
+        .expect("valid metric");
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "infergate_ttft_seconds",
+                "Streaming time to first token: request received to first token-bearing event passed to the client",
+            )
+            .buckets(TTFT_BUCKETS.to_vec()),
+            &["model", "server"],
+        )
+        .expect("valid metric");
+        let itl = HistogramVec::new(
+            HistogramOpts::new(
+                "infergate_inter_token_latency_seconds",
+                "Streaming time per output token after the first, one observation per request",
+            )
+            .buckets(ITL_BUCKETS.to_vec()),
+            &["model", "server"],
+        )
+        .expect("valid metric");
+        let inflight = IntGaugeVec::new(
+            Opts::new("infergate_server_inflight", "Requests in flight per server"),
+            &["server"],
+        )
+        .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "infergate_tokens_total",
+                "Tokens reported by servers' usage, by model and kind (prompt, completion)",
+            ),
+            &["model", "kind"],
+        )
+        .expect("valid metric");
+        let healthy = IntGaugeVec::new(
+            Opts::new(
+                "infergate_server_healthy",
+                "1 when the server receives traffic, 0 when ejected",
+            ),
+            &["server", "provider"],
+        )
+        .expect("valid metric");
+        let affinity = IntCounterVec::new(
+            Opts::new(
+                "infergate_affinity_total",
+                "Session affinity lookups by provider and outcome (hit, miss, fallback)",
+            ),
+            &["provider", "outcome"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "infergate_upstream_retries_total",
+                "Requests re-sent to another server after a connect failure, by the server that failed",
+            ),
+            &["server"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(ttft.clone()),
+            Box::new(itl.clone()),
+            Box::new(inflight.clone()),
+            Box::new(tokens.clone()),
+            Box::new(healthy.clone()),
+            Box::new(affinity.clone()),
+            Box::new(retries.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            ttft,
+            itl,
+            inflight,
+            tokens,
+            healthy,
+            affinity,
+            retries,
+        }
+    }
+
+    pub fn route(&self, model: &str, server: &str) -> RouteMetrics {
+        RouteMetrics {
+            ok: self.requests.with_label_values(&[model, server, "200"]),
+            duration: self.duration.with_label_values(&[model, server]),
+            ttft: self.ttft.with_label_values(&[model, server]),
+            itl: self.itl.with_label_values(&[model, server]),
+            prompt_tokens: self.tokens.with_label_values(&[model, "prompt"]),
+            completion_tokens: self.tokens.with_label_values(&[model, "completion"]),
+        }
+    }
+
+    pub fn inflight_gauge(&self, server: &str) -> IntGauge {
+        self.inflight.with_label_values(&[server])
+    }
+
+    pub fn health_gauge(&self, server: &str, provider: &str) -> IntGauge {
+        self.healthy.with_label_values(&[server, provider])
+    }
+
+    /// Count a request by status (for statuses other than the pre-resolved 200).
+    pub fn count_request(&self, model: &str, server: &str, status: u16) {
+        let mut buf = itoa::Buffer::new();
+        self.requests
+            .with_label_values(&[model, server, buf.format(status)])
+            .inc();
+    }
+
+    pub fn affinity(&self, provider: &str, outcome: AffinityOutcome) {
+        self.affinity
+            .with_label_values(&[provider, outcome.as_str()])
+            .inc();
+    }
+
+    pub fn affinity_count(&self, provider: &str, outcome: AffinityOutcome) -> u64 {
+        self.affinity
+            .with_label_values(&[provider, outcome.as_str()])
+            .get()
+    }
+
+    pub fn retry(&self, server: &str) {
+        self.retries.with_label_values(&[server]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,163 @@
+//! A server as the data plane sees it: where to connect, what to send, and its live health and load.
+
+use super::ServerUrl;
+use crate::config::{Provider, ServerConfig};
+use crate::health::{HealthPolicy, HealthState, Transition};
+use crate::telemetry::{now_ms, Metrics};
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use pingora::upstreams::peer::{HttpPeer, ALPN};
+use prometheus::IntGauge;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connection settings shared by every peer.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSettings {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+/// One upstream server.
+pub struct Backend {
+    /// The server's URL as configured (without a trailing slash): its identity everywhere.
+    pub id: Arc<str>,
+    pub provider: Provider,
+    pub url: ServerUrl,
+    pub models: Vec<String>,
+    /// `Host` header value for proxied requests.
+    pub host_header: HeaderValue,
+    /// `Authorization: Bearer <key>` for the server's own API key, if it has one.
+    pub auth_header: Option<HeaderValue>,
+    /// The resolved peer; swapped when DNS answers differently.
+    pub peer: ArcSwap<HttpPeer>,
+    pub health: HealthState,
+    /// In-flight requests; also the `infergate_server_inflight` gauge.
+    pub inflight: IntGauge,
+    health_gauge: IntGauge,
+    settings: PeerSettings,
+}
+
+/// Why a server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Url(#[from] super::UrlError),
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("environment variable {0} (api_key_env of {1}) is not set")]
+    MissingKey(String, String),
+    #[error("the API key in {0} is not a valid header value")]
+    BadKey(String),
+}
+
+impl Backend {
+    /// Build from config. Resolves the host (blocking): call at start-up or from a blocking task.
+    pub fn from_config(
+        cfg: &ServerConfig,
+        settings: PeerSettings,
+        metrics: &Metrics,
+    ) -> Result<Self, BackendError> {
+        let url = ServerUrl::parse(&cfg.url)?;
+        let addr = resolve_blocking(&url)?;
+        let auth_header = match &cfg.api_key_env {
+            None => None,
+            Some(var) => {
+                let key = std::env::var(var)
+                    .map_err(|_| BackendError::MissingKey(var.clone(), cfg.url.clone()))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
+                    .map_err(|_| BackendError::BadKey(var.clone()))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        let id: Arc<str> = cfg.url.trim_end_matches('/').into();
+        let host_header = HeaderValue::from_str(&url.authority())
+            .map_err(|_| super::UrlError::NoHost(cfg.url.clone()))?;
+        let peer = make_peer(addr, &url, settings);
+        let health_gauge = metrics.health_gauge(&id, cfg.provider.as_str());
+        health_gauge.set(1);
+        Ok(Self {
+            inflight: metrics.inflight_gauge(&id),
+            id,
+            provider: cfg.provider,
+            models: cfg.models.clone(),
+            host_header,
+            auth_header,
+            peer: ArcSwap::from_pointee(peer),
+            health: HealthState::default(),
+            health_gauge,
+            settings,
+            url,
+        })
+    }
+
+    #[inline]
+    pub fn is_healthy(&self) -> bool {
+        self.health.is_healthy()
+    }
+
+    /// Count a success (probe or proxied answer).
+    pub fn record_success(&self, policy: HealthPolicy) {
+        if self.health.record_success(policy) == Transition::BecameHealthy {
+            self.health_gauge.set(1);
+            tracing::info!(server = %self.id, "server is healthy again: readmitted");
+        }
+    }
+
+    /// Count a failure (failed probe, connect error, timeout or 5xx).
+    pub fn record_failure(&self, policy: HealthPolicy, why: &str) {
+        if self.health.record_failure(policy, now_ms()) == Transition::BecameUnhealthy {
+            self.health_gauge.set(0);
+            tracing::warn!(server = %self.id, reason = why, "server is unhealthy: ejected");
+        }
+    }
+
+    /// Re-resolve the host (async) and swap the peer when the address changed.
+    pub async fn refresh_address(&self) {
+        if self.url.host.parse::<std::net::IpAddr>().is_ok() {
+            return;
+        }
+        match tokio::net::lookup_host((self.url.host.as_str(), self.url.port)).await {
+            Ok(mut addrs) => {
+                if let Some(addr) = addrs.next() {
+                    if self.peer.load()._address.as_inet() != Some(&addr) {
+                        tracing::info!(server = %self.id, %addr, "server address changed");
+                        self.peer
+                            .store(Arc::new(make_peer(addr, &self.url, self.settings)));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(server = %self.id, error = %e, "cannot resolve server"),
+        }
+    }
+}
+
+fn resolve_blocking(url: &ServerUrl) -> Result<SocketAddr, BackendError> {
+    use std::net::ToSocketAddrs;
+    (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| BackendError::Resolve {
+            host: url.host.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| BackendError::Resolve {
+            host: url.host.clone(),
+            reason: "no address".into(),
+        })
+}
+
+fn make_peer(addr: SocketAddr, url: &ServerUrl, s: PeerSettings) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(s.connect_timeout);
+    o.total_connection_timeout = Some(s.connect_timeout * 2);
+    o.idle_timeout = Some(s.pool_idle_timeout);
+    o.alpn = ALPN::H1;
+    o.verify_cert = true;
+    o.verify_hostname = true;
+    o.tcp_keepalive = None;
+    peer
+}

@@ -1,0 +1,7 @@
+//! Upstream inference servers: their parsed URLs and the live per-server state the data plane uses.
+
+pub mod backend;
+mod url;
+
+pub use backend::Backend;
+pub use url::{ServerUrl, UrlError};
