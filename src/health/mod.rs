@@ -4,4 +4,4 @@ mod probe;
 mod state;
 
 pub use probe::{HealthChecker, ProbeSetupError};
-pub use state::{HealthPolicy, HealthSnapshot, HealthState, Transition};
+pub use state::{HealthPolicy, HealthSnapshot, HealthState, Source, Transition};

@@ -2,6 +2,7 @@
 //! server's own API key. Only a 2xx answer is a success.
 
 use crate::gateway::Gateway;
+use crate::health::Source;
 use crate::telemetry::now_ms;
 use crate::upstream::Backend;
 use async_trait::async_trait;
@@ -73,10 +74,10 @@ impl HealthChecker {
             set.spawn(async move {
                 b.refresh_address().await;
                 match probe(&client, &b, &path).await {
-                    Ok(()) => b.record_success(policy),
+                    Ok(()) => b.record_success(policy, Source::Probe),
                     Err(why) => {
                         tracing::debug!(server = %b.id, reason = %why, "probe failed");
-                        b.record_failure(policy, &why);
+                        b.record_failure(policy, Source::Probe, &why);
                     }
                 }
                 b.health.mark_checked(now_ms());

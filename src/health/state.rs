@@ -9,6 +9,15 @@ pub struct HealthPolicy {
     pub healthy_threshold: u32,
 }
 
+/// Where an outcome was observed. Probes and proxied requests keep separate failure streaks, so
+/// that requests that succeed do not mask a failing health endpoint (and vice versa); only
+/// probes readmit an ejected server, since it receives no requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Probe,
+    Passive,
+}
+
 /// What a recorded outcome did to the server's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -36,6 +45,7 @@ pub struct HealthSnapshot {
 pub struct HealthState {
     healthy: AtomicBool,
     failures: AtomicU32,
+    passive_failures: AtomicU32,
     successes: AtomicU32,
     last_check_ms: AtomicU64,
     last_failure_ms: AtomicU64,
@@ -46,6 +56,7 @@ impl Default for HealthState {
         Self {
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
+            passive_failures: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             last_check_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
@@ -64,8 +75,13 @@ impl HealthState {
         self.last_check_ms.store(now_ms, Relaxed);
     }
 
-    pub fn record_success(&self, policy: HealthPolicy) -> Transition {
+    pub fn record_success(&self, policy: HealthPolicy, source: Source) -> Transition {
+        if source == Source::Passive {
+            self.passive_failures.store(0, Relaxed);
+            return Transition::None;
+        }
         self.failures.store(0, Relaxed);
+        self.passive_failures.store(0, Relaxed);
         let successes = self.successes.fetch_add(1, Relaxed).saturating_add(1);
         if !self.is_healthy()
             && successes >= policy.healthy_threshold
@@ -79,10 +95,14 @@ impl HealthState {
         Transition::None
     }
 
-    pub fn record_failure(&self, policy: HealthPolicy, now_ms: u64) -> Transition {
+    pub fn record_failure(&self, policy: HealthPolicy, source: Source, now_ms: u64) -> Transition {
         self.successes.store(0, Relaxed);
         self.last_failure_ms.store(now_ms, Relaxed);
-        let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
+        let streak = match source {
+            Source::Probe => &self.failures,
+            Source::Passive => &self.passive_failures,
+        };
+        let failures = streak.fetch_add(1, Relaxed).saturating_add(1);
         if self.is_healthy()
             && failures >= policy.unhealthy_threshold
             && self
@@ -98,7 +118,10 @@ impl HealthState {
     pub fn snapshot(&self) -> HealthSnapshot {
         HealthSnapshot {
             healthy: self.is_healthy(),
-            consecutive_failures: self.failures.load(Relaxed),
+            consecutive_failures: self
+                .failures
+                .load(Relaxed)
+                .max(self.passive_failures.load(Relaxed)),
             consecutive_successes: self.successes.load(Relaxed),
             last_check_ms: self.last_check_ms.load(Relaxed),
             last_failure_ms: self.last_failure_ms.load(Relaxed),
@@ -115,17 +138,19 @@ mod tests {
         healthy_threshold: 2,
     };
 
+    use Source::*;
+
     #[test]
     fn ejects_after_threshold_and_readmits_after_successes() {
         let h = HealthState::default();
         assert!(h.is_healthy());
-        assert_eq!(h.record_failure(P, 1), Transition::None);
-        assert_eq!(h.record_failure(P, 2), Transition::None);
-        assert_eq!(h.record_failure(P, 3), Transition::BecameUnhealthy);
+        assert_eq!(h.record_failure(P, Probe, 1), Transition::None);
+        assert_eq!(h.record_failure(P, Probe, 2), Transition::None);
+        assert_eq!(h.record_failure(P, Probe, 3), Transition::BecameUnhealthy);
         assert!(!h.is_healthy());
-        assert_eq!(h.record_failure(P, 4), Transition::None);
-        assert_eq!(h.record_success(P), Transition::None);
-        assert_eq!(h.record_success(P), Transition::BecameHealthy);
+        assert_eq!(h.record_failure(P, Probe, 4), Transition::None);
+        assert_eq!(h.record_success(P, Probe), Transition::None);
+        assert_eq!(h.record_success(P, Probe), Transition::BecameHealthy);
         let s = h.snapshot();
         assert!(s.healthy);
         assert_eq!((s.consecutive_failures, s.consecutive_successes), (0, 2));
@@ -135,11 +160,25 @@ mod tests {
     #[test]
     fn a_success_resets_the_failure_run() {
         let h = HealthState::default();
-        h.record_failure(P, 1);
-        h.record_failure(P, 2);
-        h.record_success(P);
-        h.record_failure(P, 3);
-        h.record_failure(P, 4);
+        h.record_failure(P, Passive, 1);
+        h.record_failure(P, Passive, 2);
+        h.record_success(P, Passive);
+        h.record_failure(P, Passive, 3);
+        h.record_failure(P, Passive, 4);
         assert!(h.is_healthy());
+    }
+
+    #[test]
+    fn passing_requests_do_not_mask_failing_probes() {
+        let h = HealthState::default();
+        h.record_failure(P, Probe, 1);
+        h.record_success(P, Passive);
+        h.record_failure(P, Probe, 2);
+        h.record_success(P, Passive);
+        assert_eq!(h.record_failure(P, Probe, 3), Transition::BecameUnhealthy);
+        // Passive successes cannot readmit; probes do.
+        h.record_success(P, Passive);
+        h.record_success(P, Passive);
+        assert!(!h.is_healthy());
     }
 }

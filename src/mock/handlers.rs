@@ -82,7 +82,7 @@ fn intake(
     headers: &HeaderMap,
     path: &str,
     body: &Bytes,
-) -> Result<Value, Response> {
+) -> Result<Value, Box<Response>> {
     st.requests.fetch_add(1, Relaxed);
     *st.last_body.lock().expect("lock") = body.clone();
     *st.last_authorization.lock().expect("lock") = headers
@@ -91,22 +91,31 @@ fn intake(
         .map(str::to_owned);
     *st.last_path.lock().expect("lock") = path.to_owned();
     if !authorized(st, headers) {
-        return Err(error(st, StatusCode::UNAUTHORIZED, "Unauthorized"));
+        return Err(Box::new(error(
+            st,
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+        )));
     }
     let fail = st.fail_status.load(Relaxed);
     if fail != 0 {
         let status = StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return Err(error(st, status, "injected failure"));
+        return Err(Box::new(error(st, status, "injected failure")));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| error(st, StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| -> Box<Response> {
+        Box::new(error(
+            st,
+            StatusCode::BAD_REQUEST,
+            &format!("invalid JSON: {e}"),
+        ))
+    })?;
     let model = v.get("model").and_then(Value::as_str).unwrap_or_default();
     if !st.config.models.iter().any(|m| m == model) {
-        return Err(error(
+        return Err(Box::new(error(
             st,
             StatusCode::NOT_FOUND,
             &format!("The model `{model}` does not exist."),
-        ));
+        )));
     }
     Ok(v)
 }
@@ -136,7 +145,7 @@ async fn generate(
 ) -> Response {
     let v = match intake(&st, &headers, path, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let n = tokens_wanted(&st, &v);
     let model = v["model"].as_str().unwrap_or_default().to_owned();
@@ -263,7 +272,7 @@ where
 async fn embeddings(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
     let v = match intake(&st, &headers, "/v1/embeddings", &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let inputs = match &v["input"] {
         Value::Array(a) => a.len(),
@@ -284,7 +293,7 @@ async fn embeddings(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
 async fn rerank(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
     let v = match intake(&st, &headers, "/v1/rerank", &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let docs = v["documents"].as_array().map_or(0, Vec::len);
     let results: Vec<Value> = (0..docs)
@@ -303,7 +312,7 @@ async fn rerank(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
 async fn score(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
     let v = match intake(&st, &headers, "/v1/score", &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     named(&st, axum::Json(json!({"id": "score-mock", "object": "list", "model": v["model"],
         "data": [{"index": 0, "object": "score", "score": 0.5}],
@@ -312,7 +321,7 @@ async fn score(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
 
 async fn speech(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = intake(&st, &headers, "/v1/audio/speech", &body) {
-        return r;
+        return *r;
     }
     let mut resp = Bytes::from_static(b"RIFF\x24\x00\x00\x00WAVEfmt ").into_response();
     resp.headers_mut()

@@ -3,6 +3,7 @@
 
 use super::app::ProxyApp;
 use super::errors::ProxyError;
+use crate::health::Source;
 use crate::routing::{choose, Member, Pool};
 use crate::telemetry::now_ms;
 use bytes::Bytes;
@@ -106,7 +107,7 @@ impl ProxyApp {
                     return self.fail(session, err, &pool.model, &backend.id).await;
                 }
                 Attempt::ConnectFailed => {
-                    backend.record_failure(gw.policy, "connect failed");
+                    backend.record_failure(gw.policy, Source::Passive, "connect failed");
                     gw.metrics.retry(&backend.id);
                     tried[attempts] = index;
                     attempts += 1;
@@ -162,6 +163,7 @@ impl ProxyApp {
                     let timeout = is_timeout(&e);
                     backend.record_failure(
                         self.gw.policy,
+                        Source::Passive,
                         if timeout { "timeout" } else { "upstream error" },
                     );
                     tracing::warn!(server = %backend.id, error = %e, "upstream request failed");

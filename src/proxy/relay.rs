@@ -3,6 +3,7 @@
 //! upstream request.
 
 use super::app::ProxyApp;
+use crate::health::Source;
 use crate::routing::Member;
 use crate::telemetry::sse::SseScanner;
 use crate::telemetry::usage::{Usage, UsageTail};
@@ -51,9 +52,9 @@ impl ProxyApp {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if status >= 500 {
-            backend.record_failure(policy, "5xx response");
+            backend.record_failure(policy, Source::Passive, "5xx response");
         } else {
-            backend.record_success(policy);
+            backend.record_success(policy, Source::Passive);
         }
 
         let mut scanner = sse.then(SseScanner::default);
@@ -89,7 +90,7 @@ impl ProxyApp {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(server = %backend.id, error = %e, "upstream failed mid-response");
-                    backend.record_failure(policy, "failed mid-response");
+                    backend.record_failure(policy, Source::Passive, "failed mid-response");
                     end = End::UpstreamFailed;
                 }
             }

@@ -2,7 +2,7 @@
 
 use super::ServerUrl;
 use crate::config::{Provider, ServerConfig};
-use crate::health::{HealthPolicy, HealthState, Transition};
+use crate::health::{HealthPolicy, HealthState, Source, Transition};
 use crate::telemetry::{now_ms, Metrics};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -99,16 +99,16 @@ impl Backend {
     }
 
     /// Count a success (probe or proxied answer).
-    pub fn record_success(&self, policy: HealthPolicy) {
-        if self.health.record_success(policy) == Transition::BecameHealthy {
+    pub fn record_success(&self, policy: HealthPolicy, source: Source) {
+        if self.health.record_success(policy, source) == Transition::BecameHealthy {
             self.health_gauge.set(1);
             tracing::info!(server = %self.id, "server is healthy again: readmitted");
         }
     }
 
     /// Count a failure (failed probe, connect error, timeout or 5xx).
-    pub fn record_failure(&self, policy: HealthPolicy, why: &str) {
-        if self.health.record_failure(policy, now_ms()) == Transition::BecameUnhealthy {
+    pub fn record_failure(&self, policy: HealthPolicy, source: Source, why: &str) {
+        if self.health.record_failure(policy, source, now_ms()) == Transition::BecameUnhealthy {
             self.health_gauge.set(0);
             tracing::warn!(server = %self.id, reason = why, "server is unhealthy: ejected");
         }

@@ -1,0 +1,221 @@
+//! Test harness: the real `infergate` binary as a child process, real mock vLLM servers on
+//! loopback, ports from binding port 0.
+#![allow(dead_code)]
+
+use infergate::mock::{MockConfig, MockServer};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound to port 0, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// An address where nothing listens.
+pub fn dead_url() -> String {
+    format!("http://127.0.0.1:{}/v1", free_port())
+}
+
+pub async fn mock(name: &str, models: &[&str]) -> MockServer {
+    mock_with(MockConfig {
+        name: name.into(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        ..MockConfig::default()
+    })
+    .await
+}
+
+pub async fn mock_with(config: MockConfig) -> MockServer {
+    MockServer::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .expect("start mock")
+}
+
+/// A `[[servers]]` block.
+pub fn server(url: &str, models: &[&str]) -> String {
+    let models = models
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("[[servers]]\nurl = {url:?}\nprovider = \"vllm\"\nmodels = [{models}]\n\n")
+}
+
+/// A running gateway process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Start the gateway with `extra` TOML (servers, overrides) after the test defaults.
+    pub async fn start(extra: &str) -> Gateway {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Gateway {
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = test_config(proxy, admin, extra);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("infergate.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infergate"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn infergate");
+        let gw = Gateway {
+            child,
+            proxy,
+            admin,
+            _dir: dir,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            let admin_ok = client
+                .get(format!("http://{}/health", self.admin))
+                .send()
+                .await
+                .is_ok();
+            let proxy_ok = client
+                .get(format!("http://{}/health", self.proxy))
+                .send()
+                .await
+                .is_ok();
+            if admin_ok && proxy_ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one metric sample, by its name and labels as printed (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The test defaults, with `proxy.key = value` and `health.key = value` lines of `extra`
+/// overriding them; the other lines of `extra` (servers) follow.
+fn test_config(proxy: SocketAddr, admin: SocketAddr, extra: &str) -> String {
+    let mut tables: Vec<(&str, Vec<(String, String)>)> = vec![
+        (
+            "proxy",
+            vec![
+                ("listen".into(), format!("\"{proxy}\"")),
+                ("threads".into(), "1".into()),
+                ("grace_period_seconds".into(), "0".into()),
+                ("graceful_shutdown_timeout_seconds".into(), "1".into()),
+            ],
+        ),
+        ("admin", vec![("listen".into(), format!("\"{admin}\""))]),
+        (
+            "health",
+            vec![
+                ("interval_ms".into(), "200".into()),
+                ("timeout_ms".into(), "500".into()),
+                ("unhealthy_threshold".into(), "2".into()),
+                ("healthy_threshold".into(), "2".into()),
+            ],
+        ),
+    ];
+    let mut rest = String::new();
+    for line in extra.lines() {
+        let table = tables
+            .iter_mut()
+            .find(|(t, _)| line.strip_prefix(t).is_some_and(|r| r.starts_with('.')));
+        match (table, line.split_once('=')) {
+            (Some((t, keys)), Some((k, v))) => {
+                let k = k.trim()[t.len() + 1..].to_string();
+                keys.retain(|(key, _)| *key != k);
+                keys.push((k, v.trim().to_string()));
+            }
+            _ => {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+    }
+    let mut out = String::new();
+    for (t, keys) in tables {
+        out.push_str(&format!("[{t}]\n"));
+        for (k, v) in keys {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push('\n');
+    }
+    out + &rest
+}
+
+/// Poll `f` until it is true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn chat_body(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+}
