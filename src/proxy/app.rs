@@ -181,7 +181,7 @@ impl ProxyApp {
     ) -> bool {
         let status = err.status();
         self.gw.metrics.count_request(model, server, status);
-        if status >= 500 {
+        if status == 502 || status == 504 {
             tracing::warn!(status, model, server, error = %err, "request failed");
         } else {
             tracing::debug!(status, error = %err, "request refused");

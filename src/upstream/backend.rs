@@ -120,8 +120,8 @@ impl Backend {
             return;
         }
         match tokio::net::lookup_host((self.url.host.as_str(), self.url.port)).await {
-            Ok(mut addrs) => {
-                if let Some(addr) = addrs.next() {
+            Ok(addrs) => {
+                if let Some(addr) = pick_address(addrs) {
                     if self.peer.load()._address.as_inet() != Some(&addr) {
                         tracing::info!(server = %self.id, %addr, "server address changed");
                         self.peer
@@ -134,19 +134,32 @@ impl Backend {
     }
 }
 
+/// Resolve a host, preferring IPv4: servers commonly listen on 0.0.0.0 only (vLLM's default),
+/// while `localhost` may resolve to ::1 first.
 fn resolve_blocking(url: &ServerUrl) -> Result<SocketAddr, BackendError> {
     use std::net::ToSocketAddrs;
-    (url.host.as_str(), url.port)
+    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| BackendError::Resolve {
             host: url.host.clone(),
             reason: e.to_string(),
         })?
-        .next()
-        .ok_or_else(|| BackendError::Resolve {
-            host: url.host.clone(),
-            reason: "no address".into(),
-        })
+        .collect();
+    pick_address(addrs).ok_or_else(|| BackendError::Resolve {
+        host: url.host.clone(),
+        reason: "no address".into(),
+    })
+}
+
+fn pick_address(addrs: impl IntoIterator<Item = SocketAddr>) -> Option<SocketAddr> {
+    let mut first = None;
+    for a in addrs {
+        if a.is_ipv4() {
+            return Some(a);
+        }
+        first.get_or_insert(a);
+    }
+    first
 }
 
 fn make_peer(addr: SocketAddr, url: &ServerUrl, s: PeerSettings) -> HttpPeer {

@@ -75,7 +75,7 @@ impl Gateway {
         cmd.arg("serve")
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -218,4 +218,47 @@ where
 
 pub fn chat_body(model: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+}
+
+/// A mock vLLM server as a separate process (`infergate mock`), for kill-and-restart tests.
+pub struct MockProcess {
+    child: Child,
+}
+
+impl MockProcess {
+    pub async fn start(port: u16, name: &str, models: &str) -> MockProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_infergate"))
+            .args([
+                "mock",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--name",
+                name,
+                "--models",
+                models,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn mock");
+        let ready = eventually(Duration::from_secs(10), || async move {
+            reqwest::get(format!("http://127.0.0.1:{port}/health"))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(ready, "mock process did not start");
+        MockProcess { child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

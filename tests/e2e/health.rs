@@ -124,21 +124,10 @@ async fn connect_failures_retry_on_another_server_and_eject_the_dead_one() {
 async fn a_killed_server_is_ejected_and_a_restarted_one_readmitted() {
     let a = mock("a", &["m"]).await;
     let port = free_port();
-    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let b = infergate::mock::MockServer::start(
-        b_addr,
-        infergate::mock::MockConfig {
-            name: "b".into(),
-            models: vec!["m".into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let b_url = b.url();
+    let b_url = format!("http://127.0.0.1:{port}/v1");
+    let mut b = MockProcess::start(port, "b", "m").await;
     let gw = Gateway::start(&(server(&a.url(), &["m"]) + &server(&b_url, &["m"]))).await;
-    b.stop();
-    drop(b);
+    b.kill();
     assert!(
         eventually(Duration::from_secs(5), || async {
             gw.metric(&healthy_sample(&b_url)).await == 0.0
@@ -155,16 +144,7 @@ async fn a_killed_server_is_ejected_and_a_restarted_one_readmitted() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let b2 = infergate::mock::MockServer::start(
-        b_addr,
-        infergate::mock::MockConfig {
-            name: "b".into(),
-            models: vec!["m".into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let _b2 = MockProcess::start(port, "b", "m").await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             gw.metric(&healthy_sample(&b_url)).await == 1.0
@@ -181,10 +161,10 @@ async fn a_killed_server_is_ejected_and_a_restarted_one_readmitted() {
             .send()
             .await
             .unwrap();
+        assert_eq!(r.status(), 200);
         served.insert(r.headers()["x-mock-server"].to_str().unwrap().to_string());
     }
     assert!(served.contains("b"), "readmitted server gets traffic again");
-    drop(b2);
 }
 
 #[tokio::test]

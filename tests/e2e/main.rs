@@ -7,3 +7,4 @@ mod errors;
 mod health;
 mod routing;
 mod streaming;
+mod tls;

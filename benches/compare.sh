@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Side-by-side throughput and latency: direct to the mock backend, through nginx, through
+# infergate, under oha in one run. The proxies are pinned to core 0 with one worker; oha and the
+# backend share core 1. Reports medians of ROUNDS alternating rounds and ratios to nginx, then
+# streaming TTFT (direct vs infergate) and infergate's RSS with 1,000 idle keep-alive clients.
+#
+# Needs: oha (cargo install oha), nginx (apt-get install nginx-light), python3, taskset.
+# Usage: benches/compare.sh            (env: DURATION=10s CONNS=64 ROUNDS=3 STORE=memory://)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-3}
+STORE=${STORE:-memory://}
+BIN=target/release/infergate
+[ -x "$BIN" ] || cargo build --release
+for tool in oha nginx python3 taskset; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+
+MOCK=$(free_port); GW=$(free_port); ADMIN=$(free_port); NGX=$(free_port)
+taskset -c 1 "$BIN" mock --listen 127.0.0.1:"$MOCK" --models bench --tokens 16 --threads 1 2>"$work/mock.log" &
+pids+=($!)
+
+cat >"$work/infergate.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$GW"
+threads = 1
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[store]
+url = "$STORE"
+[[servers]]
+url = "http://127.0.0.1:$MOCK/v1"
+provider = "vllm"
+models = ["bench"]
+TOML
+RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$work/infergate.toml" 2>"$work/gw.log" &
+GW_PID=$!; pids+=($GW_PID)
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  upstream backend { server 127.0.0.1:$MOCK; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+taskset -c 0 nginx -c "$work/nginx.conf" -p "$work/nginx" &
+pids+=($!)
+wait_port "$MOCK"; wait_port "$GW"; wait_port "$NGX"; sleep 1
+
+BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
+run() { # name port -> "rps p50_ms p99_ms"
+  taskset -c 1 oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json -m POST \
+    -H 'content-type: application/json' -d "$BODY" "http://127.0.0.1:$2/v1/chat/completions" >"$work/$1.json"
+  python3 - "$work/$1.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+codes = d.get("statusCodeDistribution", {})
+bad = sum(v for k, v in codes.items() if k != "200")
+if bad: print(f"non-200 answers: {codes}", file=sys.stderr); sys.exit(1)
+print(d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p50"] * 1e3, d["latencyPercentiles"]["p99"] * 1e3)
+PY
+}
+
+# Warm-up, then alternate.
+DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX" >/dev/null; DURATION=2s run warm-gw "$GW" >/dev/null
+: >"$work/results"
+for r in $(seq "$ROUNDS"); do
+  for target in direct:$MOCK nginx:$NGX infergate:$GW; do
+    name=${target%%:*}; port=${target##*:}
+    echo "$name $(run "$name-$r" "$port")" >>"$work/results"
+  done
+done
+
+python3 - "$work/results" "$DURATION" "$CONNS" "$ROUNDS" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99 = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p50), float(p99)))
+med = {n: tuple(statistics.median(x[i] for x in v) for i in range(3)) for n, v in rows.items()}
+print(f"non-streaming chat, 16 tokens, {sys.argv[3]} connections, {sys.argv[2]} x {sys.argv[4]} rounds (medians)")
+print("| target | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx |")
+print("|---|---|---|---|---|---|")
+n = med["nginx"]
+for name in ("direct", "nginx", "infergate"):
+    r = med[name]
+    print(f"| {name} | {r[0]:.0f} | {r[1]:.2f} | {r[2]:.2f} | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.2f}x |")
+PY
+
+# Streaming TTFT: direct vs through the gateway (sequential requests).
+ttft() { cargo bench -q --bench ttft -- "http://127.0.0.1:$1" bench 500 2>/dev/null | tail -1; }
+D=$(taskset -c 1 bash -c "$(declare -f ttft); ttft $MOCK")
+G=$(taskset -c 1 bash -c "$(declare -f ttft); ttft $GW")
+python3 - "$D" "$G" <<'PY'
+import json, sys
+d, g = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print()
+print("streaming TTFT, 500 sequential requests")
+print("| target | p50 ms | p90 ms | p99 ms |")
+print("|---|---|---|---|")
+for name, x in (("direct", d), ("infergate", g)):
+    print(f"| {name} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} |")
+print(f"TTFT overhead at p50: {g['p50_ms'] - d['p50_ms']:.3f} ms")
+PY
+
+# RSS with 1,000 idle keep-alive clients.
+python3 - "$GW" "$GW_PID" <<'PY'
+import socket, sys, time
+port, pid = int(sys.argv[1]), sys.argv[2]
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS"): return int(line.split()[1]) / 1024
+before = rss()
+socks = []
+for _ in range(1000):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    socks.append(s)
+for s in socks:
+    s.recv(4096)
+time.sleep(1)
+print()
+print(f"RSS: {before:.1f} MiB after the load runs, {rss():.1f} MiB with 1,000 idle keep-alive clients")
+PY

@@ -1,0 +1,167 @@
+//! https servers: the certificate is verified against the configured CA, SNI is sent, and both
+//! JSON answers and event streams pass through.
+
+use crate::harness::*;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use infergate::mock::{MockConfig, MockState};
+use reqwest::Client;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct TlsMock {
+    port: u16,
+    state: Arc<MockState>,
+    sni: Arc<Mutex<Option<String>>>,
+}
+
+/// A CA and a server certificate for `localhost` signed by it (PEMs).
+fn pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "infergate test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+async fn tls_mock(cert_pem: &str, key_pem: &str, config: MockConfig) -> TlsMock {
+    use rustls::pki_types::pem::PemObject;
+    let certs =
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let state = MockState::new(config);
+    let sni = Arc::new(Mutex::new(None));
+    let (app, sni2) = (infergate::mock::router(state.clone()), sni.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app, sni) = (acceptor.clone(), app.clone(), sni2.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                *sni.lock().unwrap() = tls.get_ref().1.server_name().map(str::to_owned);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                    .await;
+            });
+        }
+    });
+    TlsMock { port, state, sni }
+}
+
+#[tokio::test]
+async fn https_servers_are_verified_and_stream() {
+    let (ca, cert, key) = pki();
+    let good = tls_mock(
+        &cert,
+        &key,
+        MockConfig {
+            name: "tls".into(),
+            models: vec!["m".into()],
+            itl: Duration::from_millis(20),
+            ..Default::default()
+        },
+    )
+    .await;
+    // A server whose certificate no trusted CA signed.
+    let (_, rogue_cert, rogue_key) = pki();
+    let rogue = tls_mock(
+        &rogue_cert,
+        &rogue_key,
+        MockConfig {
+            name: "rogue".into(),
+            models: vec!["r".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca).unwrap();
+    let gw = Gateway::start(&format!(
+        "proxy.ca_file = {:?}\n{}{}",
+        ca_path.to_str().unwrap(),
+        server(&format!("https://localhost:{}/v1", good.port), &["m"]),
+        server(&format!("https://localhost:{}/v1", rogue.port), &["r"]),
+    ))
+    .await;
+    let c = Client::new();
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-mock-server"], "tls");
+    assert_eq!(
+        good.sni.lock().unwrap().as_deref(),
+        Some("localhost"),
+        "SNI sent"
+    );
+
+    let body = json!({"model": "m", "stream": true, "max_tokens": 5});
+    let text = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.matches("\"content\":\"tok").count(), 5);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let m = gw.metrics().await;
+    let labels = format!("model=\"m\",server=\"https://localhost:{}/v1\"", good.port);
+    assert_eq!(
+        metric_value(&m, &format!("infergate_ttft_seconds_count{{{labels}}}")),
+        1.0
+    );
+
+    // Probes over https pass too.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            good.state.probes.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        })
+        .await
+    );
+
+    // An unverifiable certificate never gets a request.
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("r"))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 502 | 503), "{}", r.status());
+    assert_eq!(
+        rogue
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
