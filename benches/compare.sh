@@ -72,20 +72,26 @@ http {
 }
 NGINX
 taskset -c 0 nginx -c "$work/nginx.conf" -p "$work/nginx" &
-pids+=($!)
+NGX_MASTER=$!; pids+=($NGX_MASTER)
 wait_port "$MOCK"; wait_port "$GW"; wait_port "$NGX"; sleep 1
+NGX_PID=$(pgrep -P "$NGX_MASTER" | head -1)
+cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
 BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
-run() { # name port -> "rps p50_ms p99_ms"
+run() { # name port [pid] -> "rps p50_ms p99_ms cpu_us_per_request"
+  local t0; t0=$(cpu_ticks "${3:-}")
   taskset -c 1 oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json -m POST \
     -H 'content-type: application/json' -d "$BODY" "http://127.0.0.1:$2/v1/chat/completions" >"$work/$1.json"
-  python3 - "$work/$1.json" <<'PY'
+  local t1; t1=$(cpu_ticks "${3:-}")
+  python3 - "$work/$1.json" "$((t1 - t0))" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 codes = d.get("statusCodeDistribution", {})
 bad = sum(v for k, v in codes.items() if k != "200")
 if bad: print(f"non-200 answers: {codes}", file=sys.stderr); sys.exit(1)
-print(d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p50"] * 1e3, d["latencyPercentiles"]["p99"] * 1e3)
+total = sum(codes.values())
+cpu_us = int(sys.argv[2]) * 10_000 / total  # clock ticks of 10 ms
+print(d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p50"] * 1e3, d["latencyPercentiles"]["p99"] * 1e3, cpu_us)
 PY
 }
 
@@ -93,9 +99,9 @@ PY
 DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX" >/dev/null; DURATION=2s run warm-gw "$GW" >/dev/null
 : >"$work/results"
 for r in $(seq "$ROUNDS"); do
-  for target in direct:$MOCK nginx:$NGX infergate:$GW; do
-    name=${target%%:*}; port=${target##*:}
-    echo "$name $(run "$name-$r" "$port")" >>"$work/results"
+  for target in direct:$MOCK: nginx:$NGX:$NGX_PID infergate:$GW:$GW_PID; do
+    IFS=: read -r name port pid <<<"$target"
+    echo "$name $(run "$name-$r" "$port" "$pid")" >>"$work/results"
   done
 done
 
@@ -103,16 +109,17 @@ python3 - "$work/results" "$DURATION" "$CONNS" "$ROUNDS" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, rps, p50, p99 = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p50), float(p99)))
-med = {n: tuple(statistics.median(x[i] for x in v) for i in range(3)) for n, v in rows.items()}
+    name, rps, p50, p99, cpu = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), float(cpu)))
+med = {n: tuple(statistics.median(x[i] for x in v) for i in range(4)) for n, v in rows.items()}
 print(f"non-streaming chat, 16 tokens, {sys.argv[3]} connections, {sys.argv[2]} x {sys.argv[4]} rounds (medians)")
-print("| target | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx |")
-print("|---|---|---|---|---|---|")
+print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | req/s vs nginx | p99 vs nginx |")
+print("|---|---|---|---|---|---|---|")
 n = med["nginx"]
 for name in ("direct", "nginx", "infergate"):
     r = med[name]
-    print(f"| {name} | {r[0]:.0f} | {r[1]:.2f} | {r[2]:.2f} | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.2f}x |")
+    cpu = f"{r[3]:.1f}" if name != "direct" else "-"
+    print(f"| {name} | {r[0]:.0f} | {r[1]:.2f} | {r[2]:.2f} | {cpu} | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.2f}x |")
 PY
 
 # Streaming TTFT: direct vs through the gateway (sequential requests).

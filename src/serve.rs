@@ -6,6 +6,8 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::health::HealthChecker;
 use crate::proxy::ProxyApp;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -50,13 +52,21 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         graceful_shutdown_timeout_seconds: Some(cfg.proxy.graceful_shutdown_timeout_seconds),
         upstream_keepalive_pool_size: cfg.proxy.pool_size,
         ca_file: cfg.proxy.ca_file.clone(),
+        // One current-thread runtime per worker: cheaper per request than work stealing.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let mut proxy = Service::new("infergate proxy".into(), ProxyApp::new(gw.clone()));
-    proxy.add_tcp(&cfg.proxy.listen);
+    // Pingora's default read buffer is 64 KiB per client connection; idle keep-alive clients
+    // hold it, so it is configurable (and smaller by default).
+    let buffer = cfg.proxy.client_read_buffer_bytes;
+    proxy.add_listener(
+        ListenerConfig::tcp(cfg.proxy.listen.clone())
+            .l4_buffer(L4BufferSettings::new(buffer, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+    );
     proxy.threads = Some(cfg.proxy.threads);
 
     let mut health = background_service("health", HealthChecker::new(gw.clone())?);

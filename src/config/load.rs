@@ -71,7 +71,12 @@ impl Validator<'_> {
         use Seg::*;
         self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
         self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
-        let positive: [(&str, &str, u64); 10] = [
+        let positive: [(&str, &str, u64); 11] = [
+            (
+                "proxy",
+                "client_read_buffer_bytes",
+                c.proxy.client_read_buffer_bytes as u64,
+            ),
             ("proxy", "threads", c.proxy.threads as u64),
             ("proxy", "max_body_bytes", c.proxy.max_body_bytes as u64),
             ("proxy", "connect_timeout_ms", c.proxy.connect_timeout_ms),

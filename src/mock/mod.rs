@@ -98,6 +98,10 @@ impl MockServer {
         let addr = listener.local_addr().expect("bound listener");
         let state = MockState::new(config);
         let app = router(state.clone());
+        // TCP_NODELAY, as vLLM's uvicorn sets it: small SSE events must not wait for ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "mock server stopped");

@@ -225,7 +225,9 @@ impl HttpServerApp for ProxyApp {
         let started = Instant::now();
         session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
         session.set_read_timeout(Some(CLIENT_READ_TIMEOUT));
-        if !self.handle(&mut session, started).await {
+        // Boxed: an idle keep-alive connection then holds only the small header-read future,
+        // not the (much larger) state of a request in flight.
+        if !Box::pin(self.handle(&mut session, started)).await {
             return None;
         }
         let persistent = HttpPersistentSettings::for_session(&session);

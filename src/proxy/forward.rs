@@ -9,10 +9,15 @@ use crate::telemetry::now_ms;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::protocols::http::ServerSession;
+use pingora::time::fast_timeout::fast_timeout;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use prometheus::IntGauge;
+use std::time::Duration;
 use std::time::Instant;
+use tokio::io::AsyncWriteExt;
 
 /// Attempts at most (first try + `max_retries`, which the config bounds).
 pub const MAX_ATTEMPTS: usize = 8;
@@ -141,14 +146,24 @@ impl ProxyApp {
                 }
             };
             up.set_read_timeout(Some(self.settings.read_timeout));
-            up.set_write_timeout(Some(self.settings.write_timeout));
-            let request = upstream_request(session.req_header(), backend, body.len());
-            let wait = match send(&mut up, request, body).await {
-                Ok(()) => wait_for_header(&mut up, session).await,
-                Err(e) => HeaderWait::Failed(e),
+            let sent = send(
+                up,
+                &peer,
+                session.req_header(),
+                backend,
+                body,
+                self.settings.write_timeout,
+            )
+            .await;
+            let (mut up, wait) = match sent {
+                Ok(mut up) => {
+                    let wait = wait_for_header(&mut up, session).await;
+                    (Some(up), wait)
+                }
+                Err(e) => (None, HeaderWait::Failed(e)),
             };
             match wait {
-                HeaderWait::Ready => break up,
+                HeaderWait::Ready => break up.take().expect("a session when ready"),
                 HeaderWait::ClientGone => {
                     self.gw
                         .metrics
@@ -180,16 +195,61 @@ impl ProxyApp {
     }
 }
 
+/// Bodies up to this size are sent in the same write as the request head.
+const COALESCE_BODY_BYTES: usize = 64 * 1024;
+
+/// Send the request. The head and (small) body leave in one write: Pingora's HTTP/1 client
+/// flushes the head on its own, which costs a second loopback/TCP segment per request, so the
+/// request is written on the raw stream and the session is rebuilt to read the response with
+/// Pingora's parser. (Only POSTs are proxied, so the response framing does not depend on the
+/// request the session did not see.)
 async fn send(
-    up: &mut HttpSession,
-    request: Box<RequestHeader>,
+    up: HttpSession,
+    peer: &HttpPeer,
+    client: &RequestHeader,
+    backend: &crate::upstream::Backend,
     body: &Bytes,
-) -> pingora::Result<()> {
-    up.write_request_header(request).await?;
-    if !body.is_empty() {
-        up.write_request_body(body.clone(), true).await?;
+    write_timeout: Duration,
+) -> Result<HttpSession, Box<pingora::Error>> {
+    let HttpSession::H1(h1) = up else {
+        return Err(pingora::Error::explain(
+            ErrorType::InternalError,
+            "only HTTP/1.1 upstream sessions are used",
+        ));
+    };
+    let (read_timeout, mut stream) = (h1.read_timeout, h1.into_inner());
+    let coalesce = body.len() <= COALESCE_BODY_BYTES;
+    let mut head = Vec::with_capacity(512 + if coalesce { body.len() } else { 0 });
+    write_head(&mut head, client, backend, body.len());
+    let write = async {
+        if coalesce {
+            head.extend_from_slice(body);
+            stream.write_all(&head).await?;
+        } else {
+            stream.write_all(&head).await?;
+            stream.write_all(body).await?;
+        }
+        stream.flush().await
+    };
+    match fast_timeout(write_timeout, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(pingora::Error::because(
+                ErrorType::WriteError,
+                "sending the request",
+                e,
+            ))
+        }
+        Err(_) => {
+            return Err(pingora::Error::explain(
+                ErrorType::WriteTimedout,
+                "sending the request",
+            ))
+        }
     }
-    up.finish_request_body().await
+    let mut h1 = Http1Session::new_with_options(stream, peer);
+    h1.read_timeout = read_timeout;
+    Ok(HttpSession::H1(h1))
 }
 
 /// Wait for the response header, giving up if the client goes away first (which then frees
@@ -219,44 +279,41 @@ fn is_timeout(e: &pingora::Error) -> bool {
     )
 }
 
-/// The request as the server gets it: the client's path under the server's base URL, the
+/// The request head as the server gets it: the client's path under the server's base URL, the
 /// client's headers minus credentials and hop-by-hop ones, the server's own key, exact length.
-fn upstream_request(
+fn write_head(
+    out: &mut Vec<u8>,
     client: &RequestHeader,
     backend: &crate::upstream::Backend,
     body_len: usize,
-) -> Box<RequestHeader> {
-    let suffix = client
-        .uri
-        .path()
-        .strip_prefix("/v1")
-        .unwrap_or(client.uri.path());
-    let query = client.uri.query();
-    let mut path = String::with_capacity(
-        backend.url.base_path.len() + suffix.len() + query.map_or(0, |q| q.len() + 1),
-    );
-    path.push_str(&backend.url.base_path);
-    path.push_str(suffix);
-    if let Some(q) = query {
-        path.push('?');
-        path.push_str(q);
+) {
+    let path = client.uri.path();
+    out.extend_from_slice(client.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(backend.url.base_path.as_bytes());
+    out.extend_from_slice(path.strip_prefix("/v1").unwrap_or(path).as_bytes());
+    if let Some(q) = client.uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
     }
-    let mut req = RequestHeader::build(
-        client.method.clone(),
-        path.as_bytes(),
-        Some(client.headers.len() + 3),
-    )
-    .expect("a valid method and path");
-    for (name, value) in client.headers.iter() {
-        if !DROP_REQUEST_HEADERS.contains(&name.as_str()) && name != http::header::CONTENT_LENGTH {
-            let _ = req.append_header(name.clone(), value.clone());
-        }
-    }
-    let _ = req.insert_header(http::header::HOST, backend.host_header.clone());
-    let mut len = itoa::Buffer::new();
-    let _ = req.insert_header(http::header::CONTENT_LENGTH, len.format(body_len));
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(backend.host_header.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if let Some(auth) = &backend.auth_header {
-        let _ = req.insert_header(http::header::AUTHORIZATION, auth.clone());
+        out.extend_from_slice(b"authorization: ");
+        out.extend_from_slice(auth.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    Box::new(req)
+    for (name, value) in client.headers.iter() {
+        if DROP_REQUEST_HEADERS.contains(&name.as_str()) || name == http::header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
