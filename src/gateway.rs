@@ -3,13 +3,23 @@
 use crate::config::Config;
 use crate::health::HealthPolicy;
 use crate::routing::RoutingTable;
-use crate::store::{MemoryStore, Store};
+use crate::store::valkey::{ValkeyConfig, ValkeyStore};
+use crate::store::{MemoryStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::upstream::backend::{BackendError, PeerSettings};
 use crate::upstream::Backend;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Why the gateway's state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
 
 /// Shared gateway state.
 pub struct Gateway {
@@ -22,7 +32,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Build from a validated config: resolves every server (blocking; call before serving).
-    pub fn new(config: Config) -> Result<Arc<Self>, BackendError> {
+    pub fn new(config: Config) -> Result<Arc<Self>, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let settings = PeerSettings {
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
@@ -34,10 +44,18 @@ impl Gateway {
             .map(|s| Backend::from_config(s, settings, &metrics).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let table = RoutingTable::new(backends, &metrics);
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(
-            config.affinity.ttl_minutes * 60_000,
-            config.affinity.max_entries,
-        ));
+        let ttl_ms = config.affinity.ttl_minutes * 60_000;
+        let store: Arc<dyn Store> = if config.store.is_valkey() {
+            ValkeyStore::start(ValkeyConfig {
+                url: config.store.url.clone(),
+                cluster: config.store.cluster,
+                prefix: config.store.prefix.clone(),
+                ttl_ms,
+                max_entries: config.affinity.max_entries,
+            })?
+        } else {
+            Arc::new(MemoryStore::new(ttl_ms, config.affinity.max_entries))
+        };
         let policy = HealthPolicy {
             unhealthy_threshold: config.health.unhealthy_threshold,
             healthy_threshold: config.health.healthy_threshold,

@@ -17,7 +17,7 @@ use pingora::services::listening::Service;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Backend(#[from] crate::upstream::backend::BackendError),
+    Gateway(#[from] crate::gateway::GatewayError),
     #[error(transparent)]
     Probe(#[from] crate::health::ProbeSetupError),
     #[error("cannot listen on {addr} ({key}): {source}")]

@@ -119,13 +119,28 @@ impl Validator<'_> {
                 format!("must start with '/', got {:?}", c.health.path),
             );
         }
-        if c.store.url != "memory://" {
+        let scheme_ok = c.store.url == "memory://"
+            || ["redis://", "rediss://", "valkey://", "valkeys://"]
+                .iter()
+                .any(|s| c.store.url.starts_with(s));
+        if !scheme_ok {
             self.fail(
                 &[Key("store"), Key("url")],
                 format!(
-                    "unsupported store {:?}: this build supports \"memory://\"",
+                    "unsupported store {:?}: use \"memory://\" or a redis:// or rediss:// URL",
                     c.store.url
                 ),
+            );
+        } else if c.store.cluster && !c.store.is_valkey() {
+            self.fail(
+                &[Key("store"), Key("cluster")],
+                "needs a redis:// url (a seed node of the cluster)".into(),
+            );
+        }
+        if c.store.prefix.is_empty() || c.store.prefix.contains(['{', '}']) {
+            self.fail(
+                &[Key("store"), Key("prefix")],
+                "must be non-empty and contain no '{' or '}' (they are hash tags)".into(),
             );
         }
         let mut seen = std::collections::HashSet::new();

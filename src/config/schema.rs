@@ -79,13 +79,24 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub url: String,
+    pub cluster: bool,
+    pub prefix: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "memory://".into(),
+            cluster: false,
+            prefix: "infergate".into(),
         }
+    }
+}
+
+impl StoreConfig {
+    /// Whether state is shared through Valkey.
+    pub fn is_valkey(&self) -> bool {
+        self.url != "memory://"
     }
 }
 

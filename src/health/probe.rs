@@ -84,6 +84,12 @@ impl HealthChecker {
             });
         }
         while set.join_next().await.is_some() {}
+        let snapshots = table
+            .backends()
+            .iter()
+            .map(|b| (b.id.clone(), b.health.snapshot()))
+            .collect();
+        self.gw.store.publish_health(snapshots).await;
     }
 }
 

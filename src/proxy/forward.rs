@@ -87,7 +87,7 @@ impl ProxyApp {
         let mut attempts = 0usize;
         let now = now_ms();
         loop {
-            let choice = choose(pool, user, &*gw.store, now, &tried[..attempts]);
+            let choice = choose(pool, user, &*gw.store, now, &tried[..attempts]).await;
             let Some((index, member)) = choice.member else {
                 let err = if attempts == 0 {
                     ProxyError::NoHealthyServer(pool.model.to_string())

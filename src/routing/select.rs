@@ -2,7 +2,7 @@
 //! fewest requests in flight (ties broken at random).
 
 use super::table::{Member, Pool};
-use crate::store::Store;
+use crate::store::{Claim, Store};
 use crate::telemetry::AffinityOutcome;
 
 /// The chosen server and, when the request carried a user, the affinity outcome.
@@ -13,8 +13,9 @@ pub struct Choice<'a> {
 }
 
 /// Pick a server of `pool` for `user` (if any), skipping the members at the `exclude` indices
-/// (already tried).
-pub fn choose<'a>(
+/// (already tried). An affinity hit is answered from local state; only a miss or a fallback
+/// asks the store to agree with the other instances.
+pub async fn choose<'a>(
     pool: &'a Pool,
     user: Option<&str>,
     store: &dyn Store,
@@ -27,24 +28,65 @@ pub fn choose<'a>(
             affinity: None,
         };
     };
+    let usable = |id: &str| {
+        pool.member(id)
+            .filter(|(i, m)| m.backend.is_healthy() && !exclude.contains(i))
+    };
     let pinned = store.affinity_get(user, &pool.model, now_ms);
-    let outcome = match pinned.as_deref().and_then(|id| pool.member(id)) {
-        Some((i, m)) if m.backend.is_healthy() && !exclude.contains(&i) => {
+    if let Some(hit) = pinned.as_deref().and_then(usable) {
+        return Choice {
+            member: Some(hit),
+            affinity: Some(AffinityOutcome::Hit),
+        };
+    }
+    let Some(candidate) = least_in_flight(pool, exclude) else {
+        return Choice {
+            member: None,
+            affinity: None,
+        };
+    };
+    let mut stale = pinned;
+    // At most twice: the shared entry may name a server this instance cannot use.
+    for _ in 0..2 {
+        let claim = store
+            .affinity_claim(
+                user,
+                &pool.model,
+                &candidate.1.backend.id,
+                stale.as_deref(),
+                now_ms,
+            )
+            .await;
+        let (agreed, existed) = match claim {
+            Claim::LocalOnly => break,
+            Claim::Agreed { server, existed } => (server, existed),
+        };
+        if !existed && *agreed == *candidate.1.backend.id {
+            let outcome = if stale.is_some() {
+                AffinityOutcome::Fallback
+            } else {
+                AffinityOutcome::Miss
+            };
             return Choice {
-                member: Some((i, m)),
-                affinity: Some(AffinityOutcome::Hit),
+                member: Some(candidate),
+                affinity: Some(outcome),
             };
         }
-        _ if pinned.is_some() => AffinityOutcome::Fallback,
-        _ => AffinityOutcome::Miss,
-    };
-    let member = least_in_flight(pool, exclude);
-    if let Some((_, m)) = member {
-        store.affinity_set(user, &pool.model, &m.backend.id, now_ms);
+        match usable(&agreed) {
+            // The user was pinned (through another instance) to a server this one can use.
+            Some(other) => {
+                return Choice {
+                    member: Some(other),
+                    affinity: Some(AffinityOutcome::Hit),
+                }
+            }
+            None => stale = Some(agreed),
+        }
     }
+    // The shared store was unreachable (or disagreed twice): served on local knowledge.
     Choice {
-        member,
-        affinity: Some(outcome),
+        member: Some(candidate),
+        affinity: Some(AffinityOutcome::Fallback),
     }
 }
 

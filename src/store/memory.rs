@@ -1,19 +1,27 @@
-//! The embedded store: sharded concurrent maps, no external service.
+//! The embedded store: sharded concurrent maps, no external service. Also the local cache under
+//! the Valkey store.
 
-use super::{AffinityCounts, Store};
+use super::{AffinityCounts, Claim, Store, StoreError};
 use crate::config::Provider;
 use crate::telemetry::AffinityOutcome;
+use async_trait::async_trait;
 use dashmap::DashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-struct Entry {
-    user: Box<str>,
-    model: Box<str>,
-    server: Arc<str>,
+/// One (user, model) -> server entry.
+pub struct Entry {
+    pub user: Box<str>,
+    pub model: Box<str>,
+    pub server: Arc<str>,
     expires_ms: AtomicU64,
+    /// Set on use; a shared store clears it when it pushes the TTL out.
+    touched: AtomicBool,
 }
+
+/// Receives entries the first time they are used after their TTL was last pushed out.
+pub type TouchSink = Box<dyn Fn(&Arc<Entry>) + Send + Sync>;
 
 /// In-memory affinity with a sliding TTL and a bound on the number of entries.
 pub struct MemoryStore {
@@ -21,8 +29,9 @@ pub struct MemoryStore {
     max_entries: usize,
     hasher: std::collections::hash_map::RandomState,
     /// Keyed by a keyed hash of (user, model); the entry keeps both to rule out collisions.
-    entries: DashMap<u64, Entry>,
+    entries: DashMap<u64, Arc<Entry>>,
     counts: [[AtomicU64; 3]; 3],
+    on_touch: Option<TouchSink>,
 }
 
 impl MemoryStore {
@@ -33,50 +42,27 @@ impl MemoryStore {
             hasher: Default::default(),
             entries: DashMap::new(),
             counts: Default::default(),
+            on_touch: None,
         }
+    }
+
+    /// Report entries as they are used (once per [`Entry::take_touched`]).
+    pub fn with_touch_sink(mut self, sink: TouchSink) -> Self {
+        self.on_touch = Some(sink);
+        self
     }
 
     fn key(&self, user: &str, model: &str) -> u64 {
         self.hasher.hash_one((user, model))
     }
-}
 
-fn provider_index(p: Provider) -> usize {
-    match p {
-        Provider::Vllm => 0,
-        Provider::Sglang => 1,
-        Provider::Speaches => 2,
-    }
-}
-
-fn outcome_index(o: AffinityOutcome) -> usize {
-    match o {
-        AffinityOutcome::Hit => 0,
-        AffinityOutcome::Miss => 1,
-        AffinityOutcome::Fallback => 2,
-    }
-}
-
-impl Store for MemoryStore {
-    fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {
-        let e = self.entries.get(&self.key(user, model))?;
-        if &*e.user != user || &*e.model != model || e.expires_ms.load(Relaxed) <= now_ms {
-            return None;
-        }
-        e.expires_ms.store(now_ms + self.ttl_ms, Relaxed);
-        Some(e.server.clone())
-    }
-
-    fn affinity_set(&self, user: &str, model: &str, server: &Arc<str>, now_ms: u64) {
+    /// Pin (user, model) to `server` locally.
+    pub fn set(&self, user: &str, model: &str, server: &Arc<str>, now_ms: u64) {
         let key = self.key(user, model);
         if let Some(e) = self.entries.get(&key) {
-            if &*e.user == user && &*e.model == model {
-                let e = e.value();
-                // Same server: only the TTL moves.
-                if Arc::ptr_eq(&e.server, server) || *e.server == **server {
-                    e.expires_ms.store(now_ms + self.ttl_ms, Relaxed);
-                    return;
-                }
+            if &*e.user == user && &*e.model == model && *e.server == **server {
+                e.expires_ms.store(now_ms + self.ttl_ms, Relaxed);
+                return;
             }
         }
         if self.entries.len() >= self.max_entries {
@@ -89,35 +75,128 @@ impl Store for MemoryStore {
                 return;
             }
         }
-        self.entries.insert(
-            key,
-            Entry {
-                user: user.into(),
-                model: model.into(),
-                server: server.clone(),
-                expires_ms: AtomicU64::new(now_ms + self.ttl_ms),
-            },
-        );
+        let entry = Arc::new(Entry {
+            user: user.into(),
+            model: model.into(),
+            server: server.clone(),
+            expires_ms: AtomicU64::new(now_ms + self.ttl_ms),
+            touched: AtomicBool::new(false),
+        });
+        self.entries.insert(key, entry);
     }
 
-    fn affinity_clear(&self, user: &str, model: Option<&str>) -> usize {
+    /// Remove local entries of `user` (only `model`'s when given); returns how many.
+    pub fn remove(&self, user: &str, model: Option<&str>) -> usize {
         let before = self.entries.len();
         self.entries
             .retain(|_, e| !(&*e.user == user && model.is_none_or(|m| &*e.model == m)));
         before.saturating_sub(self.entries.len())
     }
 
-    fn affinity_record(&self, provider: Provider, outcome: AffinityOutcome) {
-        self.counts[provider_index(provider)][outcome_index(outcome)].fetch_add(1, Relaxed);
+    /// Every live entry (for repopulating a shared store).
+    pub fn entries(&self, now_ms: u64) -> Vec<Arc<Entry>> {
+        self.entries
+            .iter()
+            .filter(|e| e.expires_ms.load(Relaxed) > now_ms)
+            .map(|e| e.value().clone())
+            .collect()
     }
 
-    fn affinity_counts(&self, provider: Provider) -> AffinityCounts {
+    /// Local counts, and reset them (for flushing deltas to a shared store). Returns
+    /// `[provider][outcome]` deltas; the caller gives them back with [`Self::restore_counts`]
+    /// when the flush fails, so no increment is lost.
+    pub fn take_counts(&self) -> [[u64; 3]; 3] {
+        let mut out = [[0; 3]; 3];
+        for (p, row) in self.counts.iter().enumerate() {
+            for (o, c) in row.iter().enumerate() {
+                out[p][o] = c.swap(0, Relaxed);
+            }
+        }
+        out
+    }
+
+    pub fn restore_counts(&self, deltas: [[u64; 3]; 3]) {
+        for (p, row) in deltas.iter().enumerate() {
+            for (o, d) in row.iter().enumerate() {
+                self.counts[p][o].fetch_add(*d, Relaxed);
+            }
+        }
+    }
+
+    pub fn local_counts(&self, provider: Provider) -> AffinityCounts {
         let c = &self.counts[provider_index(provider)];
         AffinityCounts {
             hits: c[0].load(Relaxed),
             misses: c[1].load(Relaxed),
             fallbacks: c[2].load(Relaxed),
         }
+    }
+}
+
+impl Entry {
+    /// Whether the entry was used since the last call (and reset the mark).
+    pub fn take_touched(&self) -> bool {
+        self.touched.swap(false, Relaxed)
+    }
+}
+
+pub(crate) fn provider_index(p: Provider) -> usize {
+    match p {
+        Provider::Vllm => 0,
+        Provider::Sglang => 1,
+        Provider::Speaches => 2,
+    }
+}
+
+pub(crate) fn outcome_index(o: AffinityOutcome) -> usize {
+    match o {
+        AffinityOutcome::Hit => 0,
+        AffinityOutcome::Miss => 1,
+        AffinityOutcome::Fallback => 2,
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {
+        let e = self.entries.get(&self.key(user, model))?;
+        if &*e.user != user || &*e.model != model || e.expires_ms.load(Relaxed) <= now_ms {
+            return None;
+        }
+        e.expires_ms.store(now_ms + self.ttl_ms, Relaxed);
+        if let Some(sink) = &self.on_touch {
+            if !e.touched.swap(true, Relaxed) {
+                sink(e.value());
+            }
+        }
+        Some(e.server.clone())
+    }
+
+    async fn affinity_claim(
+        &self,
+        user: &str,
+        model: &str,
+        candidate: &Arc<str>,
+        _stale: Option<&str>,
+        now_ms: u64,
+    ) -> Claim {
+        self.set(user, model, candidate, now_ms);
+        Claim::Agreed {
+            server: candidate.clone(),
+            existed: false,
+        }
+    }
+
+    async fn affinity_clear(&self, user: &str, model: Option<&str>) -> Result<usize, StoreError> {
+        Ok(self.remove(user, model))
+    }
+
+    fn affinity_record(&self, provider: Provider, outcome: AffinityOutcome) {
+        self.counts[provider_index(provider)][outcome_index(outcome)].fetch_add(1, Relaxed);
+    }
+
+    async fn affinity_counts(&self, provider: Provider) -> Result<AffinityCounts, StoreError> {
+        Ok(self.local_counts(provider))
     }
 
     fn affinity_len(&self) -> usize {
@@ -138,7 +217,7 @@ mod tests {
     fn sliding_ttl_keeps_active_entries_and_expires_idle_ones() {
         let s = MemoryStore::new(1_000, 100);
         let a: Arc<str> = "http://a/v1".into();
-        s.affinity_set("u", "m", &a, 0);
+        s.set("u", "m", &a, 0);
         assert_eq!(
             s.affinity_get("u", "m", 900).as_deref(),
             Some("http://a/v1")
@@ -150,18 +229,18 @@ mod tests {
         assert_eq!(s.affinity_len(), 0);
     }
 
-    #[test]
-    fn entries_are_per_user_and_model_and_clear_is_scoped() {
+    #[tokio::test]
+    async fn entries_are_per_user_and_model_and_clear_is_scoped() {
         let s = MemoryStore::new(60_000, 100);
         let a: Arc<str> = "a".into();
         let b: Arc<str> = "b".into();
-        s.affinity_set("u1", "m1", &a, 0);
-        s.affinity_set("u1", "m2", &b, 0);
-        s.affinity_set("u2", "m1", &b, 0);
+        s.set("u1", "m1", &a, 0);
+        s.set("u1", "m2", &b, 0);
+        s.set("u2", "m1", &b, 0);
         assert_eq!(s.affinity_get("u1", "m2", 1).as_deref(), Some("b"));
-        assert_eq!(s.affinity_clear("u1", Some("m1")), 1);
+        assert_eq!(s.affinity_clear("u1", Some("m1")).await.unwrap(), 1);
         assert!(s.affinity_get("u1", "m1", 1).is_none());
-        assert_eq!(s.affinity_clear("u1", None), 1);
+        assert_eq!(s.affinity_clear("u1", None).await.unwrap(), 1);
         assert_eq!(s.affinity_get("u2", "m1", 1).as_deref(), Some("b"));
     }
 
@@ -169,27 +248,51 @@ mod tests {
     fn the_table_is_bounded() {
         let s = MemoryStore::new(60_000, 2);
         let a: Arc<str> = "a".into();
-        s.affinity_set("u1", "m", &a, 0);
-        s.affinity_set("u2", "m", &a, 0);
-        s.affinity_set("u3", "m", &a, 0);
+        s.set("u1", "m", &a, 0);
+        s.set("u2", "m", &a, 0);
+        s.set("u3", "m", &a, 0);
         assert_eq!(s.affinity_len(), 2);
         assert!(s.affinity_get("u3", "m", 1).is_none());
     }
 
-    #[test]
-    fn counts_per_provider() {
+    #[tokio::test]
+    async fn counts_per_provider_and_deltas_are_not_lost() {
         let s = MemoryStore::new(1, 1);
         s.affinity_record(Provider::Vllm, AffinityOutcome::Hit);
         s.affinity_record(Provider::Vllm, AffinityOutcome::Fallback);
         s.affinity_record(Provider::Sglang, AffinityOutcome::Miss);
         assert_eq!(
-            s.affinity_counts(Provider::Vllm),
+            s.affinity_counts(Provider::Vllm).await.unwrap(),
             AffinityCounts {
                 hits: 1,
                 misses: 0,
                 fallbacks: 1
             }
         );
-        assert_eq!(s.affinity_counts(Provider::Sglang).misses, 1);
+        let d = s.take_counts();
+        assert_eq!(s.local_counts(Provider::Vllm), AffinityCounts::default());
+        s.affinity_record(Provider::Vllm, AffinityOutcome::Hit);
+        s.restore_counts(d);
+        assert_eq!(s.local_counts(Provider::Vllm).hits, 2);
+        assert_eq!(s.local_counts(Provider::Sglang).misses, 1);
+    }
+
+    #[test]
+    fn uses_are_reported_once_until_taken() {
+        let seen = Arc::new(AtomicU64::new(0));
+        let seen2 = seen.clone();
+        let s = MemoryStore::new(60_000, 10).with_touch_sink(Box::new(move |_| {
+            seen2.fetch_add(1, Relaxed);
+        }));
+        let a: Arc<str> = "a".into();
+        s.set("u", "m", &a, 0);
+        s.affinity_get("u", "m", 1);
+        s.affinity_get("u", "m", 2);
+        assert_eq!(seen.load(Relaxed), 1);
+        for e in s.entries(3) {
+            assert!(e.take_touched());
+        }
+        s.affinity_get("u", "m", 4);
+        assert_eq!(seen.load(Relaxed), 2);
     }
 }

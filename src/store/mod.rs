@@ -1,12 +1,19 @@
-//! Shared state behind one abstraction: session affinity entries and their counters. The embedded
-//! in-memory store is the default; a Valkey-backed store plugs in behind the same trait.
+//! Shared state behind one abstraction: session affinity entries and their counters (and, with
+//! Valkey, health snapshots, demand telemetry and the registry, see `valkey/`). The embedded
+//! in-memory store is the default; the Valkey store shares everything between instances.
+//!
+//! The hot path only calls the synchronous, local methods; the asynchronous ones run on an
+//! affinity miss or fallback, or off the hot path.
 
 mod memory;
+pub mod valkey;
 
-pub use memory::MemoryStore;
+pub use memory::{Entry, MemoryStore};
 
 use crate::config::Provider;
+use crate::health::HealthSnapshot;
 use crate::telemetry::AffinityOutcome;
+use async_trait::async_trait;
 use std::sync::Arc;
 
 /// Hit, miss and fallback counts of one provider.
@@ -17,21 +24,65 @@ pub struct AffinityCounts {
     pub fallbacks: u64,
 }
 
-/// State every gateway instance must agree on. Methods are synchronous and must not block: they
-/// are called on the hot path, so an implementation answers from local memory.
+/// The result of agreeing on a server for (user, model) with the other instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The shared entry names `server`: the server another instance pinned (`existed`), or the
+    /// candidate when there was no entry or it named the stale server.
+    Agreed { server: Arc<str>, existed: bool },
+    /// The shared store could not be asked: the candidate is pinned locally only.
+    LocalOnly,
+}
+
+/// Why a shared-state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("valkey unavailable")]
+    Unavailable,
+    #[error("valkey error: {0}")]
+    Valkey(String),
+}
+
+/// State every gateway instance must agree on.
+#[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The server pinned for (user, model), refreshing the entry's sliding TTL.
+    /// The server pinned locally for (user, model), refreshing the entry's sliding TTL. Never
+    /// leaves the process.
     fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>>;
-    /// Pin (user, model) to `server` for the TTL from `now_ms`.
-    fn affinity_set(&self, user: &str, model: &str, server: &Arc<str>, now_ms: u64);
-    /// Remove the user's entries (only `model`'s when given); returns how many were removed.
-    fn affinity_clear(&self, user: &str, model: Option<&str>) -> usize;
-    /// Count one lookup outcome for `provider`.
+
+    /// Called when the local entry is missing or names an unusable (`stale`) server: agree with
+    /// the other instances on the server for (user, model), proposing `candidate`.
+    async fn affinity_claim(
+        &self,
+        user: &str,
+        model: &str,
+        candidate: &Arc<str>,
+        stale: Option<&str>,
+        now_ms: u64,
+    ) -> Claim;
+
+    /// Remove the user's entries (only `model`'s when given) on every instance; returns how
+    /// many entries were removed.
+    async fn affinity_clear(&self, user: &str, model: Option<&str>) -> Result<usize, StoreError>;
+
+    /// Count one lookup outcome for `provider` (local; shared stores flush it in batches).
     fn affinity_record(&self, provider: Provider, outcome: AffinityOutcome);
-    /// Counts per provider.
-    fn affinity_counts(&self, provider: Provider) -> AffinityCounts;
-    /// Live entries.
+
+    /// Counts per provider, summed over every instance.
+    async fn affinity_counts(&self, provider: Provider) -> Result<AffinityCounts, StoreError>;
+
+    /// Entries held locally.
     fn affinity_len(&self) -> usize;
-    /// Drop expired entries; called periodically off the hot path.
+
+    /// Drop expired local entries; called periodically off the hot path.
     fn sweep(&self, now_ms: u64);
+
+    /// Share this instance's view of server health (after each probe round).
+    async fn publish_health(&self, _snapshots: Vec<(Arc<str>, HealthSnapshot)>) {}
+
+    /// The last health snapshot any instance shared for `server` (`None` when none did or the
+    /// store shares nothing).
+    async fn health(&self, _server: &str) -> Result<Option<HealthSnapshot>, StoreError> {
+        Ok(None)
+    }
 }

@@ -8,3 +8,4 @@ mod health;
 mod routing;
 mod streaming;
 mod tls;
+mod valkey;

@@ -1,0 +1,59 @@
+//! Key names (documented in docs/valkey-keys.md). Keys that are read or written together share a
+//! hash tag (`{...}`) so that each operation stays in one slot of a Valkey Cluster.
+
+/// Key builder for one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// STRING server URL, with the affinity TTL: `<p>:aff:{<user>}:<model>`.
+    pub fn affinity(&self, user: &str, model: &str) -> String {
+        format!("{}:aff:{{{}}}:{}", self.prefix, user, model)
+    }
+
+    /// SET of the models the user has entries for, same TTL: `<p>:affidx:{<user>}`.
+    pub fn affinity_index(&self, user: &str) -> String {
+        format!("{}:affidx:{{{}}}", self.prefix, user)
+    }
+
+    /// HASH `<provider>:<hit|miss|fallback>` -> count: `<p>:affstats`.
+    pub fn affinity_stats(&self) -> String {
+        format!("{}:affstats", self.prefix)
+    }
+
+    /// STREAM of invalidation events: `<p>:events`.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// HASH health snapshot of one server: `<p>:health:{<url>}`.
+    pub fn health(&self, url: &str) -> String {
+        format!("{}:health:{{{}}}", self.prefix, url)
+    }
+
+    /// STRING marker whose absence means Valkey lost its data: `<p>:epoch`.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_keys_share_a_hash_tag() {
+        let k = Keys::new("ig");
+        assert_eq!(k.affinity("alice", "qwen"), "ig:aff:{alice}:qwen");
+        assert_eq!(k.affinity_index("alice"), "ig:affidx:{alice}");
+        assert_eq!(k.health("http://a:1/v1"), "ig:health:{http://a:1/v1}");
+    }
+}

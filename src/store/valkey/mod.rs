@@ -1,0 +1,263 @@
+//! The Valkey store: every gateway instance shares affinity, its counters and health through one
+//! Valkey (or Valkey Cluster), while the hot path keeps answering from local memory.
+//!
+//! - Affinity hits are served from the local cache (a [`MemoryStore`]); uses are batched into
+//!   TTL refreshes once a second.
+//! - A local miss or fallback runs one script that returns the shared entry or sets ours.
+//! - Clears are written to Valkey and announced on a stream that every instance polls every
+//!   200 ms, so they take effect everywhere within a second.
+//! - Counters are kept locally and flushed as deltas once a second; a failed flush keeps them.
+//! - Valkey down: nothing on the data plane waits for it; reassignments count as fallbacks.
+//!   When it returns, sharing resumes; if it lost its data, the instance writes back what it
+//!   knows.
+
+mod conn;
+mod keys;
+mod sync;
+
+pub use conn::Valkey;
+
+use super::memory::{Entry, MemoryStore};
+use super::{AffinityCounts, Claim, Store, StoreError};
+use crate::config::Provider;
+use crate::health::HealthSnapshot;
+use crate::telemetry::AffinityOutcome;
+use async_trait::async_trait;
+use keys::Keys;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Returns `{server, existed}`: the shared entry (TTL refreshed) unless it is missing or names
+/// the stale server, in which case the candidate is stored.
+const CLAIM: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('SADD', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return {cur, 1}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {ARGV[1], 0}
+";
+
+const CLEAR: &str = r"
+local models
+if ARGV[2] ~= '' then models = {ARGV[2]} else models = redis.call('SMEMBERS', KEYS[1]) end
+local n = 0
+for _, m in ipairs(models) do
+  n = n + redis.call('DEL', ARGV[1] .. m)
+  redis.call('SREM', KEYS[1], m)
+end
+return n
+";
+
+/// Store settings from `[store]` and `[affinity]`.
+#[derive(Debug, Clone)]
+pub struct ValkeyConfig {
+    pub url: String,
+    pub cluster: bool,
+    pub prefix: String,
+    pub ttl_ms: u64,
+    pub max_entries: usize,
+}
+
+/// Affinity, counters and health shared through Valkey.
+pub struct ValkeyStore {
+    pub(crate) local: MemoryStore,
+    pub(crate) valkey: Valkey,
+    pub(crate) keys: Keys,
+    pub(crate) ttl_ms: u64,
+    touched: Mutex<Option<mpsc::UnboundedReceiver<Arc<Entry>>>>,
+    claim: redis::Script,
+    clear: redis::Script,
+    /// Runs the connection and the sync loop, apart from the data plane's threads.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl ValkeyStore {
+    /// Connect (lazily) and start syncing. A Valkey that is down now is not an error.
+    pub fn start(cfg: ValkeyConfig) -> Result<Arc<Self>, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("valkey")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Valkey(e.to_string()))?;
+        let valkey = {
+            let _guard = runtime.enter();
+            Valkey::open(&cfg.url, cfg.cluster)?
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let local = MemoryStore::new(cfg.ttl_ms, cfg.max_entries).with_touch_sink(Box::new(
+            move |e: &Arc<Entry>| {
+                let _ = tx.send(e.clone());
+            },
+        ));
+        let store = Arc::new(Self {
+            local,
+            valkey,
+            keys: Keys::new(&cfg.prefix),
+            ttl_ms: cfg.ttl_ms,
+            touched: Mutex::new(Some(rx)),
+            claim: redis::Script::new(CLAIM),
+            clear: redis::Script::new(CLEAR),
+            runtime: Mutex::new(None),
+        });
+        // First contact before serving, so that the first requests already share state. On a
+        // thread of its own: `start` may be called from within another runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(sync::first_contact(&store)));
+        });
+        runtime.spawn(sync::run(store.clone()));
+        *store.runtime.lock().expect("lock") = Some(runtime);
+        Ok(store)
+    }
+
+    pub(crate) fn take_touched(&self) -> Option<mpsc::UnboundedReceiver<Arc<Entry>>> {
+        self.touched.lock().ok()?.take()
+    }
+
+    /// Write an entry to Valkey unless one is there (used to repopulate a Valkey that lost data).
+    pub(crate) async fn claim_shared(
+        &self,
+        user: &str,
+        model: &str,
+        candidate: &str,
+        stale: Option<&str>,
+    ) -> Result<(String, bool), StoreError> {
+        let mut inv = self.claim.prepare_invoke();
+        inv.key(self.keys.affinity(user, model))
+            .key(self.keys.affinity_index(user))
+            .arg(candidate)
+            .arg(stale.unwrap_or(""))
+            .arg(self.ttl_ms)
+            .arg(model);
+        self.valkey
+            .run(|mut c| async move { inv.invoke_async::<(String, u8)>(&mut c).await })
+            .await
+            .map(|(server, existed)| (server, existed == 1))
+    }
+}
+
+impl Drop for ValkeyStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.get_mut().ok().and_then(Option::take) {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ValkeyStore {
+    fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {
+        self.local.affinity_get(user, model, now_ms)
+    }
+
+    async fn affinity_claim(
+        &self,
+        user: &str,
+        model: &str,
+        candidate: &Arc<str>,
+        stale: Option<&str>,
+        now_ms: u64,
+    ) -> Claim {
+        if !self.valkey.is_available() {
+            self.local.set(user, model, candidate, now_ms);
+            return Claim::LocalOnly;
+        }
+        match self.claim_shared(user, model, candidate, stale).await {
+            Ok((server, existed)) => {
+                let server: Arc<str> = if *server == **candidate {
+                    candidate.clone()
+                } else {
+                    server.into()
+                };
+                self.local.set(user, model, &server, now_ms);
+                Claim::Agreed { server, existed }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "affinity claim fell back to local state");
+                self.local.set(user, model, candidate, now_ms);
+                Claim::LocalOnly
+            }
+        }
+    }
+
+    async fn affinity_clear(&self, user: &str, model: Option<&str>) -> Result<usize, StoreError> {
+        let prefix = self.keys.affinity(user, "");
+        let mut inv = self.clear.prepare_invoke();
+        inv.key(self.keys.affinity_index(user))
+            .arg(&prefix)
+            .arg(model.unwrap_or(""));
+        let cleared = self
+            .valkey
+            .run(|mut c| async move { inv.invoke_async::<usize>(&mut c).await })
+            .await?;
+        let local = self.local.remove(user, model);
+        let events = self.keys.events();
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&events)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(sync::EVENTS_MAXLEN)
+            .arg("*")
+            .arg("kind")
+            .arg("clear")
+            .arg("user")
+            .arg(user)
+            .arg("model")
+            .arg(model.unwrap_or(""));
+        self.valkey
+            .run(|mut c| async move { xadd.query_async::<String>(&mut c).await })
+            .await?;
+        Ok(cleared.max(local))
+    }
+
+    fn affinity_record(&self, provider: Provider, outcome: AffinityOutcome) {
+        self.local.affinity_record(provider, outcome);
+    }
+
+    async fn affinity_counts(&self, provider: Provider) -> Result<AffinityCounts, StoreError> {
+        let key = self.keys.affinity_stats();
+        let shared: std::collections::HashMap<String, u64> = self
+            .valkey
+            .run(|mut c| async move {
+                redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async::<std::collections::HashMap<String, u64>>(&mut c)
+                    .await
+            })
+            .await?;
+        let local = self.local.local_counts(provider);
+        let get = |o: AffinityOutcome| {
+            shared
+                .get(&sync::stats_field(provider, o))
+                .copied()
+                .unwrap_or(0)
+        };
+        Ok(AffinityCounts {
+            hits: get(AffinityOutcome::Hit) + local.hits,
+            misses: get(AffinityOutcome::Miss) + local.misses,
+            fallbacks: get(AffinityOutcome::Fallback) + local.fallbacks,
+        })
+    }
+
+    fn affinity_len(&self) -> usize {
+        self.local.affinity_len()
+    }
+
+    fn sweep(&self, now_ms: u64) {
+        self.local.sweep(now_ms);
+    }
+
+    async fn publish_health(&self, snapshots: Vec<(Arc<str>, HealthSnapshot)>) {
+        sync::publish_health(self, snapshots).await;
+    }
+
+    async fn health(&self, server: &str) -> Result<Option<HealthSnapshot>, StoreError> {
+        sync::read_health(self, server).await
+    }
+}

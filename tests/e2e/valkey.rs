@@ -1,0 +1,246 @@
+//! Many gateway instances as one through Valkey: shared affinity, clears honoured everywhere,
+//! exact counters, shared health, and a Valkey outage survived.
+
+use crate::harness::*;
+use infergate::config::Provider;
+use infergate::store::valkey::{ValkeyConfig, ValkeyStore};
+use infergate::store::Store;
+use reqwest::Client;
+use serde_json::json;
+use std::time::Duration;
+
+fn store_config(redis: &str, cluster: bool) -> String {
+    format!("[store]\nurl = {redis:?}\ncluster = {cluster}\nprefix = \"t\"\n\n")
+}
+
+fn admin_store(url: &str, cluster: bool) -> std::sync::Arc<ValkeyStore> {
+    ValkeyStore::start(ValkeyConfig {
+        url: url.into(),
+        cluster,
+        prefix: "t".into(),
+        ttl_ms: 30 * 60_000,
+        max_entries: 1000,
+    })
+    .unwrap()
+}
+
+async fn served_by(c: &Client, gw: &Gateway, user: &str) -> String {
+    let mut body = chat_body("m");
+    body["user"] = json!(user);
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["x-mock-server"].to_str().unwrap().to_string()
+}
+
+async fn two_gateways_share_affinity(redis_url: &str, cluster: bool) {
+    let a = mock("a", &["m"]).await;
+    let b = mock("b", &["m"]).await;
+    let servers = server(&a.url(), &["m"]) + &server(&b.url(), &["m"]);
+    let gw1 = Gateway::start(&(store_config(redis_url, cluster) + &servers)).await;
+    let gw2 = Gateway::start(&(store_config(redis_url, cluster) + &servers)).await;
+    let c = Client::new();
+    let mut spread = std::collections::HashSet::new();
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let first = served_by(&c, &gw1, &user).await;
+        spread.insert(first.clone());
+        for _ in 0..3 {
+            assert_eq!(
+                served_by(&c, &gw2, &user).await,
+                first,
+                "{user} through the other instance"
+            );
+            assert_eq!(
+                served_by(&c, &gw1, &user).await,
+                first,
+                "{user} through the first instance"
+            );
+        }
+    }
+    assert_eq!(spread.len(), 2, "users spread over both servers");
+}
+
+#[tokio::test]
+async fn a_user_pinned_through_one_instance_sticks_through_the_other() {
+    let redis = Redis::start().await;
+    two_gateways_share_affinity(&redis.url(), false).await;
+}
+
+#[tokio::test]
+async fn a_clear_through_one_instance_is_honoured_by_all_within_a_second() {
+    let redis = Redis::start().await;
+    let a = mock("a", &["m", "n"]).await;
+    let servers = server(&a.url(), &["m", "n"]);
+    let gw1 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let gw2 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let c = Client::new();
+    for gw in [&gw1, &gw2] {
+        served_by(&c, gw, "dave").await;
+    }
+    let mut body = json!({"model": "n", "user": "dave"});
+    c.post(gw1.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let hits = |m: &str| {
+        metric_value(
+            m,
+            "infergate_affinity_total{outcome=\"hit\",provider=\"vllm\"}",
+        )
+    };
+    let misses = |m: &str| {
+        metric_value(
+            m,
+            "infergate_affinity_total{outcome=\"miss\",provider=\"vllm\"}",
+        )
+    };
+    let before = gw2.metrics().await;
+    served_by(&c, &gw2, "dave").await;
+    let now = gw2.metrics().await;
+    assert_eq!(
+        hits(&now),
+        hits(&before) + 1.0,
+        "a local hit before the clear: misses {} -> {}",
+        misses(&before),
+        misses(&now)
+    );
+
+    // The admin side: clear dave's entry for model m only.
+    let admin = admin_store(&redis.url(), false);
+    assert_eq!(admin.affinity_clear("dave", Some("m")).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = gw2.metrics().await;
+    served_by(&c, &gw2, "dave").await;
+    let after = gw2.metrics().await;
+    assert_eq!(
+        misses(&after),
+        misses(&before) + 1.0,
+        "the cleared entry is gone on the other instance"
+    );
+    // Model n was not cleared.
+    body["prompt"] = json!("x");
+    c.post(gw2.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hits(&gw2.metrics().await), hits(&after) + 1.0);
+    // Clearing every model of the user.
+    assert_eq!(admin.affinity_clear("dave", None).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn counters_are_exact_across_instances_and_health_is_shared() {
+    let redis = Redis::start().await;
+    let a = mock("a", &["m"]).await;
+    let servers = server(&a.url(), &["m"]);
+    let gw1 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let gw2 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let c = Client::new();
+    for i in 0..30 {
+        let gw = if i % 3 == 0 { &gw2 } else { &gw1 };
+        served_by(&c, gw, &format!("u{}", i % 7)).await;
+    }
+    let admin = admin_store(&redis.url(), false);
+    let counted = eventually(Duration::from_secs(4), || async {
+        let n = admin.affinity_counts(Provider::Vllm).await.unwrap();
+        n.hits + n.misses + n.fallbacks == 30
+    })
+    .await;
+    let n = admin.affinity_counts(Provider::Vllm).await.unwrap();
+    assert!(counted, "30 lookups counted once each: {n:?}");
+    assert_eq!(n.misses, 7, "{n:?}");
+    assert_eq!(n.hits, 23, "{n:?}");
+    // Health written by the instances' probes.
+    let h = admin
+        .health(&a.url())
+        .await
+        .unwrap()
+        .expect("a shared snapshot");
+    assert!(h.healthy && h.last_check_ms > 0);
+}
+
+#[tokio::test]
+async fn valkey_outage_is_survived_and_sharing_resumes() {
+    let mut redis = Redis::start().await;
+    let a = mock("a", &["m"]).await;
+    let b = mock("b", &["m"]).await;
+    let servers = server(&a.url(), &["m"]) + &server(&b.url(), &["m"]);
+    let gw1 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let gw2 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let c = Client::new();
+    let erin = served_by(&c, &gw1, "erin").await;
+
+    redis.kill();
+    // Every request is still served; new users are fallbacks (local-only assignments).
+    for i in 0..10 {
+        served_by(&c, &gw1, &format!("outage-{i}")).await;
+        served_by(&c, &gw2, &format!("outage-{i}")).await;
+    }
+    assert_eq!(
+        served_by(&c, &gw1, "erin").await,
+        erin,
+        "local affinity kept"
+    );
+    let m = gw1.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            "infergate_affinity_total{outcome=\"fallback\",provider=\"vllm\"}"
+        ) >= 10.0
+    );
+
+    // Valkey comes back empty: repopulated from the instances, sharing resumes without restart.
+    redis.restart().await;
+    let key = "t:aff:{erin}:m";
+    let repopulated = eventually(Duration::from_secs(5), || async {
+        redis.cmd::<Option<String>>(&["GET", key]).await.is_some()
+    })
+    .await;
+    assert!(repopulated, "erin's entry written back");
+    assert_eq!(served_by(&c, &gw2, "erin").await, erin);
+    for i in 0..5 {
+        let user = format!("after-{i}");
+        let first = served_by(&c, &gw2, &user).await;
+        assert_eq!(served_by(&c, &gw1, &user).await, first);
+    }
+}
+
+#[tokio::test]
+async fn a_valkey_cluster_shares_affinity_the_same_way() {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut nodes = Vec::new();
+    for p in ports {
+        nodes.push(Redis::start_on(p, true).await);
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Wait for the slots to be served.
+    let ok = eventually(Duration::from_secs(10), || async {
+        nodes[0]
+            .cmd::<String>(&["CLUSTER", "INFO"])
+            .await
+            .contains("cluster_state:ok")
+    })
+    .await;
+    assert!(ok, "cluster formed");
+    two_gateways_share_affinity(&nodes[0].url(), true).await;
+    let admin = admin_store(&nodes[1].url(), true);
+    assert_eq!(admin.affinity_clear("user-1", None).await.unwrap(), 1);
+}
