@@ -5,13 +5,15 @@
 # streaming TTFT (direct vs infergate) and infergate's RSS with 1,000 idle keep-alive clients.
 #
 # Needs: oha (cargo install oha), nginx (apt-get install nginx-light), python3, taskset.
-# Usage: benches/compare.sh            (env: DURATION=10s CONNS=64 ROUNDS=3 STORE=memory://)
+# With WITH_VALKEY=1 a second infergate shares state through a local redis-server (Valkey
+# protocol) and the Valkey commands per proxied request are reported.
+# Usage: benches/compare.sh            (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
-STORE=${STORE:-memory://}
+WITH_VALKEY=${WITH_VALKEY:-0}
 BIN=target/release/infergate
 [ -x "$BIN" ] || cargo build --release
 for tool in oha nginx python3 taskset; do
@@ -29,21 +31,37 @@ MOCK=$(free_port); GW=$(free_port); ADMIN=$(free_port); NGX=$(free_port)
 taskset -c 1 "$BIN" mock --listen 127.0.0.1:"$MOCK" --models bench --tokens 16 --threads 1 2>"$work/mock.log" &
 pids+=($!)
 
-cat >"$work/infergate.toml" <<TOML
+gateway_config() { # listen admin store-url
+  cat <<TOML
 [proxy]
-listen = "127.0.0.1:$GW"
+listen = "127.0.0.1:$1"
 threads = 1
 [admin]
-listen = "127.0.0.1:$ADMIN"
+listen = "127.0.0.1:$2"
 [store]
-url = "$STORE"
+url = "$3"
 [[servers]]
 url = "http://127.0.0.1:$MOCK/v1"
 provider = "vllm"
 models = ["bench"]
 TOML
+}
+gateway_config "$GW" "$ADMIN" "memory://" >"$work/infergate.toml"
 RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$work/infergate.toml" 2>"$work/gw.log" &
 GW_PID=$!; pids+=($GW_PID)
+extra_targets=""
+if [ "$WITH_VALKEY" = 1 ]; then
+  command -v redis-server >/dev/null || { echo "missing: redis-server" >&2; exit 1; }
+  VK=$(free_port); GWV=$(free_port); ADMINV=$(free_port)
+  taskset -c 1 redis-server --port "$VK" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+  pids+=($!)
+  wait_port "$VK"
+  gateway_config "$GWV" "$ADMINV" "redis://127.0.0.1:$VK/" >"$work/infergate-valkey.toml"
+  RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$work/infergate-valkey.toml" 2>"$work/gwv.log" &
+  GWV_PID=$!; pids+=($GWV_PID)
+  wait_port "$GWV"
+  extra_targets="infergate-valkey:$GWV:$GWV_PID"
+fi
 
 mkdir -p "$work/nginx"
 cat >"$work/nginx.conf" <<NGINX
@@ -75,6 +93,7 @@ taskset -c 0 nginx -c "$work/nginx.conf" -p "$work/nginx" &
 NGX_MASTER=$!; pids+=($NGX_MASTER)
 wait_port "$MOCK"; wait_port "$GW"; wait_port "$NGX"; sleep 1
 NGX_PID=$(pgrep -P "$NGX_MASTER" | head -1)
+targets="direct:$MOCK: nginx:$NGX:$NGX_PID infergate:$GW:$GW_PID $extra_targets"
 cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
 BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
@@ -99,7 +118,7 @@ PY
 DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX" >/dev/null; DURATION=2s run warm-gw "$GW" >/dev/null
 : >"$work/results"
 for r in $(seq "$ROUNDS"); do
-  for target in direct:$MOCK: nginx:$NGX:$NGX_PID infergate:$GW:$GW_PID; do
+  for target in $targets; do
     IFS=: read -r name port pid <<<"$target"
     echo "$name $(run "$name-$r" "$port" "$pid")" >>"$work/results"
   done
@@ -116,11 +135,29 @@ print(f"non-streaming chat, 16 tokens, {sys.argv[3]} connections, {sys.argv[2]} 
 print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | req/s vs nginx | p99 vs nginx |")
 print("|---|---|---|---|---|---|---|")
 n = med["nginx"]
-for name in ("direct", "nginx", "infergate"):
+for name in ("direct", "nginx", "infergate", "infergate-valkey"):
+    if name not in med: continue
     r = med[name]
     cpu = f"{r[3]:.1f}" if name != "direct" else "-"
     print(f"| {name} | {r[0]:.0f} | {r[1]:.2f} | {r[2]:.2f} | {cpu} | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.2f}x |")
 PY
+
+if [ "$WITH_VALKEY" = 1 ]; then
+  python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, cpu = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p99)))
+m = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in rows.items()}
+e, v = m["infergate"], m["infergate-valkey"]
+print(f"valkey store vs embedded store: req/s {v[0]/e[0]:.2f}x, p99 {v[1]/e[1]:.2f}x")
+PY
+  cmds=$(redis-cli -p "$VK" INFO stats | awk -F: '/total_commands_processed/ {print $2}' | tr -d '\r')
+  served=$(awk '$1=="infergate-valkey"' "$work/results" | wc -l)
+  total=$(python3 -c "import json,glob; print(sum(sum(json.load(open(f)).get('statusCodeDistribution',{}).values()) for f in glob.glob('$work/infergate-valkey-*.json')))")
+  python3 -c "print(f'valkey commands per proxied request: {int($cmds)/max(1,$total):.5f} ($cmds commands, $total requests, whole run incl. idle time)')"
+fi
 
 # Streaming TTFT: direct vs through the gateway (sequential requests).
 ttft() { cargo bench -q --bench ttft -- "http://127.0.0.1:$1" bench 500 2>/dev/null | tail -1; }
