@@ -28,6 +28,8 @@ pub struct Gateway {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub policy: HealthPolicy,
+    /// This instance's per-minute request counts (demand telemetry).
+    pub demand: crate::telemetry::demand::DemandWindows,
 }
 
 impl Gateway {
@@ -66,6 +68,7 @@ impl Gateway {
             store,
             metrics,
             policy,
+            demand: Default::default(),
         }))
     }
 }

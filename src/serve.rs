@@ -83,5 +83,11 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     server.add_service(proxy);
     server.add_service(health);
     server.add_service(admin);
+    let mut demand = background_service(
+        "demand",
+        crate::telemetry::demand::DemandService { gw: gw.clone() },
+    );
+    demand.threads = Some(1);
+    server.add_service(demand);
     server.run_forever()
 }

@@ -15,6 +15,7 @@ use pingora::time::fast_timeout::fast_timeout;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use prometheus::IntGauge;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -39,19 +40,22 @@ enum HeaderWait {
     Failed(Box<pingora::Error>),
 }
 
-/// Decrements a server's in-flight gauge when the attempt ends, however it ends.
-struct InFlight<'a>(&'a IntGauge);
+/// Counts a request in flight on a server (and for its model there) until the attempt ends,
+/// however it ends.
+struct InFlight<'a>(&'a IntGauge, &'a AtomicI64);
 
 impl<'a> InFlight<'a> {
-    fn enter(g: &'a IntGauge) -> Self {
-        g.inc();
-        Self(g)
+    fn enter(server: &'a IntGauge, model: &'a AtomicI64) -> Self {
+        server.inc();
+        model.fetch_add(1, Relaxed);
+        Self(server, model)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+        self.1.fetch_sub(1, Relaxed);
     }
 }
 
@@ -103,7 +107,9 @@ impl ProxyApp {
                     gw.metrics.affinity(backend.provider.as_str(), outcome);
                 }
             }
-            let inflight = InFlight::enter(&backend.inflight);
+            backend.last_use_ms.store(now, Relaxed);
+            member.requests.fetch_add(1, Relaxed);
+            let inflight = InFlight::enter(&backend.inflight, &member.inflight);
             let result = self.attempt(session, member, body, started).await;
             drop(inflight);
             match result {

@@ -3,6 +3,7 @@
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Backend;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
 /// One server in one model's pool, with that route's metric handles.
@@ -10,6 +11,12 @@ pub struct Member {
     pub model: Arc<str>,
     pub backend: Arc<Backend>,
     pub metrics: RouteMetrics,
+    /// Requests of this model in flight on this server.
+    pub inflight: AtomicI64,
+    /// Requests of this model sent to this server since start.
+    pub requests: AtomicU64,
+    /// `requests` as of the last demand flush.
+    pub flushed: AtomicU64,
 }
 
 /// The servers of one model.
@@ -46,6 +53,9 @@ impl RoutingTable {
                 });
                 pool.members.push(Member {
                     model: pool.model.clone(),
+                    inflight: AtomicI64::new(0),
+                    requests: AtomicU64::new(0),
+                    flushed: AtomicU64::new(0),
                     metrics: metrics.route(model, &b.id),
                     backend: b.clone(),
                 });

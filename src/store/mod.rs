@@ -12,6 +12,7 @@ pub use memory::{Entry, MemoryStore};
 
 use crate::config::Provider;
 use crate::health::HealthSnapshot;
+use crate::telemetry::demand::{Demand, DemandReport};
 use crate::telemetry::AffinityOutcome;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -79,6 +80,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Share this instance's view of server health (after each probe round).
     async fn publish_health(&self, _snapshots: Vec<(Arc<str>, HealthSnapshot)>) {}
+
+    /// Share this instance's demand (once a second).
+    async fn publish_demand(&self, _reports: Vec<DemandReport>) {}
+
+    /// Demand on `server` summed over every instance; `local` is this instance's own, which is
+    /// the answer when the store shares nothing.
+    async fn demand(&self, _server: &str, local: Demand) -> Result<Demand, StoreError> {
+        Ok(local)
+    }
 
     /// The last health snapshot any instance shared for `server` (`None` when none did or the
     /// store shares nothing).

@@ -1,6 +1,7 @@
 //! Telemetry: Prometheus metrics and the stream/body scanners that measure TTFT and token usage
 //! as bytes pass through.
 
+pub mod demand;
 mod metrics;
 pub mod sse;
 pub mod usage;

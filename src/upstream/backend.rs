@@ -35,6 +35,8 @@ pub struct Backend {
     pub health: HealthState,
     /// In-flight requests; also the `infergate_server_inflight` gauge.
     pub inflight: IntGauge,
+    /// Unix ms of the last request sent to this server (0: none yet).
+    pub last_use_ms: std::sync::atomic::AtomicU64,
     health_gauge: IntGauge,
     settings: PeerSettings,
 }
@@ -80,6 +82,7 @@ impl Backend {
         health_gauge.set(1);
         Ok(Self {
             inflight: metrics.inflight_gauge(&id),
+            last_use_ms: Default::default(),
             id,
             provider: cfg.provider,
             models: cfg.models.clone(),

@@ -123,8 +123,9 @@ async fn ttft_inter_token_latency_and_tokens_reach_metrics() {
         &m,
         &format!("infergate_inter_token_latency_seconds_sum{{{labels}}}"),
     );
+    // Two ITLs of about 20 ms; the upper bound leaves room for a loaded CI machine.
     assert!(
-        (0.03..0.2).contains(&itl_sum),
+        (0.03..0.5).contains(&itl_sum),
         "two ITLs of about 20 ms: {itl_sum}"
     );
     assert_eq!(

@@ -244,3 +244,79 @@ async fn a_valkey_cluster_shares_affinity_the_same_way() {
     let admin = admin_store(&nodes[1].url(), true);
     assert_eq!(admin.affinity_clear("user-1", None).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn demand_sums_instances_and_forgets_a_dead_one() {
+    use infergate::telemetry::demand::{Demand, ModelDemand};
+    let redis = Redis::start().await;
+    let slow = mock_with(infergate::mock::MockConfig {
+        name: "a".into(),
+        models: vec!["m".into()],
+        itl: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let servers = server(&slow.url(), &["m"]);
+    let gw1 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let gw2 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let c = Client::new();
+    for (gw, n) in [(&gw1, 3), (&gw2, 2)] {
+        for _ in 0..n {
+            let body = json!({"model": "m", "max_tokens": 1});
+            assert_eq!(
+                c.post(gw.url("/v1/completions"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            );
+        }
+    }
+    // One long stream in flight through the second instance.
+    let body = json!({"model": "m", "stream": true, "max_tokens": 200});
+    let mut stream = c
+        .post(gw2.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    stream.chunk().await.unwrap();
+
+    let admin = admin_store(&redis.url(), false);
+    let shape = || Demand {
+        models: vec![ModelDemand {
+            model: "m".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let summed = eventually(Duration::from_secs(4), || async {
+        let d = admin.demand(&slow.url(), shape()).await.unwrap();
+        d.inflight == 1 && d.models[0].inflight == 1 && d.models[0].requests_5m == 6
+    })
+    .await;
+    let d = admin.demand(&slow.url(), shape()).await.unwrap();
+    assert!(
+        summed,
+        "in flight and 5-minute requests summed over both instances: {d:?}"
+    );
+    assert!(d.last_use_ms > 0);
+
+    // The instance holding the stream dies: its in-flight count expires with it.
+    drop(gw2);
+    let forgotten = eventually(Duration::from_secs(10), || async {
+        admin.demand(&slow.url(), shape()).await.unwrap().inflight == 0
+    })
+    .await;
+    assert!(
+        forgotten,
+        "a dead instance leaves no in-flight count behind"
+    );
+    assert_eq!(
+        admin.demand(&slow.url(), shape()).await.unwrap().models[0].requests_5m,
+        6
+    );
+    drop(stream);
+}

@@ -39,6 +39,25 @@ impl Keys {
         format!("{}:health:{{{}}}", self.prefix, url)
     }
 
+    /// HASH of one instance's demand on a server (`inflight`, `last_use_ms`, `m:<model>`):
+    /// `<p>:demand:{<url>}:inst:<instance>`.
+    pub fn demand_instance(&self, url: &str, instance: &str) -> String {
+        format!("{}:demand:{{{}}}:inst:{}", self.prefix, url, instance)
+    }
+
+    /// ZSET instance -> last report (Unix ms): `<p>:demand:{<url>}:instances`.
+    pub fn demand_instances(&self, url: &str) -> String {
+        format!("{}:demand:{{{}}}:instances", self.prefix, url)
+    }
+
+    /// STRING request count of one model in one minute: `<p>:demand:{<url>}:req:<model>:<minute>`.
+    pub fn demand_requests(&self, url: &str, model: &str, minute: u64) -> String {
+        format!(
+            "{}:demand:{{{}}}:req:{}:{}",
+            self.prefix, url, model, minute
+        )
+    }
+
     /// STRING marker whose absence means Valkey lost its data: `<p>:epoch`.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

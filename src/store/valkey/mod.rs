@@ -12,6 +12,7 @@
 //!   knows.
 
 mod conn;
+mod demand;
 mod keys;
 mod sync;
 
@@ -21,6 +22,7 @@ use super::memory::{Entry, MemoryStore};
 use super::{AffinityCounts, Claim, Store, StoreError};
 use crate::config::Provider;
 use crate::health::HealthSnapshot;
+use crate::telemetry::demand::{Demand, DemandReport};
 use crate::telemetry::AffinityOutcome;
 use async_trait::async_trait;
 use keys::Keys;
@@ -73,6 +75,8 @@ pub struct ValkeyStore {
     touched: Mutex<Option<mpsc::UnboundedReceiver<Arc<Entry>>>>,
     claim: redis::Script,
     clear: redis::Script,
+    /// This process's id in per-instance keys.
+    pub(crate) instance: String,
     /// Runs the connection and the sync loop, apart from the data plane's threads.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
@@ -102,6 +106,7 @@ impl ValkeyStore {
             keys: Keys::new(&cfg.prefix),
             ttl_ms: cfg.ttl_ms,
             touched: Mutex::new(Some(rx)),
+            instance: format!("{:016x}", rand::random::<u64>()),
             claim: redis::Script::new(CLAIM),
             clear: redis::Script::new(CLEAR),
             runtime: Mutex::new(None),
@@ -259,5 +264,13 @@ impl Store for ValkeyStore {
 
     async fn health(&self, server: &str) -> Result<Option<HealthSnapshot>, StoreError> {
         sync::read_health(self, server).await
+    }
+
+    async fn publish_demand(&self, reports: Vec<DemandReport>) {
+        demand::publish(self, reports).await;
+    }
+
+    async fn demand(&self, server: &str, local: Demand) -> Result<Demand, StoreError> {
+        demand::read(self, server, local).await
     }
 }

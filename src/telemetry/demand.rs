@@ -1,0 +1,186 @@
+//! Demand telemetry per server: requests in flight (in total and per model), last use, and
+//! requests per model over the last five minutes. The data plane only bumps atomics; a
+//! once-a-second flush turns them into per-minute counts here and hands them to the store,
+//! which shares them between instances.
+
+use crate::gateway::Gateway;
+use crate::telemetry::now_ms;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Minutes in the request window.
+pub const WINDOW_MINUTES: u64 = 5;
+
+/// Demand on one server, summed over every instance that shares the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Demand {
+    pub inflight: i64,
+    /// Unix ms of the last request (0: none).
+    pub last_use_ms: u64,
+    pub models: Vec<ModelDemand>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ModelDemand {
+    pub model: String,
+    pub inflight: i64,
+    /// Requests in the current minute and the four before it.
+    pub requests_5m: u64,
+}
+
+/// What one instance reports for one server at a flush.
+#[derive(Debug, Clone)]
+pub struct DemandReport {
+    pub server: Arc<str>,
+    pub inflight: i64,
+    pub last_use_ms: u64,
+    /// (model, in flight, requests since the last flush)
+    pub models: Vec<(Arc<str>, i64, u64)>,
+}
+
+/// (Unix minute, requests) for the minutes of the window, oldest first.
+type MinuteCounts = VecDeque<(u64, u64)>;
+/// (server, model)
+type Route = (Arc<str>, Arc<str>);
+
+/// Per-minute request counts of this instance, per (server, model).
+#[derive(Default)]
+pub struct DemandWindows {
+    counts: Mutex<HashMap<Route, MinuteCounts>>,
+}
+
+impl DemandWindows {
+    fn add(&self, server: &Arc<str>, model: &Arc<str>, minute: u64, n: u64) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        let ring = counts.entry((server.clone(), model.clone())).or_default();
+        match ring.back_mut() {
+            Some((m, c)) if *m == minute => *c += n,
+            _ => ring.push_back((minute, n)),
+        }
+        while ring
+            .front()
+            .is_some_and(|(m, _)| *m + WINDOW_MINUTES <= minute)
+        {
+            ring.pop_front();
+        }
+    }
+
+    /// Requests of (server, model) over the window ending at `minute`.
+    pub fn requests(&self, server: &str, model: &str, minute: u64) -> u64 {
+        let Ok(counts) = self.counts.lock() else {
+            return 0;
+        };
+        counts
+            .iter()
+            .filter(|((s, m), _)| &**s == server && &**m == model)
+            .flat_map(|(_, ring)| ring.iter())
+            .filter(|(m, _)| m + WINDOW_MINUTES > minute)
+            .map(|(_, c)| c)
+            .sum()
+    }
+}
+
+/// This instance's demand on `server` (`None` when the server is not in the routing table).
+pub fn local_demand(gw: &Gateway, server: &str) -> Option<Demand> {
+    let table = gw.table.load();
+    let backend = table.backends().iter().find(|b| &*b.id == server)?;
+    let minute = now_ms() / 60_000;
+    let mut models: Vec<ModelDemand> = backend
+        .models
+        .iter()
+        .filter_map(|m| {
+            let member = table.pool(m)?.member(server)?.1;
+            Some(ModelDemand {
+                model: m.clone(),
+                inflight: member.inflight.load(Relaxed),
+                requests_5m: gw.demand.requests(server, m, minute) + member.requests.load(Relaxed)
+                    - member.flushed.load(Relaxed),
+            })
+        })
+        .collect();
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    Some(Demand {
+        inflight: backend.inflight.get(),
+        last_use_ms: backend.last_use_ms.load(Relaxed),
+        models,
+    })
+}
+
+/// Flush new requests into the per-minute windows and the store, once a second.
+pub fn flush(gw: &Gateway) -> Vec<DemandReport> {
+    let table = gw.table.load();
+    let minute = now_ms() / 60_000;
+    table
+        .backends()
+        .iter()
+        .map(|b| {
+            let models = b
+                .models
+                .iter()
+                .filter_map(|m| {
+                    let member = table.pool(m)?.member(&b.id)?.1;
+                    let total = member.requests.load(Relaxed);
+                    let new = total - member.flushed.swap(total, Relaxed);
+                    if new > 0 {
+                        gw.demand.add(&b.id, &member.model, minute, new);
+                    }
+                    Some((member.model.clone(), member.inflight.load(Relaxed), new))
+                })
+                .collect();
+            DemandReport {
+                server: b.id.clone(),
+                inflight: b.inflight.get(),
+                last_use_ms: b.last_use_ms.load(Relaxed),
+                models,
+            }
+        })
+        .collect()
+}
+
+/// The once-a-second flush as a background service.
+pub struct DemandService {
+    pub gw: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for DemandService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let reports = flush(&self.gw);
+            self.gw.store.publish_demand(reports).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_five_minutes() {
+        let w = DemandWindows::default();
+        let (s, m): (Arc<str>, Arc<str>) = ("s".into(), "m".into());
+        w.add(&s, &m, 100, 3);
+        w.add(&s, &m, 100, 2);
+        w.add(&s, &m, 103, 1);
+        assert_eq!(w.requests("s", "m", 103), 6);
+        assert_eq!(w.requests("s", "m", 104), 6);
+        assert_eq!(w.requests("s", "m", 105), 1, "minute 100 left the window");
+        w.add(&s, &m, 106, 4);
+        assert_eq!(w.requests("s", "m", 106), 5);
+        assert_eq!(w.requests("s", "other", 106), 0);
+    }
+}
