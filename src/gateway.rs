@@ -45,7 +45,14 @@ impl Gateway {
             .iter()
             .map(|s| Backend::from_config(s, settings, &metrics).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let table = RoutingTable::new(backends, &metrics);
+        let routes = backends
+            .into_iter()
+            .map(|b| {
+                let models = b.models.clone();
+                (b, models)
+            })
+            .collect();
+        let table = RoutingTable::new(routes, &metrics);
         let ttl_ms = config.affinity.ttl_minutes * 60_000;
         let store: Arc<dyn Store> = if config.store.is_valkey() {
             ValkeyStore::start(ValkeyConfig {
@@ -70,5 +77,67 @@ impl Gateway {
             policy,
             demand: Default::default(),
         }))
+    }
+
+    /// The config's (model, server URL) routes.
+    pub fn config_routes(&self) -> Vec<(String, String)> {
+        self.config
+            .servers
+            .iter()
+            .flat_map(|s| {
+                let url = s.url.trim_end_matches('/').to_string();
+                s.models.iter().map(move |m| (m.clone(), url.clone()))
+            })
+            .collect()
+    }
+
+    /// Rebuild the routing table from the config plus `registry` routes, keeping the live state
+    /// (health, in-flight counts) of servers that stay. Servers only in the registry are vLLM
+    /// servers without an API key. Resolves new hosts (blocking: call from a blocking task).
+    pub fn apply_registry(&self, registry: &[(String, String)]) -> Result<(), BackendError> {
+        let current = self.table.load_full();
+        let settings = PeerSettings {
+            connect_timeout: Duration::from_millis(self.config.proxy.connect_timeout_ms),
+            pool_idle_timeout: Duration::from_millis(self.config.proxy.pool_idle_timeout_ms),
+        };
+        let mut models: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (model, url) in self.config_routes().iter().chain(registry) {
+            let list = models.entry(url.clone()).or_default();
+            if !list.contains(model) {
+                list.push(model.clone());
+            }
+        }
+        let unchanged = current.backends().len() == models.len()
+            && current.backends().iter().all(|b| {
+                models
+                    .get(&*b.id)
+                    .is_some_and(|m| current.models_of(&b.id) == m.as_slice())
+            });
+        if unchanged {
+            return Ok(());
+        }
+        let mut routes = Vec::with_capacity(models.len());
+        for (url, list) in models {
+            let backend = match current.backends().iter().find(|b| *b.id == *url) {
+                Some(b) => b.clone(),
+                None => {
+                    let cfg = crate::config::ServerConfig {
+                        url: url.clone(),
+                        provider: crate::config::Provider::Vllm,
+                        models: list.clone(),
+                        api_key_env: None,
+                    };
+                    Arc::new(Backend::from_config(&cfg, settings, &self.metrics)?)
+                }
+            };
+            routes.push((backend, list));
+        }
+        tracing::info!(
+            servers = routes.len(),
+            "routing table rebuilt from config and registry"
+        );
+        self.table
+            .store(Arc::new(RoutingTable::new(routes, &self.metrics)));
+        Ok(())
     }
 }

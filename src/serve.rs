@@ -89,5 +89,11 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     );
     demand.threads = Some(1);
     server.add_service(demand);
+    let mut registry = background_service(
+        "registry",
+        crate::routing::registry_sync::RegistrySync { gw: gw.clone() },
+    );
+    registry.threads = Some(1);
+    server.add_service(registry);
     server.run_forever()
 }

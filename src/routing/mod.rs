@@ -2,6 +2,7 @@
 //! of that model's pool answers it (session affinity, then least in-flight requests).
 
 mod multipart;
+pub mod registry_sync;
 mod request;
 mod select;
 mod table;

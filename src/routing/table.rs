@@ -40,13 +40,17 @@ impl Pool {
 pub struct RoutingTable {
     pools: HashMap<Box<str>, Pool>,
     backends: Vec<Arc<Backend>>,
+    models_of: HashMap<Arc<str>, Vec<String>>,
 }
 
 impl RoutingTable {
-    pub fn new(backends: Vec<Arc<Backend>>, metrics: &Metrics) -> Self {
+    /// A table of servers with the models each serves.
+    pub fn new(routes: Vec<(Arc<Backend>, Vec<String>)>, metrics: &Metrics) -> Self {
         let mut pools: HashMap<Box<str>, Pool> = HashMap::new();
-        for b in &backends {
-            for model in &b.models {
+        let mut backends = Vec::with_capacity(routes.len());
+        let mut models_of = HashMap::with_capacity(routes.len());
+        for (b, models) in routes {
+            for model in &models {
                 let pool = pools.entry(model.as_str().into()).or_insert_with(|| Pool {
                     model: model.as_str().into(),
                     members: Vec::new(),
@@ -60,8 +64,19 @@ impl RoutingTable {
                     backend: b.clone(),
                 });
             }
+            models_of.insert(b.id.clone(), models);
+            backends.push(b);
         }
-        Self { pools, backends }
+        Self {
+            pools,
+            backends,
+            models_of,
+        }
+    }
+
+    /// The models a server serves in this table.
+    pub fn models_of(&self, id: &str) -> &[String] {
+        self.models_of.get(id).map_or(&[], Vec::as_slice)
     }
 
     #[inline]

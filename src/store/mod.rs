@@ -38,6 +38,8 @@ pub enum Claim {
 /// Why a shared-state operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("{0}")]
+    Invalid(String),
     #[error("valkey unavailable")]
     Unavailable,
     #[error("valkey error: {0}")]
@@ -80,6 +82,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Share this instance's view of server health (after each probe round).
     async fn publish_health(&self, _snapshots: Vec<(Arc<str>, HealthSnapshot)>) {}
+
+    /// The persistent registry: (model, server URL) routes beyond the config's.
+    async fn registry(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Add routes (persisted; every instance applies them within a second).
+    async fn registry_add(&self, _routes: &[(String, String)]) -> Result<(), StoreError> {
+        Err(StoreError::Invalid(
+            "the embedded store keeps no registry; routes come from the config".into(),
+        ))
+    }
+
+    /// Remove a route; `true` when it existed.
+    async fn registry_remove(&self, _model: &str, _url: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Changes whenever the registry may have changed (on any instance).
+    fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// Share this instance's demand (once a second).
     async fn publish_demand(&self, _reports: Vec<DemandReport>) {}

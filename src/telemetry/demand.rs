@@ -93,8 +93,8 @@ pub fn local_demand(gw: &Gateway, server: &str) -> Option<Demand> {
     let table = gw.table.load();
     let backend = table.backends().iter().find(|b| &*b.id == server)?;
     let minute = now_ms() / 60_000;
-    let mut models: Vec<ModelDemand> = backend
-        .models
+    let mut models: Vec<ModelDemand> = table
+        .models_of(server)
         .iter()
         .filter_map(|m| {
             let member = table.pool(m)?.member(server)?.1;
@@ -122,8 +122,8 @@ pub fn flush(gw: &Gateway) -> Vec<DemandReport> {
         .backends()
         .iter()
         .map(|b| {
-            let models = b
-                .models
+            let models = table
+                .models_of(&b.id)
                 .iter()
                 .filter_map(|m| {
                     let member = table.pool(m)?.member(&b.id)?.1;

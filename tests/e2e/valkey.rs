@@ -320,3 +320,73 @@ async fn demand_sums_instances_and_forgets_a_dead_one() {
     );
     drop(stream);
 }
+
+#[tokio::test]
+async fn a_registry_change_reaches_every_instance_within_a_second() {
+    let redis = Redis::start().await;
+    let a = mock("a", &["m"]).await;
+    let c_mock = mock("c", &["m", "extra"]).await;
+    let servers = server(&a.url(), &["m"]);
+    let gw1 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let gw2 = Gateway::start(&(store_config(&redis.url(), false) + &servers)).await;
+    let c = Client::new();
+    let status = |gw: &Gateway, model: &str| {
+        let req = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body(model));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(&gw1, "extra").await, 404);
+    // The config's routes are in the registry (so a Valkey that lost them gets them back).
+    let admin = admin_store(&redis.url(), false);
+    let seeded = eventually(Duration::from_secs(3), || async {
+        admin
+            .registry()
+            .await
+            .unwrap()
+            .contains(&("m".to_string(), a.url()))
+    })
+    .await;
+    assert!(seeded);
+
+    admin
+        .registry_add(&[("extra".into(), c_mock.url())])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for gw in [&gw1, &gw2] {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body("extra"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-mock-server"], "c");
+        let models: serde_json::Value = c
+            .get(gw.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "extra"));
+    }
+    assert!(matches!(
+        admin
+            .registry_add(&[("x".into(), "ftp://nope/v1".into())])
+            .await,
+        Err(infergate::store::StoreError::Invalid(_))
+    ));
+
+    assert!(admin.registry_remove("extra", &c_mock.url()).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(status(&gw1, "extra").await, 404);
+    assert_eq!(status(&gw2, "extra").await, 404);
+    assert_eq!(status(&gw2, "m").await, 200);
+}

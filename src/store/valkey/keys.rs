@@ -58,6 +58,16 @@ impl Keys {
         )
     }
 
+    /// SET of models with registry routes: `<p>:registry:models`.
+    pub fn registry_models(&self) -> String {
+        format!("{}:registry:models", self.prefix)
+    }
+
+    /// SET of the server URLs registered for a model: `<p>:registry:{<model>}`.
+    pub fn registry(&self, model: &str) -> String {
+        format!("{}:registry:{{{}}}", self.prefix, model)
+    }
+
     /// STRING marker whose absence means Valkey lost its data: `<p>:epoch`.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

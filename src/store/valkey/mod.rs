@@ -14,6 +14,7 @@
 mod conn;
 mod demand;
 mod keys;
+mod registry;
 mod sync;
 
 pub use conn::Valkey;
@@ -75,6 +76,8 @@ pub struct ValkeyStore {
     touched: Mutex<Option<mpsc::UnboundedReceiver<Arc<Entry>>>>,
     claim: redis::Script,
     clear: redis::Script,
+    /// Bumped when an event says the registry changed.
+    pub(crate) registry_tx: tokio::sync::watch::Sender<u64>,
     /// This process's id in per-instance keys.
     pub(crate) instance: String,
     /// Runs the connection and the sync loop, apart from the data plane's threads.
@@ -107,6 +110,7 @@ impl ValkeyStore {
             ttl_ms: cfg.ttl_ms,
             touched: Mutex::new(Some(rx)),
             instance: format!("{:016x}", rand::random::<u64>()),
+            registry_tx: tokio::sync::watch::channel(0).0,
             claim: redis::Script::new(CLAIM),
             clear: redis::Script::new(CLEAR),
             runtime: Mutex::new(None),
@@ -119,6 +123,23 @@ impl ValkeyStore {
         runtime.spawn(sync::run(store.clone()));
         *store.runtime.lock().expect("lock") = Some(runtime);
         Ok(store)
+    }
+
+    /// Append an event to the stream every instance polls.
+    pub(crate) async fn announce(&self, fields: &[(&str, &str)]) -> Result<(), StoreError> {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(sync::EVENTS_MAXLEN)
+            .arg("*");
+        for (k, v) in fields {
+            xadd.arg(*k).arg(*v);
+        }
+        self.valkey
+            .run(|mut c| async move { xadd.query_async::<String>(&mut c).await })
+            .await
+            .map(drop)
     }
 
     pub(crate) fn take_touched(&self) -> Option<mpsc::UnboundedReceiver<Arc<Entry>>> {
@@ -202,22 +223,12 @@ impl Store for ValkeyStore {
             .run(|mut c| async move { inv.invoke_async::<usize>(&mut c).await })
             .await?;
         let local = self.local.remove(user, model);
-        let events = self.keys.events();
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&events)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(sync::EVENTS_MAXLEN)
-            .arg("*")
-            .arg("kind")
-            .arg("clear")
-            .arg("user")
-            .arg(user)
-            .arg("model")
-            .arg(model.unwrap_or(""));
-        self.valkey
-            .run(|mut c| async move { xadd.query_async::<String>(&mut c).await })
-            .await?;
+        self.announce(&[
+            ("kind", "clear"),
+            ("user", user),
+            ("model", model.unwrap_or("")),
+        ])
+        .await?;
         Ok(cleared.max(local))
     }
 
@@ -264,6 +275,22 @@ impl Store for ValkeyStore {
 
     async fn health(&self, server: &str) -> Result<Option<HealthSnapshot>, StoreError> {
         sync::read_health(self, server).await
+    }
+
+    async fn registry(&self) -> Result<Vec<(String, String)>, StoreError> {
+        registry::read(self).await
+    }
+
+    async fn registry_add(&self, routes: &[(String, String)]) -> Result<(), StoreError> {
+        registry::add(self, routes).await
+    }
+
+    async fn registry_remove(&self, model: &str, url: &str) -> Result<bool, StoreError> {
+        registry::remove(self, model, url).await
+    }
+
+    fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.registry_tx.subscribe())
     }
 
     async fn publish_demand(&self, reports: Vec<DemandReport>) {

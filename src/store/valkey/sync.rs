@@ -150,11 +150,17 @@ async fn apply_events(store: &ValkeyStore, after: &str) -> Result<String, StoreE
                     .get(name)
                     .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
             };
-            if field("kind").as_deref() == Some("clear") {
-                if let Some(user) = field("user") {
-                    let model = field("model").filter(|m| !m.is_empty());
-                    store.local.remove(&user, model.as_deref());
+            match field("kind").as_deref() {
+                Some("clear") => {
+                    if let Some(user) = field("user") {
+                        let model = field("model").filter(|m| !m.is_empty());
+                        store.local.remove(&user, model.as_deref());
+                    }
                 }
+                Some("registry") => {
+                    store.registry_tx.send_modify(|v| *v += 1);
+                }
+                _ => {}
             }
             last = e.id.clone();
         }
