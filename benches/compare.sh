@@ -118,7 +118,10 @@ PY
 DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX" >/dev/null; DURATION=2s run warm-gw "$GW" >/dev/null
 : >"$work/results"
 for r in $(seq "$ROUNDS"); do
-  for target in $targets; do
+  # Alternate the order from round to round, so that no target always runs last.
+  order=$targets
+  if [ $((r % 2)) -eq 0 ]; then order=$(echo "$targets" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+  for target in $order; do
     IFS=: read -r name port pid <<<"$target"
     echo "$name $(run "$name-$r" "$port" "$pid")" >>"$work/results"
   done
