@@ -170,6 +170,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn local_demand_counts_flushed_and_unflushed_requests() {
+        let cfg = crate::config::parse_str(
+            "[[servers]]\nurl = \"http://127.0.0.1:9/v1\"\nprovider = \"vllm\"\nmodels = [\"m\", \"n\"]\n",
+        )
+        .unwrap();
+        let gw = Gateway::new(cfg).unwrap();
+        let url = "http://127.0.0.1:9/v1";
+        {
+            let table = gw.table.load();
+            let member = table.pool("m").unwrap().member(url).unwrap().1;
+            member.requests.fetch_add(3, Relaxed);
+            member.inflight.fetch_add(1, Relaxed);
+        }
+        let reports = flush(&gw);
+        assert_eq!(reports.len(), 1);
+        let m = reports[0]
+            .models
+            .iter()
+            .find(|(m, ..)| &**m == "m")
+            .unwrap();
+        assert_eq!((m.1, m.2), (1, 3), "in flight and new requests reported");
+        gw.table
+            .load()
+            .pool("m")
+            .unwrap()
+            .member(url)
+            .unwrap()
+            .1
+            .requests
+            .fetch_add(2, Relaxed);
+        let d = local_demand(&gw, url).unwrap();
+        assert_eq!(d.models.len(), 2);
+        assert_eq!(d.models[0].model, "m");
+        assert_eq!(d.models[0].requests_5m, 5, "3 flushed + 2 not yet flushed");
+        assert_eq!(d.models[0].inflight, 1);
+        assert_eq!(d.models[1].requests_5m, 0);
+        assert!(local_demand(&gw, "http://other/v1").is_none());
+        // A second flush reports nothing new twice.
+        let again = flush(&gw);
+        let m = again[0].models.iter().find(|(m, ..)| &**m == "m").unwrap();
+        assert_eq!(m.2, 2);
+    }
+
+    #[test]
     fn the_window_keeps_five_minutes() {
         let w = DemandWindows::default();
         let (s, m): (Arc<str>, Arc<str>) = ("s".into(), "m".into());
