@@ -101,15 +101,7 @@ async fn client_errors_are_400_404_405_413() {
         "nothing reached the server"
     );
     // The connection still works after the errors.
-    assert_eq!(
-        c.post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("m"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.chat(&c, &chat_body("m")).await.status(), 200);
     let m = gw.metrics().await;
     assert_eq!(
         metric_value(
@@ -149,22 +141,11 @@ async fn no_healthy_server_is_503_with_retry_after() {
     let c = Client::new();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            c.post(gw.url("/v1/chat/completions"))
-                .json(&chat_body("m"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 503
+            gw.chat(&c, &chat_body("m")).await.status() == 503
         })
         .await
     );
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("m"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &chat_body("m")).await;
     assert_eq!(r.headers()["retry-after"], "9");
     expect_error(r, 503, "no_healthy_server").await;
 }

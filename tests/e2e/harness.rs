@@ -114,6 +114,15 @@ impl Gateway {
         }
     }
 
+    /// POST a chat completion through the gateway.
+    pub async fn chat(&self, c: &reqwest::Client, body: &serde_json::Value) -> reqwest::Response {
+        c.post(self.url("/v1/chat/completions"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
     }

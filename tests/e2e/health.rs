@@ -35,12 +35,7 @@ async fn failed_probes_eject_and_passing_probes_readmit() {
     // Ejected: no new requests, and its models leave /v1/models when no other server has them.
     let before = b.state.requests.load(Relaxed);
     for _ in 0..10 {
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("m"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &chat_body("m")).await;
         assert_eq!(r.headers()["x-mock-server"], "a");
     }
     assert_eq!(b.state.requests.load(Relaxed), before);
@@ -59,12 +54,7 @@ async fn failed_probes_eject_and_passing_probes_readmit() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, HashSet::from(["m"]));
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("only-b"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &chat_body("only-b")).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
 
@@ -75,12 +65,7 @@ async fn failed_probes_eject_and_passing_probes_readmit() {
         })
         .await
     );
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("only-b"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &chat_body("only-b")).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -97,12 +82,7 @@ async fn connect_failures_retry_on_another_server_and_eject_the_dead_one() {
     .await;
     let c = Client::new();
     for i in 0..20 {
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("m"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &chat_body("m")).await;
         assert_eq!(r.status(), 200, "request {i}");
     }
     let m = gw.metrics().await;
@@ -136,12 +116,7 @@ async fn a_killed_server_is_ejected_and_a_restarted_one_readmitted() {
     );
     let c = Client::new();
     for _ in 0..5 {
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("m"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &chat_body("m")).await;
         assert_eq!(r.status(), 200);
     }
     let _b2 = MockProcess::start(port, "b", "m").await;
@@ -155,12 +130,7 @@ async fn a_killed_server_is_ejected_and_a_restarted_one_readmitted() {
     for i in 0..20 {
         let mut body = chat_body("m");
         body["user"] = serde_json::json!(format!("u{i}"));
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &body).await;
         assert_eq!(r.status(), 200);
         served.insert(r.headers()["x-mock-server"].to_str().unwrap().to_string());
     }
@@ -178,12 +148,7 @@ async fn server_errors_count_as_passive_failures_and_pass_through() {
     a.state.fail_status.store(500, Relaxed);
     let c = Client::new();
     for _ in 0..2 {
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("m"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &chat_body("m")).await;
         assert_eq!(r.status(), 500);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(

@@ -18,12 +18,7 @@ async fn routes_each_model_to_its_pool_and_maps_paths() {
             .await;
     let c = Client::new();
     for (model, who) in [("llama", "a"), ("qwen", "b"), ("llama", "a"), ("qwen", "b")] {
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body(model))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &chat_body(model)).await;
         assert_eq!(r.status(), 200);
         assert_eq!(served_by(&r), who, "model {model}");
     }
@@ -144,20 +139,10 @@ async fn only_the_top_level_model_routes() {
     let c = Client::new();
     let body = json!({"messages": [{"role": "user", "content": "x", "model": "decoy"}],
         "metadata": {"model": "decoy"}, "model": "real"});
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &body).await;
     assert_eq!(served_by(&r), "a");
     let nested_only = json!({"messages": [{"role": "user", "model": "decoy"}]});
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&nested_only)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &nested_only).await;
     assert_eq!(r.status(), 400);
     let e: serde_json::Value = r.json().await.unwrap();
     assert!(
@@ -227,12 +212,7 @@ async fn affinity_sticks_a_user_and_spreads_users() {
     for _ in 0..20 {
         let mut body = chat_body("m");
         body["user"] = json!("alice");
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &body).await;
         *seen.entry(served_by(&r)).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 1, "alice stuck to one server: {seen:?}");
@@ -258,12 +238,7 @@ async fn affinity_sticks_a_user_and_spreads_users() {
     for i in 0..40 {
         let mut body = chat_body("m");
         body["user"] = json!(format!("user-{i}"));
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &body).await;
         *spread.entry(served_by(&r)).or_insert(0) += 1;
     }
     assert_eq!(
@@ -296,13 +271,7 @@ async fn affinity_falls_back_when_the_pinned_server_is_ejected() {
     let c = Client::new();
     let mut body = chat_body("m");
     body["user"] = json!("carol");
-    let first = served_by(
-        &c.post(gw.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    );
+    let first = served_by(&gw.chat(&c, &body).await);
     let (pinned, other) = if first == "a" { (&a, "b") } else { (&b, "a") };
     pinned.state.set_healthy(false);
     let url = pinned.url();
@@ -316,21 +285,11 @@ async fn affinity_falls_back_when_the_pinned_server_is_ejected() {
         })
         .await
     );
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &body).await;
     assert_eq!(served_by(&r), other);
     // Reassigned: carol now sticks to the other server, even after the first comes back.
     pinned.state.set_healthy(true);
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &body).await;
     assert_eq!(served_by(&r), other);
     assert_eq!(
         gw.metric("infergate_affinity_total{outcome=\"fallback\",provider=\"vllm\"}")

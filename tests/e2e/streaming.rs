@@ -62,26 +62,11 @@ async fn ttft_inter_token_latency_and_tokens_reach_metrics() {
     let gw = Gateway::start(&server(&a.url(), &["m"])).await;
     let c = Client::new();
     let body = json!({"model": "m", "stream": true, "max_tokens": 5, "stream_options": {"include_usage": true}});
-    let text = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.chat(&c, &body).await.text().await.unwrap();
     assert!(text.contains("\"usage\""));
     // Without include_usage the token events are counted.
     let body = json!({"model": "m", "stream": true, "max_tokens": 3});
-    c.post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    gw.chat(&c, &body).await.text().await.unwrap();
     // Non-streaming usage comes from the body.
     let body = json!({"model": "m", "max_tokens": 7, "prompt": "x"});
     assert_eq!(

@@ -108,12 +108,7 @@ async fn https_servers_are_verified_and_stream() {
     ))
     .await;
     let c = Client::new();
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("m"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &chat_body("m")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-mock-server"], "tls");
     assert_eq!(
@@ -123,15 +118,7 @@ async fn https_servers_are_verified_and_stream() {
     );
 
     let body = json!({"model": "m", "stream": true, "max_tokens": 5});
-    let text = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.chat(&c, &body).await.text().await.unwrap();
     assert_eq!(text.matches("\"content\":\"tok").count(), 5);
     assert!(text.ends_with("data: [DONE]\n\n"));
     let m = gw.metrics().await;
@@ -150,12 +137,7 @@ async fn https_servers_are_verified_and_stream() {
     );
 
     // An unverifiable certificate never gets a request.
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("r"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(&c, &chat_body("r")).await;
     assert!(matches!(r.status().as_u16(), 502 | 503), "{}", r.status());
     assert_eq!(
         rogue

@@ -27,12 +27,7 @@ fn admin_store(url: &str, cluster: bool) -> std::sync::Arc<ValkeyStore> {
 async fn served_by(c: &Client, gw: &Gateway, user: &str) -> String {
     let mut body = chat_body("m");
     body["user"] = json!(user);
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat(c, &body).await;
     assert_eq!(r.status(), 200);
     r.headers()["x-mock-server"].to_str().unwrap().to_string()
 }
@@ -276,12 +271,7 @@ async fn demand_sums_instances_and_forgets_a_dead_one() {
     }
     // One long stream in flight through the second instance.
     let body = json!({"model": "m", "stream": true, "max_tokens": 200});
-    let mut stream = c
-        .post(gw2.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut stream = gw2.chat(&c, &body).await;
     stream.chunk().await.unwrap();
 
     let admin = admin_store(&redis.url(), false);
@@ -355,12 +345,7 @@ async fn a_registry_change_reaches_every_instance_within_a_second() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     for gw in [&gw1, &gw2] {
-        let r = c
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("extra"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&c, &chat_body("extra")).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-mock-server"], "c");
         let models: serde_json::Value = c
