@@ -40,18 +40,16 @@ impl Gateway {
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             pool_idle_timeout: Duration::from_millis(config.proxy.pool_idle_timeout_ms),
         };
-        let backends = config
+        let routes = config
             .servers
             .iter()
-            .map(|s| Backend::from_config(s, settings, &metrics).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let routes = backends
-            .into_iter()
-            .map(|b| {
-                let models = b.models.clone();
-                (b, models)
+            .map(|s| {
+                Ok((
+                    Arc::new(Backend::from_config(s, settings, &metrics)?),
+                    s.models.clone(),
+                ))
             })
-            .collect();
+            .collect::<Result<Vec<_>, BackendError>>()?;
         let table = RoutingTable::new(routes, &metrics);
         let ttl_ms = config.affinity.ttl_minutes * 60_000;
         let store: Arc<dyn Store> = if config.store.is_valkey() {

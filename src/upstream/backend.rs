@@ -25,7 +25,6 @@ pub struct Backend {
     pub id: Arc<str>,
     pub provider: Provider,
     pub url: ServerUrl,
-    pub models: Vec<String>,
     /// `Host` header value for proxied requests.
     pub host_header: HeaderValue,
     /// `Authorization: Bearer <key>` for the server's own API key, if it has one.
@@ -85,7 +84,6 @@ impl Backend {
             last_use_ms: Default::default(),
             id,
             provider: cfg.provider,
-            models: cfg.models.clone(),
             host_header,
             auth_header,
             peer: ArcSwap::from_pointee(peer),
