@@ -30,6 +30,11 @@ pub struct Gateway {
     pub policy: HealthPolicy,
     /// This instance's per-minute request counts (demand telemetry).
     pub demand: crate::telemetry::demand::DemandWindows,
+    /// Models each server listed at its `GET /v1/models` on the last registry refresh (kept in
+    /// memory only, never written to the persistent registry).
+    pub discovered: std::sync::Mutex<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Unix ms when this instance started.
+    pub started_ms: u64,
 }
 
 impl Gateway {
@@ -74,6 +79,8 @@ impl Gateway {
             metrics,
             policy,
             demand: Default::default(),
+            discovered: Default::default(),
+            started_ms: crate::telemetry::now_ms(),
         }))
     }
 
@@ -89,20 +96,39 @@ impl Gateway {
             .collect()
     }
 
-    /// Rebuild the routing table from the config plus `registry` routes, keeping the live state
-    /// (health, in-flight counts) of servers that stay. Servers only in the registry are vLLM
-    /// servers without an API key. Resolves new hosts (blocking: call from a blocking task).
-    pub fn apply_registry(&self, registry: &[(String, String)]) -> Result<(), BackendError> {
+    /// Rebuild the routing table from the config, `registry` routes and the discovered models,
+    /// keeping the live state (health, in-flight counts) of servers that stay. Servers only in
+    /// the registry are vLLM servers without an API key. Resolves new hosts (blocking: call from
+    /// a blocking task); a server that cannot be resolved is left out (and named in the
+    /// result) rather than failing the whole table.
+    pub fn apply_registry(&self, registry: &[(String, String)]) -> Vec<BackendError> {
         let current = self.table.load_full();
         let settings = PeerSettings {
             connect_timeout: Duration::from_millis(self.config.proxy.connect_timeout_ms),
             pool_idle_timeout: Duration::from_millis(self.config.proxy.pool_idle_timeout_ms),
         };
+        let discovered: Vec<(String, String)> = self
+            .discovered
+            .lock()
+            .map(|d| {
+                d.iter()
+                    .flat_map(|(url, models)| models.iter().map(|m| (m.clone(), url.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut models: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (model, url) in self.config_routes().iter().chain(registry) {
             let list = models.entry(url.clone()).or_default();
             if !list.contains(model) {
                 list.push(model.clone());
+            }
+        }
+        // Discovery adds models to known servers; it never brings back a removed one.
+        for (model, url) in &discovered {
+            if let Some(list) = models.get_mut(url) {
+                if !list.contains(model) {
+                    list.push(model.clone());
+                }
             }
         }
         let unchanged = current.backends().len() == models.len()
@@ -112,9 +138,10 @@ impl Gateway {
                     .is_some_and(|m| current.models_of(&b.id) == m.as_slice())
             });
         if unchanged {
-            return Ok(());
+            return Vec::new();
         }
         let mut routes = Vec::with_capacity(models.len());
+        let mut failed = Vec::new();
         for (url, list) in models {
             let backend = match current.backends().iter().find(|b| *b.id == *url) {
                 Some(b) => b.clone(),
@@ -125,7 +152,14 @@ impl Gateway {
                         models: list.clone(),
                         api_key_env: None,
                     };
-                    Arc::new(Backend::from_config(&cfg, settings, &self.metrics)?)
+                    match Backend::from_config(&cfg, settings, &self.metrics) {
+                        Ok(b) => Arc::new(b),
+                        Err(e) => {
+                            tracing::warn!(server = %url, error = %e, "server left out of the routing table");
+                            failed.push(e);
+                            continue;
+                        }
+                    }
                 }
             };
             routes.push((backend, list));
@@ -136,6 +170,6 @@ impl Gateway {
         );
         self.table
             .store(Arc::new(RoutingTable::new(routes, &self.metrics)));
-        Ok(())
+        failed
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod gateway;
 pub mod health;
 pub mod mock;
+pub mod pods;
 pub mod proxy;
 pub mod routing;
 pub mod serve;

@@ -1,4 +1,4 @@
-//! The `infergate` binary: `serve`, `check-config`, `mock`.
+//! The `infergate` binary: `serve`, `check-config`, `hash-secret`, `mock`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -37,6 +37,9 @@ enum Command {
     },
     /// Validate a configuration file and exit (status 1 with the key and line at fault).
     CheckConfig { path: PathBuf },
+    /// Print the SHA-256 of a secret read from stdin (one line), for
+    /// `[[admin.credentials]] secret_sha256`.
+    HashSecret,
     /// Run a mock vLLM server (for benchmarks and demos).
     Mock {
         #[arg(long, default_value = "127.0.0.1:8001")]
@@ -76,6 +79,19 @@ fn main() -> anyhow::Result<()> {
                 "{}: configuration is valid",
                 path.display()
             );
+            Ok(())
+        }
+        Command::HashSecret => {
+            use std::io::{BufRead, Write};
+            let mut secret = String::new();
+            std::io::stdin().lock().read_line(&mut secret)?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!secret.is_empty(), "no secret on stdin");
+            writeln!(
+                std::io::stdout(),
+                "{}",
+                infergate::admin::auth::hash_secret_hex(secret)
+            )?;
             Ok(())
         }
         Command::Serve { config, demo } => {

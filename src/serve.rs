@@ -20,6 +20,8 @@ pub enum ServeError {
     Gateway(#[from] crate::gateway::GatewayError),
     #[error(transparent)]
     Probe(#[from] crate::health::ProbeSetupError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminSetupError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         addr: String,
@@ -71,7 +73,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 
     let mut health = background_service("health", HealthChecker::new(gw.clone())?);
     health.threads = Some(1);
-    let mut admin = background_service("admin", AdminService::new(gw.clone(), admin_listener));
+    let mut admin = background_service("admin", AdminService::new(gw.clone(), admin_listener)?);
     admin.threads = Some(cfg.admin.threads);
 
     tracing::info!(

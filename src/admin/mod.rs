@@ -1,47 +1,145 @@
-//! The admin listener (its own port and threads): Prometheus metrics now; the fleet and identity
-//! APIs of the specs build on it.
+//! The admin service, on its own port and threads: Prometheus metrics and a liveness check
+//! (unauthenticated), and the fleet admin API of `shared/spec/002` under both
+//! `/api/ai/v1/admin/...` and `/admin/...`, which requires the `ai_admin` role.
+
+mod affinity;
+pub mod auth;
+mod demand;
+pub mod error;
+mod openapi;
+pub mod page;
+mod pods;
+mod registry;
+mod servers;
 
 use crate::gateway::Gateway;
+use crate::pods::{Pods, PodsSetupError};
 use async_trait::async_trait;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use auth::{AuthSetupError, Credentials, AI_ADMIN};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Router;
+use error::ApiError;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::{Arc, Mutex};
 
-/// The admin HTTP service, on a listener bound before the server starts.
+/// What the admin handlers share.
+pub struct AdminState {
+    pub gw: Arc<Gateway>,
+    pub creds: Credentials,
+    pub pods: Pods,
+    /// For model discovery (and probes) outside the data plane.
+    pub client: reqwest::Client,
+}
+
+/// Why the admin service could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminSetupError {
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Pods(#[from] PodsSetupError),
+    #[error(transparent)]
+    Client(#[from] crate::health::ProbeSetupError),
+}
+
+impl AdminState {
+    pub fn new(gw: Arc<Gateway>) -> Result<Self, AdminSetupError> {
+        Ok(Self {
+            creds: Credentials::from_env_and_config(&gw.config.admin)?,
+            pods: Pods::from_config(&gw.config.pods)?,
+            client: crate::health::server_client(&gw.config)?,
+            gw,
+        })
+    }
+}
+
+/// `page` and `limit` (documentation only: they are parsed by [`page::Page`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
+    /// Page number (default 1).
+    page: Option<u64>,
+    /// Items per page (default 10, at most 100; a larger limit is served as 100).
+    limit: Option<u64>,
+}
+
+/// The admin service, on a listener bound before the server starts.
 pub struct AdminService {
-    gw: Arc<Gateway>,
+    state: Arc<AdminState>,
     listener: Mutex<Option<std::net::TcpListener>>,
 }
 
 impl AdminService {
-    pub fn new(gw: Arc<Gateway>, listener: std::net::TcpListener) -> Self {
-        Self {
-            gw,
+    pub fn new(gw: Arc<Gateway>, listener: std::net::TcpListener) -> Result<Self, AdminSetupError> {
+        Ok(Self {
+            state: Arc::new(AdminState::new(gw)?),
             listener: Mutex::new(Some(listener)),
-        }
+        })
     }
 }
 
-/// The admin routes.
-pub fn router(gw: Arc<Gateway>) -> Router {
+/// The fleet admin API, relative to its prefix.
+fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/pods", get(pods::list))
+        .route("/pods/{id}", get(pods::get))
+        .route("/pods/{id}/restart", post(pods::restart))
+        .route("/servers", get(servers::list))
+        .route("/affinity", get(affinity::report))
+        .route("/affinity/clear", post(affinity::clear))
+        .route(
+            "/registry/refresh",
+            post(registry::refresh).get(registry::get_refresh_model),
+        )
+        .route("/registry/{*model_id}", get(registry::get))
+        .route("/demand/{*pod_url}", get(demand::get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .route("/openapi.json", get(openapi::document))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+}
+
+/// Every admin route.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let api = fleet_api(&state);
     Router::new()
         .route("/metrics", get(metrics))
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
-        .with_state(gw)
+        .nest("/api/ai/v1/admin", api.clone())
+        .nest("/admin", api)
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    match s.creds.authorize(req.headers(), AI_ADMIN) {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not found").detail("no admin endpoint has this path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gw.metrics.render(),
+        s.gw.metrics.render(),
     )
 }
 
@@ -61,7 +159,7 @@ impl BackgroundService for AdminService {
                 return;
             }
         };
-        let app = router(self.gw.clone());
+        let app = router(self.state.clone());
         let stop = async move {
             let _ = shutdown.changed().await;
         };

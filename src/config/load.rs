@@ -181,9 +181,99 @@ impl Validator<'_> {
                 }
             }
         }
+        self.check_admin(c);
+        self.check_pods(c);
         match self.errors {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    fn check_admin(&mut self, c: &Config) {
+        use Seg::*;
+        for (i, cred) in c.admin.credentials.iter().enumerate() {
+            if let Err(e) = crate::admin::auth::check_api_key(&cred.api_key) {
+                self.fail(
+                    &[Key("admin"), Key("credentials"), Index(i), Key("api_key")],
+                    e,
+                );
+            }
+            let hex_ok = cred.secret_sha256.len() == 64
+                && cred.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex_ok {
+                self.fail(
+                    &[Key("admin"), Key("credentials"), Index(i), Key("secret_sha256")],
+                    "must be 64 hex digits (the SHA-256 of the secret; see `infergate hash-secret`)"
+                        .into(),
+                );
+            }
+            if cred.roles.iter().any(|r| r.is_empty() || r.len() > 64) {
+                self.fail(
+                    &[Key("admin"), Key("credentials"), Index(i), Key("roles")],
+                    "role names must be 1 to 64 characters".into(),
+                );
+            }
+        }
+    }
+
+    fn check_pods(&mut self, c: &Config) {
+        use Seg::*;
+        let p = &c.pods;
+        if p.provider == super::PodProviderKind::Runpod {
+            if p.api_key_env.is_empty() {
+                self.fail(
+                    &[Key("pods"), Key("api_key_env")],
+                    "must name an environment variable".into(),
+                );
+            }
+            match url::Url::parse(&p.api_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => self.fail(
+                    &[Key("pods"), Key("api_url")],
+                    format!("{:?} is not an http(s) URL", p.api_url),
+                ),
+            }
+        }
+        if !p.url_template.contains("{id}") {
+            self.fail(
+                &[Key("pods"), Key("url_template")],
+                "must contain {id} (and may contain {port})".into(),
+            );
+        }
+        if p.port == 0 {
+            self.fail(&[Key("pods"), Key("port")], "must be at least 1".into());
+        }
+        if p.timeout_ms == 0 {
+            self.fail(
+                &[Key("pods"), Key("timeout_ms")],
+                "must be at least 1".into(),
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, pod) in p.static_pods.iter().enumerate() {
+            if !crate::pods::valid_pod_id(&pod.id) {
+                self.fail(
+                    &[Key("pods"), Key("static"), Index(i), Key("id")],
+                    "must be 1 to 64 characters of A-Z a-z 0-9 _ -".into(),
+                );
+            } else if !ids.insert(pod.id.as_str()) {
+                self.fail(
+                    &[Key("pods"), Key("static"), Index(i), Key("id")],
+                    format!("{:?} is listed twice", pod.id),
+                );
+            }
+            if let Err(e) = crate::upstream::ServerUrl::parse(&pod.url) {
+                self.fail(
+                    &[Key("pods"), Key("static"), Index(i), Key("url")],
+                    e.to_string(),
+                );
+            }
+        }
+        if p.provider != super::PodProviderKind::Static && !p.static_pods.is_empty() {
+            self.fail(
+                &[Key("pods"), Key("provider")],
+                "[[pods.static]] entries need provider = \"static\"".into(),
+            );
         }
     }
 

@@ -13,6 +13,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub affinity: AffinityConfig,
     pub health: HealthConfig,
+    pub pods: PodsConfig,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -63,6 +64,8 @@ impl Default for ProxyConfig {
 pub struct AdminConfig {
     pub listen: String,
     pub threads: usize,
+    /// Service accounts besides the environment's admin pair.
+    pub credentials: Vec<CredentialConfig>,
 }
 
 impl Default for AdminConfig {
@@ -70,8 +73,86 @@ impl Default for AdminConfig {
         Self {
             listen: "127.0.0.1:9090".into(),
             threads: 1,
+            credentials: Vec::new(),
         }
     }
+}
+
+/// One `[[admin.credentials]]` entry: an API key, the SHA-256 of its secret, and its roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    pub api_key: String,
+    pub secret_sha256: String,
+    pub roles: Vec<String>,
+}
+
+/// Where pods come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PodProviderKind {
+    /// No pods: the pod endpoints answer empty lists.
+    #[default]
+    None,
+    /// RunPod's REST API.
+    Runpod,
+    /// Pods declared under `[[pods.static]]`.
+    Static,
+}
+
+/// `[pods]`: the pod provider behind the admin pod endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodsConfig {
+    pub provider: PodProviderKind,
+    pub api_url: String,
+    pub api_key_env: String,
+    pub name_prefix: String,
+    pub url_template: String,
+    pub port: u16,
+    pub cache_ttl_ms: u64,
+    pub timeout_ms: u64,
+    #[serde(rename = "static")]
+    pub static_pods: Vec<StaticPodConfig>,
+}
+
+impl Default for PodsConfig {
+    fn default() -> Self {
+        Self {
+            provider: PodProviderKind::None,
+            api_url: "https://rest.runpod.io/v1".into(),
+            api_key_env: "RUNPOD_API_KEY".into(),
+            name_prefix: String::new(),
+            url_template: "https://{id}-{port}.proxy.runpod.net/v1".into(),
+            port: 8000,
+            cache_ttl_ms: 5_000,
+            timeout_ms: 10_000,
+            static_pods: Vec::new(),
+        }
+    }
+}
+
+/// One `[[pods.static]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPodConfig {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    #[serde(default = "running")]
+    pub desired_status: String,
+    #[serde(default)]
+    pub cost_per_hr: Option<f64>,
+    #[serde(default)]
+    pub data_center_id: Option<String>,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub gpu_type_id: Option<String>,
+}
+
+fn running() -> String {
+    "RUNNING".into()
 }
 
 /// `[store]`: where shared state lives.

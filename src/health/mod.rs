@@ -3,5 +3,5 @@
 mod probe;
 mod state;
 
-pub use probe::{HealthChecker, ProbeSetupError};
+pub use probe::{server_client, HealthChecker, ProbeSetupError};
 pub use state::{HealthPolicy, HealthSnapshot, HealthState, Source, Transition};

@@ -31,27 +31,34 @@ pub enum ProbeSetupError {
     Client(String),
 }
 
+/// The HTTP client for talking to servers outside the data plane (probes, model discovery):
+/// `[health] timeout_ms`, the data plane's CA bundle, no redirects.
+pub fn server_client(config: &crate::config::Config) -> Result<reqwest::Client, ProbeSetupError> {
+    let h = &config.health;
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_millis(h.timeout_ms))
+        .connect_timeout(Duration::from_millis(h.timeout_ms))
+        .pool_idle_timeout(Duration::from_millis(config.proxy.pool_idle_timeout_ms))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = &config.proxy.ca_file {
+        let pem =
+            std::fs::read(ca).map_err(|e| ProbeSetupError::CaFile(ca.clone(), e.to_string()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ProbeSetupError::CaFile(ca.clone(), e.to_string()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+        builder = builder.tls_built_in_root_certs(false);
+    }
+    builder
+        .build()
+        .map_err(|e| ProbeSetupError::Client(e.to_string()))
+}
+
 impl HealthChecker {
     pub fn new(gw: Arc<Gateway>) -> Result<Self, ProbeSetupError> {
+        let client = server_client(&gw.config)?;
         let h = &gw.config.health;
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_millis(h.timeout_ms))
-            .connect_timeout(Duration::from_millis(h.timeout_ms))
-            .pool_idle_timeout(Duration::from_millis(gw.config.proxy.pool_idle_timeout_ms))
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = &gw.config.proxy.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| ProbeSetupError::CaFile(ca.clone(), e.to_string()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ProbeSetupError::CaFile(ca.clone(), e.to_string()))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-            builder = builder.tls_built_in_root_certs(false);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| ProbeSetupError::Client(e.to_string()))?;
         Ok(Self {
             path: h.path.clone(),
             interval: Duration::from_millis(h.interval_ms),

@@ -1,6 +1,7 @@
 //! Routing: what a request asks for (its model and user, read from the body) and which server
 //! of that model's pool answers it (session affinity, then least in-flight requests).
 
+pub mod discovery;
 mod multipart;
 pub mod registry_sync;
 mod request;

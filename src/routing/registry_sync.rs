@@ -25,13 +25,46 @@ impl RegistrySync {
         let Ok(routes) = store.registry().await else {
             return;
         };
-        let gw = self.gw.clone();
-        match tokio::task::spawn_blocking(move || gw.apply_registry(&routes)).await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "registry route not applied"),
-            Err(e) => tracing::warn!(error = %e, "registry rebuild failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = apply(&self.gw, routes).await {
+            tracing::warn!(error = %e, "registry rebuild failed");
         }
     }
+}
+
+/// Apply `registry` routes (with the config's and the discovered ones) on a blocking thread.
+pub async fn apply(
+    gw: &Arc<Gateway>,
+    registry: Vec<(String, String)>,
+) -> Result<Vec<crate::upstream::backend::BackendError>, tokio::task::JoinError> {
+    let gw = gw.clone();
+    tokio::task::spawn_blocking(move || gw.apply_registry(&registry)).await
+}
+
+/// The admin refresh: ask every server for its models, read the persistent registry (without
+/// writing it), and rebuild the routing table from config, registry and discovery.
+pub async fn refresh(
+    gw: &Arc<Gateway>,
+    client: &reqwest::Client,
+) -> Result<Vec<crate::upstream::backend::BackendError>, RefreshError> {
+    let found = super::discovery::discover(gw, client).await;
+    if let Ok(mut d) = gw.discovered.lock() {
+        for (url, models) in found {
+            d.insert(url, models);
+        }
+    }
+    let routes = gw.store.registry().await?;
+    apply(gw, routes)
+        .await
+        .map_err(|e| RefreshError::Rebuild(e.to_string()))
+}
+
+/// Why a refresh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("routing table rebuild failed: {0}")]
+    Rebuild(String),
 }
 
 #[async_trait]

@@ -47,6 +47,10 @@ pub fn server(url: &str, models: &[&str]) -> String {
     format!("[[servers]]\nurl = {url:?}\nprovider = \"vllm\"\nmodels = [{models}]\n\n")
 }
 
+/// The admin credential every test gateway gets from its environment.
+pub const ADMIN_KEY: &str = "test-admin";
+pub const ADMIN_SECRET: &str = "test-admin-secret";
+
 /// A running gateway process; killed on drop.
 pub struct Gateway {
     child: Child,
@@ -78,6 +82,8 @@ impl Gateway {
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        cmd.env("INFERGATE_ADMIN_API_KEY", ADMIN_KEY)
+            .env("INFERGATE_ADMIN_API_SECRET", ADMIN_SECRET);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -112,6 +118,28 @@ impl Gateway {
             assert!(Instant::now() < deadline, "gateway did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// An admin API request (`path` under the admin port) with the admin bearer.
+    pub fn admin(
+        &self,
+        c: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        c.request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(format!("{ADMIN_KEY}:{ADMIN_SECRET}"))
+    }
+
+    /// GET an admin path with the admin bearer; (status, JSON body).
+    pub async fn admin_get(&self, c: &reqwest::Client, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .admin(c, reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
     }
 
     /// POST a chat completion through the gateway.

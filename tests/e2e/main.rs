@@ -1,7 +1,9 @@
 //! End-to-end tests: the real gateway process in front of real mock vLLM servers on loopback.
 
+mod fake_runpod;
 mod harness;
 
+mod admin;
 mod cli;
 mod errors;
 mod health;

@@ -1,0 +1,152 @@
+//! The admin API's error responses: a JSON body `{"error", "detail"?}` (or, for a failed pod
+//! restart, the spec's `{"status": "failed", ...}` body) with the headers `x-error` (the
+//! message) and `x-error-id` (unique per error, written to the log with it).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The error body of every admin endpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Human-readable error message (also in the `x-error` header).
+    pub error: String,
+    /// Additional context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// An error answer of the admin API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    detail: Option<String>,
+    /// A body other than `{"error", "detail"}`.
+    body: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            detail: None,
+            body: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// An error whose body is `body` (the headers still carry `message`).
+    pub fn with_body(
+        status: StatusCode,
+        message: impl Into<String>,
+        body: serde_json::Value,
+    ) -> Self {
+        Self {
+            body: Some(body),
+            ..Self::new(status, message)
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message).detail(detail)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").detail(detail)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError::*;
+        match e {
+            Unavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "valkey unavailable"),
+            Valkey(detail) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "valkey error").detail(detail)
+            }
+            Invalid(detail) => Self::bad_request("invalid request", detail),
+        }
+    }
+}
+
+/// A fresh error id: 16 random bytes, hex.
+fn error_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A header value from free text: non-printable and non-ASCII bytes become '?'.
+fn header_text(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .take(512)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("error"))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let id = error_id();
+        let detail = self.detail.as_deref().unwrap_or("");
+        if self.status.is_server_error() {
+            tracing::error!(error_id = %id, status = self.status.as_u16(), error = %self.message, detail, "admin API error");
+        } else {
+            tracing::info!(error_id = %id, status = self.status.as_u16(), error = %self.message, detail, "admin API error");
+        }
+        let body = self.body.unwrap_or_else(|| {
+            serde_json::to_value(ErrorBody {
+                error: self.message.clone(),
+                detail: self.detail.clone(),
+            })
+            .unwrap_or_default()
+        });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        let headers = resp.headers_mut();
+        headers.insert("x-error", header_text(&self.message));
+        headers.insert(
+            "x-error-id",
+            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0")),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_the_headers_and_a_unique_id() {
+        let a = ApiError::not_found("pod not found").into_response();
+        let b = ApiError::not_found("pod not found").into_response();
+        assert_eq!(a.status(), StatusCode::NOT_FOUND);
+        assert_eq!(a.headers()["x-error"], "pod not found");
+        assert_ne!(a.headers()["x-error-id"], b.headers()["x-error-id"]);
+        assert_eq!(a.headers()["x-error-id"].len(), 32);
+    }
+
+    #[test]
+    fn header_text_is_sanitised() {
+        assert_eq!(header_text("bad\r\nthing é"), "bad??thing ?");
+    }
+}

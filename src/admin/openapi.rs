@@ -1,0 +1,69 @@
+//! The OpenAPI 3 document of the admin API, generated from the handlers and their types
+//! (`GET /admin/openapi.json`, unauthenticated).
+
+use super::{affinity, demand, error, pods, registry, servers};
+use axum::Json;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "infergate admin API",
+        description = "Fleet admin endpoints (pods, server pool health, session affinity, model \
+registry, demand telemetry). Every path is also served under /admin/... instead of \
+/api/ai/v1/admin/.... All endpoints require the ai_admin role. Errors carry the x-error and \
+x-error-id headers."
+    ),
+    paths(
+        pods::list, pods::get, pods::restart,
+        servers::list,
+        affinity::report, affinity::clear,
+        registry::get, registry::refresh,
+        demand::get,
+    ),
+    components(schemas(
+        error::ErrorBody,
+        pods::PodSummary, pods::PodDetail, pods::PodList, pods::RestartAccepted, pods::RestartFailed,
+        servers::ServerInfo, servers::ServerList,
+        affinity::ProviderAffinity, affinity::AffinityReport, affinity::ClearRequest, affinity::ClearResult,
+        registry::RegistryPage, registry::RefreshResult,
+        demand::DemandInfo, demand::ModelDemandInfo,
+    )),
+    modifiers(&Security),
+)]
+struct AdminApi;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("<api-key>:<api-secret>")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("api-key"))),
+        );
+        components.add_security_scheme(
+            "api_secret",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("api-secret"))),
+        );
+    }
+}
+
+/// The document.
+pub fn spec() -> utoipa::openapi::OpenApi {
+    AdminApi::openapi()
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(spec())
+}

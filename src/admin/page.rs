@@ -1,0 +1,86 @@
+//! Pagination of admin lists: `page` (default 1) and `limit` (default 10, at most 100; a larger
+//! limit is served as 100). A page or limit that is not a positive integer is a 400.
+
+use super::error::ApiError;
+
+pub const DEFAULT_LIMIT: u64 = 10;
+pub const MAX_LIMIT: u64 = 100;
+
+/// A requested page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub page: u64,
+    pub limit: u64,
+}
+
+impl Page {
+    /// From a raw query string; other parameters are ignored.
+    pub fn from_query(query: Option<&str>) -> Result<Page, ApiError> {
+        let mut page = 1;
+        let mut limit = DEFAULT_LIMIT;
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "page" => page = positive("page", &v)?,
+                "limit" => limit = positive("limit", &v)?.min(MAX_LIMIT),
+                _ => {}
+            }
+        }
+        Ok(Page { page, limit })
+    }
+
+    /// This page's items of `all`.
+    pub fn slice<'a, T>(&self, all: &'a [T]) -> &'a [T] {
+        let start = (self.page - 1).saturating_mul(self.limit);
+        let start = usize::try_from(start).unwrap_or(usize::MAX).min(all.len());
+        let end = start.saturating_add(self.limit as usize).min(all.len());
+        &all[start..end]
+    }
+}
+
+fn positive(name: &str, v: &str) -> Result<u64, ApiError> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= 1 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "invalid query parameter",
+            format!("{name} must be a positive integer, got {v:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_caps_and_refusals() {
+        assert_eq!(Page::from_query(None).unwrap(), Page { page: 1, limit: 10 });
+        assert_eq!(
+            Page::from_query(Some("page=3&limit=20&x=y")).unwrap(),
+            Page { page: 3, limit: 20 }
+        );
+        assert_eq!(Page::from_query(Some("limit=1000")).unwrap().limit, 100);
+        for bad in [
+            "page=0",
+            "limit=0",
+            "page=-1",
+            "limit=abc",
+            "page=1.5",
+            "page=",
+            "limit=+5",
+        ] {
+            let e = Page::from_query(Some(bad)).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert!(Page::from_query(Some("page=99999999999999999999999")).is_err());
+    }
+
+    #[test]
+    fn slices_pages() {
+        let all: Vec<u32> = (1..=25).collect();
+        let p = |page, limit| Page { page, limit };
+        assert_eq!(p(1, 10).slice(&all), &all[0..10]);
+        assert_eq!(p(3, 10).slice(&all), &all[20..25]);
+        assert!(p(4, 10).slice(&all).is_empty());
+        assert!(p(u64::MAX, 100).slice(&all).is_empty());
+    }
+}
