@@ -22,8 +22,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     detail: Option<String>,
-    /// A body other than `{"error", "detail"}`.
-    body: Option<serde_json::Value>,
+    /// A body other than `{"error", "detail"}`, serialized.
+    body: Option<Vec<u8>>,
 }
 
 impl ApiError {
@@ -45,10 +45,10 @@ impl ApiError {
     pub fn with_body(
         status: StatusCode,
         message: impl Into<String>,
-        body: serde_json::Value,
+        body: &impl Serialize,
     ) -> Self {
         Self {
-            body: Some(body),
+            body: serde_json::to_vec(body).ok(),
             ..Self::new(status, message)
         }
     }
@@ -113,14 +113,22 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(error_id = %id, status = self.status.as_u16(), error = %self.message, detail, "admin API error");
         }
-        let body = self.body.unwrap_or_else(|| {
-            serde_json::to_value(ErrorBody {
-                error: self.message.clone(),
-                detail: self.detail.clone(),
-            })
-            .unwrap_or_default()
-        });
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        let mut resp = match self.body {
+            Some(body) => (
+                self.status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            None => (
+                self.status,
+                axum::Json(ErrorBody {
+                    error: self.message.clone(),
+                    detail: self.detail,
+                }),
+            )
+                .into_response(),
+        };
         let headers = resp.headers_mut();
         headers.insert("x-error", header_text(&self.message));
         headers.insert(

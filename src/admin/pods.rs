@@ -242,7 +242,7 @@ pub async fn restart(
             Err(ApiError::with_body(
                 StatusCode::BAD_GATEWAY,
                 format!("pod restart failed at {}", phase.as_str()),
-                serde_json::to_value(&body).unwrap_or_default(),
+                &body,
             )
             .detail(detail))
         }
