@@ -154,6 +154,36 @@ mod tests {
     }
 
     #[test]
+    fn the_error_id_is_written_to_the_log() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let resp = tracing::subscriber::with_default(subscriber, || {
+            ApiError::new(StatusCode::BAD_GATEWAY, "runpod API error")
+                .detail("GET /pods: timed out")
+                .into_response()
+        });
+        let id = resp.headers()["x-error-id"].to_str().unwrap().to_string();
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains(&id), "{log}");
+        assert!(log.contains("runpod API error") && log.contains("timed out"), "{log}");
+    }
+
+    #[test]
     fn header_text_is_sanitised() {
         assert_eq!(header_text("bad\r\nthing é"), "bad??thing ?");
     }
