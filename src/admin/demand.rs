@@ -4,6 +4,7 @@ use super::error::{ApiError, ErrorBody};
 use super::pods::{demand_of, idle_seconds};
 use super::AdminState;
 use crate::telemetry::now_ms;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
@@ -49,8 +50,11 @@ pub struct DemandInfo {
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn get(
     State(s): State<Arc<AdminState>>,
-    Path(pod_url): Path<String>,
+    pod_url: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DemandInfo>, ApiError> {
+    let pod_url = super::path_param(pod_url, || {
+        ApiError::bad_request("invalid pod url", "the URL is not UTF-8")
+    })?;
     let url = pod_url.trim_end_matches('/').to_string();
     let valid = url.len() <= 2048
         && url::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));

@@ -75,8 +75,9 @@ impl From<crate::store::StoreError> for ApiError {
         use crate::store::StoreError::*;
         match e {
             Unavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "valkey unavailable"),
+            // The spec names Valkey failures "valkey unavailable"; the cause is the detail.
             Valkey(detail) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "valkey error").detail(detail)
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "valkey unavailable").detail(detail)
             }
             Invalid(detail) => Self::bad_request("invalid request", detail),
         }
@@ -180,7 +181,10 @@ mod tests {
         let id = resp.headers()["x-error-id"].to_str().unwrap().to_string();
         let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert!(log.contains(&id), "{log}");
-        assert!(log.contains("runpod API error") && log.contains("timed out"), "{log}");
+        assert!(
+            log.contains("runpod API error") && log.contains("timed out"),
+            "{log}"
+        );
     }
 
     #[test]

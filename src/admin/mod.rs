@@ -121,6 +121,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// A path parameter; `invalid` answers one that axum cannot decode (e.g. not UTF-8), so that
+/// it still gets the admin API's error shape.
+fn path_param(
+    p: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    invalid: impl FnOnce() -> ApiError,
+) -> Result<String, ApiError> {
+    p.map(|axum::extract::Path(v)| v).map_err(|_| invalid())
+}
+
 async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     match s.creds.authorize(req.headers(), AI_ADMIN) {
         Ok(_) => next.run(req).await,

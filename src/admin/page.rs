@@ -37,9 +37,12 @@ impl Page {
     }
 }
 
+/// A positive decimal integer; one too large for 64 bits counts as the largest.
 fn positive(name: &str, v: &str) -> Result<u64, ApiError> {
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
     match v.parse::<u64>() {
-        Ok(n) if n >= 1 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        Ok(n) if n >= 1 && digits => Ok(n),
+        Err(_) if digits && v.trim_start_matches('0').len() > 19 => Ok(u64::MAX),
         _ => Err(ApiError::bad_request(
             "invalid query parameter",
             format!("{name} must be a positive integer, got {v:?}"),
@@ -71,7 +74,17 @@ mod tests {
             let e = Page::from_query(Some(bad)).unwrap_err();
             assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
         }
-        assert!(Page::from_query(Some("page=99999999999999999999999")).is_err());
+        let huge = Page::from_query(Some(
+            "page=99999999999999999999999&limit=99999999999999999999",
+        ));
+        assert_eq!(
+            huge.unwrap(),
+            Page {
+                page: u64::MAX,
+                limit: 100
+            }
+        );
+        assert!(Page::from_query(Some("page=00000000000000000000000")).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::{AdminState, PageParams};
 use crate::pods::{valid_pod_id, Pod, PodError, RestartError};
 use crate::telemetry::demand::{local_demand, Demand};
 use crate::telemetry::now_ms;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -158,10 +159,18 @@ pub async fn list(
 ) -> Result<Json<PodList>, ApiError> {
     let page = Page::from_query(q.as_deref())?;
     let all = s.pods.list().await.map_err(provider_error)?;
-    let mut pods = Vec::with_capacity(page.limit as usize);
-    for pod in page.slice(&all) {
-        pods.push(summary(&s, pod).await);
+    // One demand read per pod of the page, concurrently.
+    let mut reads = tokio::task::JoinSet::new();
+    for (i, pod) in page.slice(&all).iter().enumerate() {
+        let (s, pod) = (s.clone(), pod.clone());
+        reads.spawn(async move { (i, summary(&s, &pod).await) });
     }
+    let mut pods: Vec<(usize, PodSummary)> = Vec::with_capacity(reads.len());
+    while let Some(r) = reads.join_next().await {
+        pods.push(r.map_err(|e| ApiError::internal(e.to_string()))?);
+    }
+    pods.sort_by_key(|(i, _)| *i);
+    let pods = pods.into_iter().map(|(_, p)| p).collect();
     Ok(Json(PodList {
         pods,
         page: page.page,
@@ -183,8 +192,9 @@ pub async fn list(
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn get(
     State(s): State<Arc<AdminState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PodDetail>, ApiError> {
+    let id = super::path_param(id, || ApiError::not_found("pod not found"))?;
     if !valid_pod_id(&id) {
         // Such an id names no pod (and is never sent to the provider).
         return Err(ApiError::not_found("pod not found"));
@@ -212,13 +222,15 @@ pub async fn get(
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn restart(
     State(s): State<Arc<AdminState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RestartAccepted>, ApiError> {
+    let invalid = || {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid pod id")
+            .detail("a pod id is 1 to 64 characters of A-Z a-z 0-9 _ -")
+    };
+    let id = super::path_param(id, invalid)?;
     if !valid_pod_id(&id) {
-        return Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid pod id")
-                .detail("a pod id is 1 to 64 characters of A-Z a-z 0-9 _ -"),
-        );
+        return Err(invalid());
     }
     match s.pods.restart(&id).await {
         Ok(()) => {
@@ -229,6 +241,7 @@ pub async fn restart(
             }))
         }
         Err(RestartError::NotFound) => Err(ApiError::not_found("pod not found")),
+        Err(RestartError::Provider(detail)) => Err(provider_error(PodError::Api(detail))),
         Err(RestartError::Unsupported(detail)) => {
             Err(ApiError::new(StatusCode::CONFLICT, "pod cannot be restarted").detail(detail))
         }

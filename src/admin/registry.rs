@@ -4,6 +4,7 @@ use super::error::{ApiError, ErrorBody};
 use super::page::Page;
 use super::{AdminState, PageParams};
 use crate::routing::registry_sync::{self, RefreshError};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -44,9 +45,12 @@ pub struct RefreshResult {
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn get(
     State(s): State<Arc<AdminState>>,
-    Path(model_id): Path<String>,
+    model_id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<RegistryPage>, ApiError> {
+    let model_id = super::path_param(model_id, || {
+        ApiError::bad_request("invalid model id", "the model id is not UTF-8")
+    })?;
     model_urls(&s, model_id, q.as_deref()).await
 }
 
@@ -70,18 +74,19 @@ async fn model_urls(
             "a model id is 1 to 256 bytes",
         ));
     }
-    let registry = s.gw.store.registry().await.map_err(|e| match e {
-        // The spec's registry error is "valkey error", with the cause as detail.
-        crate::store::StoreError::Unavailable => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "valkey error").detail(e.to_string())
-        }
-        e => e.into(),
-    })?;
-    let mut urls: BTreeSet<String> = registry
-        .into_iter()
-        .filter(|(m, _)| *m == model_id)
-        .map(|(_, url)| url)
-        .collect();
+    let registry = s
+        .gw
+        .store
+        .registry_of(&model_id)
+        .await
+        .map_err(|e| match e {
+            // The spec's registry error is "valkey error", with the cause as detail.
+            crate::store::StoreError::Invalid(d) => ApiError::bad_request("invalid model id", d),
+            e => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "valkey error").detail(e.to_string())
+            }
+        })?;
+    let mut urls: BTreeSet<String> = registry.into_iter().collect();
     if let Some(pool) = s.gw.table.load().pool(&model_id) {
         urls.extend(pool.members.iter().map(|m| m.backend.id.to_string()));
     }

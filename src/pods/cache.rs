@@ -29,6 +29,9 @@ pub enum RestartError {
     NotFound,
     #[error("{0}")]
     Unsupported(String),
+    /// Looking the pod up failed (nothing was stopped).
+    #[error("{0}")]
+    Provider(String),
     #[error("{}: {detail}", phase.as_str())]
     Failed { phase: Phase, detail: String },
 }
@@ -39,7 +42,13 @@ pub struct Pods {
     prefix: String,
     ttl: Duration,
     cache: tokio::sync::Mutex<Option<(Instant, Arc<Vec<Pod>>)>>,
+    /// The last failed list call: callers within [`ERROR_BACKOFF`] get its error without
+    /// asking the provider again (RunPod rate-limits).
+    failed: std::sync::Mutex<Option<(Instant, PodError)>>,
 }
+
+/// How long a failed list call is answered from memory.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why the pod provider could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +96,7 @@ impl Pods {
             prefix,
             ttl,
             cache: tokio::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -102,9 +112,16 @@ impl Pods {
                 return Ok(pods.clone());
             }
         }
-        let mut pods: Vec<Pod> = provider
-            .list()
-            .await?
+        if let Some((at, e)) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            if at.elapsed() < ERROR_BACKOFF.min(self.ttl) {
+                return Err(e);
+            }
+        }
+        let listed = provider.list().await;
+        if let Ok(mut f) = self.failed.lock() {
+            *f = listed.as_ref().err().map(|e| (Instant::now(), e.clone()));
+        }
+        let mut pods: Vec<Pod> = listed?
             .into_iter()
             .filter(|p| p.name.starts_with(&self.prefix))
             .collect();
@@ -147,12 +164,7 @@ impl Pods {
             Ok(_) => {}
             Err(PodError::NotFound) => return Err(RestartError::NotFound),
             Err(PodError::Unsupported(d)) => return Err(RestartError::Unsupported(d)),
-            Err(PodError::Api(detail)) => {
-                return Err(RestartError::Failed {
-                    phase: Phase::Stop,
-                    detail,
-                })
-            }
+            Err(PodError::Api(detail)) => return Err(RestartError::Provider(detail)),
         }
         let result = async {
             provider.stop(id).await.map_err(|e| (Phase::Stop, e))?;
@@ -161,6 +173,9 @@ impl Pods {
         .await;
         // The pod's status is changing: the next read asks the provider.
         *self.cache.lock().await = None;
+        if let Ok(mut f) = self.failed.lock() {
+            *f = None;
+        }
         match result {
             Ok(()) => Ok(()),
             Err((_, PodError::Unsupported(d))) => Err(RestartError::Unsupported(d)),

@@ -15,7 +15,7 @@ const DETAIL_BYTES: usize = 300;
 pub struct RunPod {
     client: reqwest::Client,
     api_url: String,
-    auth: String,
+    auth: reqwest::header::HeaderValue,
     url_template: String,
     port: u16,
 }
@@ -35,7 +35,12 @@ impl RunPod {
         Ok(Self {
             client,
             api_url: api_url.trim_end_matches('/').to_string(),
-            auth: format!("Bearer {api_key}"),
+            auth: {
+                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
+                    .map_err(|_| PodError::Api("the API key is not a valid header value".into()))?;
+                v.set_sensitive(true);
+                v
+            },
             url_template: url_template.to_string(),
             port,
         })
@@ -46,7 +51,7 @@ impl RunPod {
         let mut resp = self
             .client
             .request(method.clone(), &url)
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
@@ -109,9 +114,18 @@ fn without_url(e: reqwest::Error) -> String {
 #[async_trait]
 impl PodProvider for RunPod {
     async fn list(&self) -> Result<Vec<Pod>, PodError> {
-        let body = self
+        let body = match self
             .call(reqwest::Method::GET, "/pods?includeMachine=true")
-            .await?;
+            .await
+        {
+            // A 404 on the list means a wrong api_url, not a missing pod.
+            Err(PodError::NotFound) => {
+                return Err(PodError::Api(
+                    "GET /pods: RunPod answered 404 Not Found (check [pods] api_url)".into(),
+                ))
+            }
+            r => r?,
+        };
         let pods: Vec<RpPod> = serde_json::from_slice(&body)
             .map_err(|e| PodError::Api(format!("GET /pods: unexpected answer: {e}")))?;
         Ok(pods.into_iter().map(|p| self.pod(p)).collect())

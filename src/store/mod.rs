@@ -88,6 +88,17 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The server URLs the persistent registry holds for `model`.
+    async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .registry()
+            .await?
+            .into_iter()
+            .filter(|(m, _)| m == model)
+            .map(|(_, url)| url)
+            .collect())
+    }
+
     /// Add routes (persisted; every instance applies them within a second).
     async fn registry_add(&self, _routes: &[(String, String)]) -> Result<(), StoreError> {
         Err(StoreError::Invalid(

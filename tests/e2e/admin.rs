@@ -352,6 +352,23 @@ async fn pod_restart_stops_then_starts_and_reports_the_failed_phase() {
         .send()
     };
 
+    // Without credentials nothing happens.
+    for path in [
+        "/admin/pods/pod2/restart",
+        "/api/ai/v1/admin/pods/pod2/restart",
+    ] {
+        let r = c
+            .post(format!("http://{}{path}", gw.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 401, "unauthorized").await;
+    }
+    assert!(
+        rp.calls().is_empty(),
+        "an unauthenticated restart reaches no provider"
+    );
+
     let r = restart("pod2").await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -366,11 +383,23 @@ async fn pod_restart_stops_then_starts_and_reports_the_failed_phase() {
     );
 
     // Malformed, unknown, not ours.
-    let (_, body) = assert_error(restart("bad.id").await.unwrap(), 422, "invalid pod id").await;
-    assert_eq!(body["error"], "invalid pod id");
+    let long = "x".repeat(65);
+    for bad in ["bad.id", long.as_str(), "%FF", "a%2Fb"] {
+        let (_, body) = assert_error(restart(bad).await.unwrap(), 422, "invalid pod id").await;
+        assert_eq!(body["error"], "invalid pod id");
+    }
     assert_error(restart("nope").await.unwrap(), 404, "pod not found").await;
     assert_error(restart("pod3").await.unwrap(), 404, "pod not found").await;
     assert_eq!(rp.calls().len(), 2, "nothing was stopped for them");
+    // Bad pages on the pod list.
+    let r = gw
+        .admin(&c, Method::GET, "/admin/pods?limit=0")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid query parameter").await;
+    let (_, capped) = gw.admin_get(&c, "/admin/pods?limit=500").await;
+    assert_eq!(capped["limit"], 100);
 
     rp.state.fail_stop.store(true, SeqCst);
     let (_, body) = assert_error(
@@ -569,6 +598,21 @@ async fn registry_lists_urls_and_refresh_discovers_models() {
     }
     let (_, body) = gw.admin_get(&c, "/admin/registry/refresh").await;
     assert_eq!(body["model_id"], "refresh", "GET is a model named refresh");
+    let (_, body) = gw.admin_get(&c, "/admin/registry/m?limit=101").await;
+    assert_eq!(body["limit"], 100);
+    let r = gw
+        .admin(&c, Method::GET, "/admin/registry/m?page=x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid query parameter").await;
+    let long = "m".repeat(257);
+    let r = gw
+        .admin(&c, Method::GET, &format!("/admin/registry/{long}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid model id").await;
 
     // Before a refresh, "extra" is not routed; after, it is (discovered from a's /v1/models).
     assert_eq!(gw.chat(&c, &chat_body("extra")).await.status(), 404);
@@ -734,7 +778,27 @@ async fn openapi_document_covers_every_endpoint() {
         ["limit", "model_id", "page", "total", "urls"]
     );
     assert_eq!(props("ErrorBody"), ["detail", "error"]);
-    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    for scheme in ["bearer", "api_key", "api_secret"] {
+        assert!(
+            doc["components"]["securitySchemes"][scheme].is_object(),
+            "{scheme}"
+        );
+    }
+    assert_eq!(props("RestartAccepted"), ["pod_id", "status"]);
+    assert_eq!(
+        props("RestartFailed"),
+        ["detail", "failed_at", "pod_id", "status"]
+    );
+    assert_eq!(props("ClearResult"), ["cleared", "model_id", "user_id"]);
+    let detail = serde_json::to_string(&schemas["PodDetail"]).unwrap();
+    assert!(
+        detail.contains("last_started_at") && detail.contains("gpu_type_id"),
+        "{detail}"
+    );
+    let restart = &doc["paths"]["/api/ai/v1/admin/pods/{id}/restart"]["post"]["responses"];
+    for status in ["200", "401", "403", "404", "422", "502"] {
+        assert!(restart[status].is_object(), "restart documents {status}");
+    }
 }
 
 #[tokio::test]
@@ -847,4 +911,60 @@ async fn with_valkey_clear_reaches_every_instance_and_an_outage_is_503() {
         .await,
         "the admin API recovers with Valkey"
     );
+}
+
+#[tokio::test]
+async fn runpod_read_failures_are_502_and_nothing_secret_is_logged() {
+    let rp = FakeRunPod::start(runpod_pods()).await;
+    let m = mock("pod", &["qwen3-8b"]).await;
+    // No cache: every read asks the provider.
+    let port = m.addr.port();
+    let config = format!(
+        "{}[pods]\nprovider = \"runpod\"\napi_url = {:?}\napi_key_env = \"RP_KEY\"\n\
+         name_prefix = \"aiapi-dev-\"\nurl_template = \"http://{{id}}:{{port}}/v1\"\nport = {port}\n\
+         cache_ttl_ms = 0\n",
+        server(&format!("http://localhost:{port}/v1"), &["qwen3-8b"]),
+        rp.url
+    );
+    let gw = Gateway::start_logged(&config, &[("RP_KEY", API_KEY)]).await;
+    let c = Client::new();
+    rp.state.fail_get.store(true, SeqCst);
+    let r = gw
+        .admin(&c, Method::GET, "/admin/pods/pod2")
+        .send()
+        .await
+        .unwrap();
+    let (id, body) = assert_error(r, 502, "runpod API error").await;
+    assert!(body["detail"].as_str().unwrap().contains("502"), "{body}");
+    // A restart whose lookup fails stops nothing.
+    let r = gw
+        .admin(&c, Method::POST, "/admin/pods/pod2/restart")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 502, "runpod API error").await;
+    assert!(rp.calls().is_empty());
+    let r = c
+        .get(format!("http://{}/admin/servers", gw.admin))
+        .bearer_auth(format!("{ADMIN_KEY}:not-the-secret"))
+        .send()
+        .await
+        .unwrap();
+    let (id401, _) = assert_error(r, 401, "unauthorized").await;
+    // Logged with their ids; no secret in the log.
+    let log = gw.log();
+    assert!(log.contains(&id) && log.contains(&id401), "{log}");
+    for secret in [ADMIN_SECRET, API_KEY, "not-the-secret"] {
+        assert!(!log.contains(secret), "{secret} leaked into the log");
+    }
+
+    // A gateway holding the wrong RunPod key: RunPod's 401 is a 502 for the admin.
+    let wrong = Gateway::start_with_env(&config, &[("RP_KEY", "wrong-key")]).await;
+    let r = wrong
+        .admin(&c, Method::GET, "/admin/pods")
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = assert_error(r, 502, "runpod API error").await;
+    assert!(body["detail"].as_str().unwrap().contains("401"), "{body}");
 }

@@ -22,6 +22,7 @@ pub struct FakeState {
     /// "stop:<id>" / "start:<id>", in order.
     pub calls: Mutex<Vec<String>>,
     pub fail_list: AtomicBool,
+    pub fail_get: AtomicBool,
     pub fail_stop: AtomicBool,
     pub fail_start: AtomicBool,
 }
@@ -110,6 +111,9 @@ async fn one(State(st): State<Arc<FakeState>>, h: HeaderMap, Path(id): Path<Stri
         return r;
     }
     st.get_calls.fetch_add(1, SeqCst);
+    if st.fail_get.load(SeqCst) {
+        return (StatusCode::BAD_GATEWAY, "upstream connect error").into_response();
+    }
     match find(&st, &id) {
         Some(p) => Json(p).into_response(),
         None => (

@@ -66,6 +66,21 @@ impl Gateway {
     }
 
     pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(extra, env, false).await
+    }
+
+    /// Like [`Self::start_with_env`], logging at info level into a file that [`Self::log`]
+    /// reads.
+    pub async fn start_logged(extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(extra, env, true).await
+    }
+
+    /// What the gateway has logged so far (after [`Self::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn launch(extra: &str, env: &[(&str, &str)], capture: bool) -> Gateway {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = test_config(proxy, admin, extra);
@@ -82,6 +97,10 @@ impl Gateway {
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if capture {
+            let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+            cmd.env("RUST_LOG", "info").stderr(log);
+        }
         cmd.env("INFERGATE_ADMIN_API_KEY", ADMIN_KEY)
             .env("INFERGATE_ADMIN_API_SECRET", ADMIN_SECRET);
         for (k, v) in env {

@@ -281,6 +281,10 @@ impl Store for ValkeyStore {
         registry::read(self).await
     }
 
+    async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {
+        registry::read_model(self, model).await
+    }
+
     async fn registry_add(&self, routes: &[(String, String)]) -> Result<(), StoreError> {
         registry::add(self, routes).await
     }

@@ -28,6 +28,15 @@ pub async fn read(store: &ValkeyStore) -> Result<Vec<(String, String)>, StoreErr
     Ok(routes)
 }
 
+/// The server URLs of one model (one command, whatever the size of the registry).
+pub async fn read_model(store: &ValkeyStore, model: &str) -> Result<Vec<String>, StoreError> {
+    let key = store.keys.registry(model);
+    store
+        .valkey
+        .run(|mut c| async move { redis::cmd("SMEMBERS").arg(&key).query_async(&mut c).await })
+        .await
+}
+
 /// Add routes; announces a change when any was new.
 pub async fn add(store: &ValkeyStore, routes: &[(String, String)]) -> Result<(), StoreError> {
     let mut added = 0u64;
