@@ -40,6 +40,9 @@ threads = 1
 listen = "127.0.0.1:$2"
 [store]
 url = "$3"
+[auth]
+# The issue-2 comparison is of routing alone; keys and usage are measured on their own.
+proxy = "off"
 [[servers]]
 url = "http://127.0.0.1:$MOCK/v1"
 provider = "vllm"

@@ -35,6 +35,9 @@ pub struct Gateway {
     pub discovered: std::sync::Mutex<std::collections::BTreeMap<String, Vec<String>>>,
     /// Unix ms when this instance started.
     pub started_ms: u64,
+    /// Every API key, for checks without a store round trip (kept fresh by `IdentitySync`).
+    pub keys: crate::identity::KeyCache,
+    pub identity: crate::identity::IdentityService,
 }
 
 impl Gateway {
@@ -75,12 +78,14 @@ impl Gateway {
         Ok(Arc::new(Self {
             config,
             table: ArcSwap::from_pointee(table),
-            store,
             metrics,
             policy,
             demand: Default::default(),
             discovered: Default::default(),
             started_ms: crate::telemetry::now_ms(),
+            keys: Default::default(),
+            identity: crate::identity::IdentityService::new(store.clone()),
+            store,
         }))
     }
 

@@ -4,13 +4,14 @@
 //! One folder per concern: `config` (the TOML schema), `proxy` (the data plane), `routing`
 //! (model pools, affinity and selection), `upstream` (servers), `health` (probes and passive
 //! failures), `store` (shared state), `telemetry` (metrics, TTFT and usage), `admin` (the admin
-//! listener), `mock` (a mock vLLM server for tests, benchmarks and the demo), `serve` (process
-//! assembly).
+//! listener), `identity` (organizations, users, API keys), `pods` (pod providers), `mock` (a
+//! mock vLLM server for tests, benchmarks and the demo), `serve` (process assembly).
 
 pub mod admin;
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod identity;
 pub mod mock;
 pub mod pods;
 pub mod proxy;

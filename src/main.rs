@@ -104,10 +104,11 @@ fn main() -> anyhow::Result<()> {
                     "no configuration: pass --config PATH (or INFERGATE_CONFIG), or --demo"
                 ),
             };
-            if demo {
-                start_demo_backends(&mut cfg)?;
+            if !demo {
+                return infergate::serve::run(cfg).context("infergate failed to start");
             }
-            infergate::serve::run(cfg).context("infergate failed to start")
+            start_demo_backends(&mut cfg)?;
+            infergate::serve::run_with(cfg, print_demo_key).context("infergate failed to start")
         }
         Command::Mock {
             listen,
@@ -139,6 +140,34 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+/// The demo creates one key (every scope, and the ai_admin role) and prints its token on
+/// standard output (not in the log): a ready credential for the data plane and the admin API.
+fn print_demo_key(gw: &std::sync::Arc<infergate::gateway::Gateway>) {
+    use std::io::Write;
+    let created = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(gw.identity.create_key(infergate::identity::CreateKey {
+                name: Some("demo".into()),
+                roles: vec![infergate::admin::auth::AI_ADMIN.into()],
+                ..Default::default()
+            }))
+            .map_err(|e| e.to_string())
+        });
+    match created {
+        Ok(k) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "demo API key (data plane and admin API):\n  export OPENAI_API_KEY={}\n  curl -H \"Authorization: Bearer $OPENAI_API_KEY\" ...",
+                k.token
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "the demo key could not be created"),
     }
 }
 

@@ -32,6 +32,15 @@ pub enum ServeError {
 
 /// Run the gateway until it is signalled to stop (SIGTERM: graceful, SIGINT: fast).
 pub fn run(config: Config) -> Result<(), ServeError> {
+    run_with(config, |_| {})
+}
+
+/// [`run`], calling `before_serving` with the gateway's state once it is built (the demo
+/// creates its key there).
+pub fn run_with(
+    config: Config,
+    before_serving: impl FnOnce(&std::sync::Arc<Gateway>),
+) -> Result<(), ServeError> {
     let admin_listener =
         std::net::TcpListener::bind(&config.admin.listen).map_err(|source| ServeError::Listen {
             addr: config.admin.listen.clone(),
@@ -47,6 +56,8 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         })?,
     );
     let gw = Gateway::new(config)?;
+    before_serving(&gw);
+    load_keys(&gw);
     let cfg = &gw.config;
     let conf = ServerConf {
         threads: cfg.proxy.threads,
@@ -97,5 +108,30 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     );
     registry.threads = Some(1);
     server.add_service(registry);
+    let mut identity = background_service(
+        "identity",
+        crate::identity::sync::IdentitySync { gw: gw.clone() },
+    );
+    identity.threads = Some(1);
+    server.add_service(identity);
     server.run_forever()
+}
+
+/// Load the API keys before serving, so that the first requests are checked against them.
+fn load_keys(gw: &std::sync::Arc<Gateway>) {
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(crate::identity::sync::reload(gw))
+                .map_err(|e| e.to_string())
+        });
+    match loaded {
+        Ok(n) => tracing::info!(keys = n, "API keys loaded"),
+        Err(e) => tracing::error!(
+            error = %e,
+            "API keys not loaded yet (requests that need a key are refused until they are)"
+        ),
+    }
 }

@@ -9,8 +9,6 @@ use axum::Json;
 use serde::Serialize;
 use std::sync::Arc;
 
-/// Largest clear request body.
-const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest user or model id.
 const MAX_ID_LEN: usize = 256;
 
@@ -134,15 +132,7 @@ pub async fn clear(
     State(s): State<Arc<AdminState>>,
     body: Body,
 ) -> Result<Json<ClearResult>, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-            )
-            .detail(format!("at most {MAX_BODY_BYTES} bytes"))
-        })?;
+    let bytes = super::body::bytes(body).await?;
     let req = parse_clear(&bytes)?;
     let cleared =
         s.gw.store

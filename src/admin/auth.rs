@@ -7,6 +7,7 @@
 
 use super::error::ApiError;
 use crate::config::AdminConfig;
+use crate::identity::{presented, KeyCache};
 use axum::http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -16,9 +17,6 @@ use subtle::ConstantTimeEq;
 pub const AI_ADMIN: &str = "ai_admin";
 pub const ENV_KEY: &str = "INFERGATE_ADMIN_API_KEY";
 pub const ENV_SECRET: &str = "INFERGATE_ADMIN_API_SECRET";
-
-/// Longest API key or secret accepted in a request.
-const MAX_CREDENTIAL_LEN: usize = 512;
 
 /// Why the credentials could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -129,30 +127,41 @@ impl Credentials {
         Ok(Self { by_key })
     }
 
-    /// Who sent these headers; a 401 when no credential matches.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        let (key, secret) = presented(headers)?;
-        // Hash even for an unknown key, so both paths cost the same.
-        let digest = hash_secret(secret);
-        let matched = match self.by_key.get(key) {
-            Some(c) => bool::from(c.secret_sha256.ct_eq(&digest)).then_some(c),
-            None => {
-                let _ = [0u8; 32].ct_eq(&digest);
-                None
+    /// Who sent these headers: the environment's pair, a config account, or an API key (with
+    /// its roles); a 401 when none matches.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        keys: &KeyCache,
+    ) -> Result<Principal, ApiError> {
+        let p = presented(headers).map_err(|e| unauthorized(&e.to_string()))?;
+        let digest = hash_secret(p.secret);
+        if let Some(c) = self.by_key.get(p.key) {
+            if bool::from(c.secret_sha256.ct_eq(&digest)) {
+                return Ok(Principal {
+                    api_key: p.key.to_string(),
+                    roles: c.roles.clone(),
+                });
             }
-        };
-        match matched {
-            Some(c) => Ok(Principal {
-                api_key: key.to_string(),
-                roles: c.roles.clone(),
+            return Err(unauthorized("invalid credentials"));
+        }
+        match keys.verify(p, crate::telemetry::now_ms()) {
+            Ok(k) => Ok(Principal {
+                api_key: p.key.to_string(),
+                roles: k.roles.clone(),
             }),
-            None => Err(unauthorized("invalid credentials")),
+            Err(r) => Err(unauthorized(&r.to_string())),
         }
     }
 
     /// [`Self::authenticate`], then require `role` (403 without it).
-    pub fn authorize(&self, headers: &HeaderMap, role: &str) -> Result<Principal, ApiError> {
-        let p = self.authenticate(headers)?;
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        keys: &KeyCache,
+        role: &str,
+    ) -> Result<Principal, ApiError> {
+        let p = self.authenticate(headers, keys)?;
         if !p.has_role(role) {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden")
                 .detail(format!("the {role} role is required")));
@@ -163,44 +172,6 @@ impl Credentials {
 
 fn unauthorized(detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized").detail(detail)
-}
-
-/// The (key, secret) pair the request carries.
-fn presented(headers: &HeaderMap) -> Result<(&str, &str), ApiError> {
-    let text = |name: &str| -> Result<Option<&str>, ApiError> {
-        match headers.get(name) {
-            None => Ok(None),
-            Some(v) if v.len() > MAX_CREDENTIAL_LEN + 16 => {
-                Err(unauthorized(&format!("the {name} header is too long")))
-            }
-            Some(v) => v
-                .to_str()
-                .map(Some)
-                .map_err(|_| unauthorized(&format!("the {name} header is not text"))),
-        }
-    };
-    if let Some(auth) = text("authorization")? {
-        let Some((scheme, token)) = auth.split_once(' ') else {
-            return Err(unauthorized(
-                "Authorization must be \"Bearer <api-key>:<api-secret>\"",
-            ));
-        };
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(unauthorized("Authorization must use the Bearer scheme"));
-        }
-        return token
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| unauthorized("a bearer token is \"<api-key>:<api-secret>\""));
-    }
-    match (text("api-key")?, text("api-secret")?) {
-        (Some(k), Some(s)) => Ok((k, s)),
-        (Some(_), None) => Err(unauthorized("the api-secret header is missing")),
-        (None, Some(_)) => Err(unauthorized("the api-key header is missing")),
-        (None, None) => Err(unauthorized(
-            "missing credentials: send Authorization: Bearer <api-key>:<api-secret>, or the api-key and api-secret headers",
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -238,20 +209,24 @@ mod tests {
     #[test]
     fn bearer_and_header_pairs_authenticate() {
         let c = creds();
+        let keys = KeyCache::default();
         let p = c
             .authorize(
                 &headers(&[("authorization", "Bearer admin:s3cret")]),
+                &keys,
                 AI_ADMIN,
             )
             .unwrap();
         assert_eq!(p.api_key, "admin");
         c.authorize(
             &headers(&[("authorization", "bearer admin:s3cret")]),
+            &keys,
             AI_ADMIN,
         )
         .unwrap();
         c.authorize(
             &headers(&[("api-key", "admin"), ("api-secret", "s3cret")]),
+            &keys,
             AI_ADMIN,
         )
         .unwrap();
@@ -260,7 +235,13 @@ mod tests {
     #[test]
     fn wrong_missing_and_unprivileged_credentials_are_refused() {
         let c = creds();
-        let status = |h: HeaderMap| c.authorize(&h, AI_ADMIN).unwrap_err().status().as_u16();
+        let keys = KeyCache::default();
+        let status = |h: HeaderMap| {
+            c.authorize(&h, &keys, AI_ADMIN)
+                .unwrap_err()
+                .status()
+                .as_u16()
+        };
         assert_eq!(status(headers(&[])), 401);
         assert_eq!(
             status(headers(&[("authorization", "Bearer admin:wrong")])),

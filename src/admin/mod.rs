@@ -1,16 +1,22 @@
 //! The admin service, on its own port and threads: Prometheus metrics and a liveness check
-//! (unauthenticated), and the fleet admin API of `shared/spec/002` under both
-//! `/api/ai/v1/admin/...` and `/admin/...`, which requires the `ai_admin` role.
+//! (unauthenticated), and the admin API (the fleet endpoints of `shared/spec/002` and the
+//! identity endpoints of `shared/spec/000`) under both `/api/ai/v1/admin/...` and
+//! `/admin/...`, which requires the `ai_admin` role.
 
 mod affinity;
 pub mod auth;
+mod body;
 mod demand;
 pub mod error;
+mod identity_views;
+mod keys;
 mod openapi;
+mod orgs;
 pub mod page;
 mod pods;
 mod registry;
 mod servers;
+mod users;
 
 use crate::gateway::Gateway;
 use crate::pods::{Pods, PodsSetupError};
@@ -99,6 +105,20 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         )
         .route("/registry/{*model_id}", get(registry::get))
         .route("/demand/{*pod_url}", get(demand::get))
+        .route("/orgs", get(orgs::list).post(orgs::create))
+        .route("/orgs/lookup", get(orgs::lookup))
+        .route(
+            "/orgs/{id}",
+            axum::routing::patch(orgs::patch).delete(orgs::delete),
+        )
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/lookup", get(users::lookup))
+        .route(
+            "/users/{id}",
+            axum::routing::patch(users::patch).delete(users::delete),
+        )
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/{id}", axum::routing::delete(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .route("/openapi.json", get(openapi::document))
         .method_not_allowed_fallback(method_not_allowed)
@@ -130,8 +150,26 @@ fn path_param(
     p.map(|axum::extract::Path(v)| v).map_err(|_| invalid())
 }
 
+/// A path parameter that cannot fail with axum's plain-text rejection: one that cannot be
+/// decoded is a 400 in the admin API's error shape.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| PathId(v))
+            .map_err(|e| ApiError::bad_request("invalid path", e.body_text()))
+    }
+}
+
 async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
-    match s.creds.authorize(req.headers(), AI_ADMIN) {
+    match s.creds.authorize(req.headers(), &s.gw.keys, AI_ADMIN) {
         Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
     }

@@ -1,7 +1,7 @@
 //! The OpenAPI 3 document of the admin API, generated from the handlers and their types
 //! (`GET /admin/openapi.json`, unauthenticated).
 
-use super::{affinity, demand, error, pods, registry, servers};
+use super::{affinity, demand, error, identity_views, keys, orgs, pods, registry, servers, users};
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
     info(
         title = "infergate admin API",
         description = "Fleet admin endpoints (pods, server pool health, session affinity, model \
-registry, demand telemetry). Every path is also served under /admin/... instead of \
+registry, demand telemetry) and identity endpoints (organizations, users, API keys). Every path is also served under /admin/... instead of \
 /api/ai/v1/admin/.... All endpoints require the ai_admin role. Errors carry the x-error and \
 x-error-id headers."
     ),
@@ -21,6 +21,9 @@ x-error-id headers."
         affinity::report, affinity::clear,
         registry::get, registry::refresh,
         demand::get,
+        orgs::list, orgs::lookup, orgs::create, orgs::patch, orgs::delete,
+        users::list, users::lookup, users::create, users::patch, users::delete,
+        keys::list, keys::create, keys::revoke,
     ),
     components(schemas(
         error::ErrorBody,
@@ -29,6 +32,10 @@ x-error-id headers."
         affinity::ProviderAffinity, affinity::AffinityReport, affinity::ClearRequest, affinity::ClearResult,
         registry::RegistryPage, registry::RefreshResult,
         demand::DemandInfo, demand::ModelDemandInfo,
+        identity_views::OrgView, identity_views::UserView, identity_views::KeyView, identity_views::LookupItem,
+        orgs::CreateOrg, orgs::PatchOrg, orgs::OrgList, orgs::OrgDeleted,
+        users::CreateUser, users::PatchUser, users::UserList, users::UserDeleted,
+        keys::CreateKeyBody, keys::ScopesInput, keys::KeyCreated, keys::KeyList,
     )),
     modifiers(&Security),
 )]

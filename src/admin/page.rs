@@ -38,6 +38,26 @@ impl Page {
 }
 
 /// A positive decimal integer; one too large for 64 bits counts as the largest.
+/// A query parameter's value (the first, when repeated); empty values count as absent.
+pub fn param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A boolean query parameter ("true"/"false"/"1"/"0"; absent: false).
+pub fn flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    match param(query, name).as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(
+            "invalid query parameter",
+            format!("{name} must be true or false, got {v:?}"),
+        )),
+    }
+}
+
 fn positive(name: &str, v: &str) -> Result<u64, ApiError> {
     let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
     match v.parse::<u64>() {

@@ -14,7 +14,26 @@ pub struct Config {
     pub affinity: AffinityConfig,
     pub health: HealthConfig,
     pub pods: PodsConfig,
+    pub auth: AuthConfig,
     pub servers: Vec<ServerConfig>,
+}
+
+/// Whether the data plane requires an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyAuth {
+    /// Every request needs a live key with the endpoint's scope.
+    #[default]
+    Required,
+    /// No key is checked (a gateway behind another authenticating layer, or a benchmark).
+    Off,
+}
+
+/// `[auth]`: API keys on the data plane.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub proxy: ProxyAuth,
 }
 
 /// `[proxy]`: the OpenAI-compatible data-plane listener.

@@ -5,6 +5,7 @@ use super::body::{declared_length, read_body, BodyReadError};
 use super::endpoint::{classify, Endpoint};
 use super::errors::ProxyError;
 use crate::gateway::Gateway;
+use crate::identity::{presented, KeyEntry, Scope};
 use crate::routing::{route_key_json, route_key_multipart};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,6 +41,8 @@ pub struct ProxyApp {
     pub(super) connector: Connector,
     pub(super) settings: Settings,
     started_unix: u64,
+    /// `[auth] proxy = "required"`.
+    auth_required: bool,
 }
 
 impl ProxyApp {
@@ -59,8 +62,34 @@ impl ProxyApp {
             connector: Connector::new(Some(opts)),
             settings,
             started_unix: crate::telemetry::now_ms() / 1000,
+            auth_required: gw.config.auth.proxy == crate::config::ProxyAuth::Required,
             gw,
         }
+    }
+
+    /// The key of a request to `path`, when keys are required: a 401 for a missing, unknown,
+    /// revoked or expired key, a 403 for one without the path's scope.
+    fn authorize(
+        &self,
+        session: &ServerSession,
+        path: &str,
+    ) -> Result<Option<Arc<KeyEntry>>, ProxyError> {
+        if !self.auth_required {
+            return Ok(None);
+        }
+        let presented = presented(&session.req_header().headers)
+            .map_err(|e| ProxyError::Unauthorized(e.to_string()))?;
+        let key = self
+            .gw
+            .keys
+            .verify(presented, crate::telemetry::now_ms())
+            .map_err(|r| ProxyError::Unauthorized(r.to_string()))?;
+        if let Some(scope) = Scope::for_path(path) {
+            if !key.scopes.contains(scope) {
+                return Err(ProxyError::MissingScope(scope.as_str()));
+            }
+        }
+        Ok(Some(key))
     }
 
     /// Handle one request; `true` when the connection can serve another.
@@ -69,8 +98,22 @@ impl ProxyApp {
             let req = session.req_header();
             classify(&req.method, req.uri.path())
         };
+        let key = match endpoint {
+            Endpoint::Json | Endpoint::Multipart | Endpoint::Models => {
+                match self.authorize(session, session.req_header().uri.path()) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        let unread = !session.is_body_empty();
+                        return self.fail(session, e, "", "").await && !unread;
+                    }
+                }
+            }
+            _ => None,
+        };
         match endpoint {
-            Endpoint::Json | Endpoint::Multipart => self.proxy(session, endpoint, started).await,
+            Endpoint::Json | Endpoint::Multipart => {
+                self.proxy(session, endpoint, key.as_deref(), started).await
+            }
             Endpoint::Models => self.models(session).await,
             Endpoint::Health => {
                 let body = Bytes::from_static(b"{\"status\":\"ok\"}");
@@ -96,6 +139,7 @@ impl ProxyApp {
         &self,
         session: &mut ServerSession,
         endpoint: Endpoint,
+        api_key: Option<&KeyEntry>,
         started: Instant,
     ) -> bool {
         let max = self.settings.max_body;
@@ -128,14 +172,18 @@ impl ProxyApp {
                     .await
             }
         };
-        // The body's `user` is borrowed; the header is only copied when the body has none.
+        // The affinity identity: the body's `user`, else the API key's user, else the
+        // x-user-id header (copied only when it is used).
         let user: Option<std::borrow::Cow<'_, str>> = match key.user {
             Some(u) => Some(u),
-            None => session
-                .get_header("x-user-id")
-                .and_then(|v| v.to_str().ok())
-                .filter(|u| !u.is_empty())
-                .map(|u| std::borrow::Cow::Owned(u.to_owned())),
+            None => match api_key.and_then(|k| k.user_id.as_deref()) {
+                Some(u) => Some(std::borrow::Cow::Borrowed(u)),
+                None => session
+                    .get_header("x-user-id")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|u| !u.is_empty())
+                    .map(|u| std::borrow::Cow::Owned(u.to_owned())),
+            },
         };
         if user.as_ref().is_some_and(|u| u.len() > MAX_USER_BYTES) {
             let err = ProxyError::BadRequest(format!(

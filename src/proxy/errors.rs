@@ -22,12 +22,18 @@ pub enum ProxyError {
     Unreachable(String),
     #[error("The server for the model `{0}` did not answer in time.")]
     Timeout(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("This API key does not have the `{0}` scope.")]
+    MissingScope(&'static str),
 }
 
 impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::BadRequest(_) => 400,
+            ProxyError::Unauthorized(_) => 401,
+            ProxyError::MissingScope(_) => 403,
             ProxyError::UnknownModel(_) | ProxyError::UnknownPath(..) => 404,
             ProxyError::WrongMethod(_) => 405,
             ProxyError::TooLarge(_) => 413,
@@ -40,6 +46,8 @@ impl ProxyError {
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
             ProxyError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            ProxyError::Unauthorized(_) => ("invalid_request_error", "invalid_api_key"),
+            ProxyError::MissingScope(_) => ("permission_error", "insufficient_scope"),
             ProxyError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
             ProxyError::UnknownPath(..) => ("invalid_request_error", "unknown_url"),
             ProxyError::WrongMethod(_) => ("invalid_request_error", "method_not_allowed"),
@@ -66,6 +74,9 @@ impl ProxyError {
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string());
         if matches!(self, ProxyError::NoHealthyServer(_)) {
             let _ = h.insert_header(http::header::RETRY_AFTER, retry_after_secs.to_string());
+        }
+        if let ProxyError::Unauthorized(_) = self {
+            let _ = h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer");
         }
         if let ProxyError::WrongMethod(m) = self {
             let _ = h.insert_header(http::header::ALLOW, *m);

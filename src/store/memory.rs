@@ -1,7 +1,7 @@
 //! The embedded store: sharded concurrent maps, no external service. Also the local cache under
 //! the Valkey store.
 
-use super::{AffinityCounts, Claim, Store, StoreError};
+use super::{AffinityCounts, Claim, Collection, Put, Store, StoreError};
 use crate::config::Provider;
 use crate::telemetry::AffinityOutcome;
 use async_trait::async_trait;
@@ -32,6 +32,8 @@ pub struct MemoryStore {
     entries: DashMap<u64, Arc<Entry>>,
     counts: [[AtomicU64; 3]; 3],
     on_touch: Option<TouchSink>,
+    /// Identity documents (only used when this is the store, not a cache under Valkey).
+    docs: super::docs::MemoryDocs,
 }
 
 impl MemoryStore {
@@ -43,6 +45,7 @@ impl MemoryStore {
             entries: DashMap::new(),
             counts: Default::default(),
             on_touch: None,
+            docs: Default::default(),
         }
     }
 
@@ -158,6 +161,38 @@ pub(crate) fn outcome_index(o: AffinityOutcome) -> usize {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn doc_list(&self, c: Collection) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.docs.list(c)
+    }
+
+    async fn doc_get(&self, c: Collection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.docs.get(c, id)
+    }
+
+    async fn doc_put(
+        &self,
+        c: Collection,
+        id: &str,
+        doc: &[u8],
+        unique: Option<&str>,
+        old_unique: Option<&str>,
+    ) -> Result<Put, StoreError> {
+        self.docs.put(c, id, doc, unique, old_unique)
+    }
+
+    async fn doc_delete(
+        &self,
+        c: Collection,
+        id: &str,
+        unique: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.docs.delete(c, id, unique)
+    }
+
+    fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.docs.changes()
+    }
+
     fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {
         let e = self.entries.get(&self.key(user, model))?;
         if &*e.user != user || &*e.model != model || e.expires_ms.load(Relaxed) <= now_ms {

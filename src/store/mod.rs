@@ -5,9 +5,11 @@
 //! The hot path only calls the synchronous, local methods; the asynchronous ones run on an
 //! affinity miss or fallback, or off the hot path.
 
+pub mod docs;
 mod memory;
 pub mod valkey;
 
+pub use docs::{Collection, Put};
 pub use memory::{Entry, MemoryStore};
 
 use crate::config::Provider;
@@ -87,6 +89,34 @@ pub trait Store: Send + Sync + 'static {
     async fn registry(&self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// Every document of a collection, as (id, JSON).
+    async fn doc_list(&self, c: Collection) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    async fn doc_get(&self, c: Collection, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Write a document. With `unique`, the name must not belong to another document of the
+    /// collection (else [`Put::Conflict`] and nothing is written); `old_unique` is the name the
+    /// document had, released when it changes.
+    async fn doc_put(
+        &self,
+        c: Collection,
+        id: &str,
+        doc: &[u8],
+        unique: Option<&str>,
+        old_unique: Option<&str>,
+    ) -> Result<Put, StoreError>;
+
+    /// Delete a document (and release its unique name); `true` when it existed.
+    async fn doc_delete(
+        &self,
+        c: Collection,
+        id: &str,
+        unique: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    /// Changes whenever documents may have changed, on any instance (within a second).
+    fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// The server URLs the persistent registry holds for `model`.
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {

@@ -216,6 +216,8 @@ fn test_config(proxy: SocketAddr, admin: SocketAddr, extra: &str) -> String {
             ],
         ),
         ("admin", vec![("listen".into(), format!("\"{admin}\""))]),
+        // Data-plane keys are tested on their own (tests/e2e/identity.rs).
+        ("auth", vec![("proxy".into(), "\"off\"".into())]),
         (
             "health",
             vec![

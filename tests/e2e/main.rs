@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod errors;
 mod health;
+mod identity;
 mod routing;
 mod streaming;
 mod tls;

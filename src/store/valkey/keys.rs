@@ -68,6 +68,16 @@ impl Keys {
         format!("{}:registry:{{{}}}", self.prefix, model)
     }
 
+    /// HASH id -> JSON document of a collection: `<p>:{docs}:<collection>`.
+    pub fn docs(&self, c: crate::store::docs::Collection) -> String {
+        format!("{}:{{docs}}:{}", self.prefix, c.as_str())
+    }
+
+    /// HASH unique name -> id of a collection: `<p>:{docs}:<collection>:unique`.
+    pub fn docs_unique(&self, c: crate::store::docs::Collection) -> String {
+        format!("{}:{{docs}}:{}:unique", self.prefix, c.as_str())
+    }
+
     /// STRING marker whose absence means Valkey lost its data: `<p>:epoch`.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

@@ -13,6 +13,7 @@
 
 mod conn;
 mod demand;
+mod docs;
 mod keys;
 mod registry;
 mod sync;
@@ -20,7 +21,7 @@ mod sync;
 pub use conn::Valkey;
 
 use super::memory::{Entry, MemoryStore};
-use super::{AffinityCounts, Claim, Store, StoreError};
+use super::{AffinityCounts, Claim, Collection, Put, Store, StoreError};
 use crate::config::Provider;
 use crate::health::HealthSnapshot;
 use crate::telemetry::demand::{Demand, DemandReport};
@@ -78,6 +79,10 @@ pub struct ValkeyStore {
     clear: redis::Script,
     /// Bumped when an event says the registry changed.
     pub(crate) registry_tx: tokio::sync::watch::Sender<u64>,
+    /// Bumped when identity documents changed (here or, by an event, on another instance).
+    pub(crate) docs_tx: tokio::sync::watch::Sender<u64>,
+    pub(crate) docs_put: redis::Script,
+    pub(crate) docs_delete: redis::Script,
     /// This process's id in per-instance keys.
     pub(crate) instance: String,
     /// Runs the connection and the sync loop, apart from the data plane's threads.
@@ -111,6 +116,9 @@ impl ValkeyStore {
             touched: Mutex::new(Some(rx)),
             instance: format!("{:016x}", rand::random::<u64>()),
             registry_tx: tokio::sync::watch::channel(0).0,
+            docs_tx: tokio::sync::watch::channel(0).0,
+            docs_put: redis::Script::new(docs::PUT),
+            docs_delete: redis::Script::new(docs::DELETE),
             claim: redis::Script::new(CLAIM),
             clear: redis::Script::new(CLEAR),
             runtime: Mutex::new(None),
@@ -279,6 +287,38 @@ impl Store for ValkeyStore {
 
     async fn registry(&self) -> Result<Vec<(String, String)>, StoreError> {
         registry::read(self).await
+    }
+
+    async fn doc_list(&self, c: Collection) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        docs::list(self, c).await
+    }
+
+    async fn doc_get(&self, c: Collection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        docs::get(self, c, id).await
+    }
+
+    async fn doc_put(
+        &self,
+        c: Collection,
+        id: &str,
+        doc: &[u8],
+        unique: Option<&str>,
+        old_unique: Option<&str>,
+    ) -> Result<Put, StoreError> {
+        docs::put(self, c, id, doc, unique, old_unique).await
+    }
+
+    async fn doc_delete(
+        &self,
+        c: Collection,
+        id: &str,
+        unique: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        docs::delete(self, c, id, unique).await
+    }
+
+    fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.docs_tx.subscribe()
     }
 
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {

@@ -160,6 +160,9 @@ async fn apply_events(store: &ValkeyStore, after: &str) -> Result<String, StoreE
                 Some("registry") => {
                     store.registry_tx.send_modify(|v| *v += 1);
                 }
+                Some("docs") => {
+                    store.docs_tx.send_modify(|v| *v += 1);
+                }
                 _ => {}
             }
             last = e.id.clone();

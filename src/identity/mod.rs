@@ -1,0 +1,17 @@
+//! Identity: organizations, users and API keys (spec 000), kept in the store; the key cache
+//! that the data plane and the admin API check credentials against without a store round trip.
+
+mod cache;
+mod model;
+mod scope;
+mod service;
+pub mod sync;
+mod token;
+
+pub use cache::{KeyCache, KeyEntry, Refusal};
+pub use model::{ApiKey, Org, User};
+pub use scope::{Scope, Scopes};
+pub use service::{
+    CreateKey, IdentityError, IdentityService, KeyFilter, NewKey, OrgPatch, UserPatch,
+};
+pub use token::{generate_secret, presented, Presented, TokenError};

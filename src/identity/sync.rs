@@ -1,0 +1,40 @@
+//! Keeps the key cache in step with the store: reloads it when any instance changed a key
+//! (the store's change signal arrives within a second) and every 10 s as a safety net.
+
+use crate::gateway::Gateway;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// Load every key into the cache; returns how many.
+pub async fn reload(gw: &Gateway) -> Result<usize, super::IdentityError> {
+    let keys = gw.identity.all_keys().await?;
+    gw.keys.replace(&keys);
+    Ok(keys.len())
+}
+
+pub struct IdentitySync {
+    pub gw: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for IdentitySync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut changes = self.gw.store.doc_changes();
+        let mut tick = tokio::time::interval(RESYNC_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = changes.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = reload(&self.gw).await {
+                tracing::warn!(error = %e, "API keys not reloaded; the cache keeps the last ones");
+            }
+        }
+    }
+}
