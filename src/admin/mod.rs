@@ -10,12 +10,14 @@ mod demand;
 pub mod error;
 mod identity_views;
 mod keys;
+mod model_registry;
 mod openapi;
 mod orgs;
 pub mod page;
 mod pods;
 mod registry;
 mod servers;
+mod upstreams;
 mod users;
 
 use crate::gateway::Gateway;
@@ -38,8 +40,10 @@ pub struct AdminState {
     pub gw: Arc<Gateway>,
     pub creds: Credentials,
     pub pods: Pods,
-    /// For model discovery (and probes) outside the data plane.
+    /// For model discovery outside the data plane.
     pub client: reqwest::Client,
+    /// Probes on demand (`POST upstreams/refresh-health`).
+    pub prober: crate::health::HealthChecker,
 }
 
 /// Why the admin service could not be set up.
@@ -59,6 +63,7 @@ impl AdminState {
             creds: Credentials::from_env_and_config(&gw.config.admin)?,
             pods: Pods::from_config(&gw.config.pods)?,
             client: crate::health::server_client(&gw.config)?,
+            prober: crate::health::HealthChecker::new(gw.clone())?,
             gw,
         })
     }
@@ -119,6 +124,14 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         )
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/upstreams", get(upstreams::get))
+        .route("/upstreams/refresh-health", post(upstreams::refresh_health))
+        .route(
+            "/models/registry",
+            get(model_registry::list)
+                .post(model_registry::add)
+                .delete(model_registry::remove),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .route("/openapi.json", get(openapi::document))
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,7 +1,10 @@
 //! The OpenAPI 3 document of the admin API, generated from the handlers and their types
 //! (`GET /admin/openapi.json`, unauthenticated).
 
-use super::{affinity, demand, error, identity_views, keys, orgs, pods, registry, servers, users};
+use super::{
+    affinity, demand, error, identity_views, keys, model_registry, orgs, pods, registry, servers,
+    upstreams, users,
+};
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -24,6 +27,8 @@ x-error-id headers."
         orgs::list, orgs::lookup, orgs::create, orgs::patch, orgs::delete,
         users::list, users::lookup, users::create, users::patch, users::delete,
         keys::list, keys::create, keys::revoke,
+        upstreams::get, upstreams::refresh_health,
+        model_registry::list, model_registry::add, model_registry::remove,
     ),
     components(schemas(
         error::ErrorBody,
@@ -36,6 +41,8 @@ x-error-id headers."
         orgs::CreateOrg, orgs::PatchOrg, orgs::OrgList, orgs::OrgDeleted,
         users::CreateUser, users::PatchUser, users::UserList, users::UserDeleted,
         keys::CreateKeyBody, keys::ScopesInput, keys::KeyCreated, keys::KeyList,
+        upstreams::Upstreams,
+        model_registry::Route, model_registry::RouteList, model_registry::RouteBody, model_registry::RouteChange,
     )),
     modifiers(&Security),
 )]

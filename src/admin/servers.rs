@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// One inference server.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServerInfo {
     /// Provider name ("vllm", "sglang", or "speaches").
     pub provider: String,
@@ -53,11 +53,21 @@ pub async fn list(
     RawQuery(q): RawQuery,
 ) -> Result<Json<ServerList>, ApiError> {
     let page = Page::from_query(q.as_deref())?;
-    let table = s.gw.table.load_full();
+    let all = all_servers(&s.gw);
+    Ok(Json(ServerList {
+        total: all.len() as u64,
+        servers: page.slice(&all).to_vec(),
+        page: page.page,
+        limit: page.limit,
+    }))
+}
+
+/// Every server of the routing table, sorted by URL, with its health and models.
+pub fn all_servers(gw: &crate::gateway::Gateway) -> Vec<ServerInfo> {
+    let table = gw.table.load_full();
     let mut backends: Vec<_> = table.backends().iter().collect();
     backends.sort_by(|a, b| a.id.cmp(&b.id));
-    let servers = page
-        .slice(&backends)
+    backends
         .iter()
         .map(|b| {
             let h = b.health.snapshot();
@@ -74,11 +84,5 @@ pub async fn list(
                 models,
             }
         })
-        .collect();
-    Ok(Json(ServerList {
-        servers,
-        page: page.page,
-        limit: page.limit,
-        total: backends.len() as u64,
-    }))
+        .collect()
 }

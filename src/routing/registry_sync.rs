@@ -71,7 +71,7 @@ pub enum RefreshError {
 impl BackgroundService for RegistrySync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let Some(mut changes) = self.gw.store.registry_changes() else {
-            return; // the embedded store has no registry: the config is the table
+            return;
         };
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         loop {

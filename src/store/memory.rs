@@ -34,6 +34,9 @@ pub struct MemoryStore {
     on_touch: Option<TouchSink>,
     /// Identity documents (only used when this is the store, not a cache under Valkey).
     docs: super::docs::MemoryDocs,
+    /// Registry routes (same).
+    registry: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    registry_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl MemoryStore {
@@ -46,6 +49,8 @@ impl MemoryStore {
             counts: Default::default(),
             on_touch: None,
             docs: Default::default(),
+            registry: Default::default(),
+            registry_tx: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -191,6 +196,51 @@ impl Store for MemoryStore {
 
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.docs.changes()
+    }
+
+    async fn registry(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let r = self
+            .registry
+            .lock()
+            .map_err(|_| StoreError::Invalid("registry poisoned".into()))?;
+        Ok(r.iter().cloned().collect())
+    }
+
+    async fn registry_add(&self, routes: &[(String, String)]) -> Result<(), StoreError> {
+        let checked = routes
+            .iter()
+            .map(|(m, u)| super::checked_route(m, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let added = {
+            let mut r = self
+                .registry
+                .lock()
+                .map_err(|_| StoreError::Invalid("registry poisoned".into()))?;
+            checked
+                .into_iter()
+                .filter(|route| r.insert(route.clone()))
+                .count()
+        };
+        if added > 0 {
+            self.registry_tx.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+
+    async fn registry_remove(&self, model: &str, url: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .registry
+            .lock()
+            .map_err(|_| StoreError::Invalid("registry poisoned".into()))?
+            .remove(&(model.to_string(), url.trim_end_matches('/').to_string()));
+        if removed {
+            self.registry_tx.send_modify(|v| *v += 1);
+        }
+        Ok(removed)
+    }
+
+    fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.registry_tx.subscribe())
     }
 
     fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {

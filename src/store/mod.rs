@@ -85,10 +85,8 @@ pub trait Store: Send + Sync + 'static {
     /// Share this instance's view of server health (after each probe round).
     async fn publish_health(&self, _snapshots: Vec<(Arc<str>, HealthSnapshot)>) {}
 
-    /// The persistent registry: (model, server URL) routes beyond the config's.
-    async fn registry(&self) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(Vec::new())
-    }
+    /// The persistent registry: (model, server URL) routes beyond the config's, sorted.
+    async fn registry(&self) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Every document of a collection, as (id, JSON).
     async fn doc_list(&self, c: Collection) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
@@ -130,21 +128,13 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Add routes (persisted; every instance applies them within a second).
-    async fn registry_add(&self, _routes: &[(String, String)]) -> Result<(), StoreError> {
-        Err(StoreError::Invalid(
-            "the embedded store keeps no registry; routes come from the config".into(),
-        ))
-    }
+    async fn registry_add(&self, routes: &[(String, String)]) -> Result<(), StoreError>;
 
     /// Remove a route; `true` when it existed.
-    async fn registry_remove(&self, _model: &str, _url: &str) -> Result<bool, StoreError> {
-        Ok(false)
-    }
+    async fn registry_remove(&self, model: &str, url: &str) -> Result<bool, StoreError>;
 
     /// Changes whenever the registry may have changed (on any instance).
-    fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
-    }
+    fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
 
     /// Share this instance's demand (once a second).
     async fn publish_demand(&self, _reports: Vec<DemandReport>) {}
@@ -160,4 +150,15 @@ pub trait Store: Send + Sync + 'static {
     async fn health(&self, _server: &str) -> Result<Option<HealthSnapshot>, StoreError> {
         Ok(None)
     }
+}
+
+/// Check a registry route; returns it normalized (URL without a trailing '/').
+pub fn checked_route(model: &str, url: &str) -> Result<(String, String), StoreError> {
+    if model.trim().is_empty() || model.len() > 256 {
+        return Err(StoreError::Invalid(format!(
+            "model names must be 1 to 256 characters, got {model:?}"
+        )));
+    }
+    crate::upstream::ServerUrl::parse(url).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    Ok((model.to_string(), url.trim_end_matches('/').to_string()))
 }

@@ -11,4 +11,5 @@ mod identity;
 mod routing;
 mod streaming;
 mod tls;
+mod upstreams;
 mod valkey;

@@ -41,14 +41,8 @@ pub async fn read_model(store: &ValkeyStore, model: &str) -> Result<Vec<String>,
 pub async fn add(store: &ValkeyStore, routes: &[(String, String)]) -> Result<(), StoreError> {
     let mut added = 0u64;
     for (model, url) in routes {
-        crate::upstream::ServerUrl::parse(url).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        if model.is_empty() || model.len() > 256 {
-            return Err(StoreError::Invalid(format!(
-                "model names must be 1 to 256 characters, got {model:?}"
-            )));
-        }
-        let (models_key, key) = (store.keys.registry_models(), store.keys.registry(model));
-        let (model, url) = (model.clone(), url.trim_end_matches('/').to_string());
+        let (model, url) = crate::store::checked_route(model, url)?;
+        let (models_key, key) = (store.keys.registry_models(), store.keys.registry(&model));
         added += store
             .valkey
             .run(|mut c| async move {
