@@ -38,6 +38,8 @@ pub struct Gateway {
     /// Every API key, for checks without a store round trip (kept fresh by `IdentitySync`).
     pub keys: crate::identity::KeyCache,
     pub identity: crate::identity::IdentityService,
+    /// Usage records on their way to the store.
+    pub usage: crate::usage::UsageRecorder,
 }
 
 impl Gateway {
@@ -67,9 +69,17 @@ impl Gateway {
                 prefix: config.store.prefix.clone(),
                 ttl_ms,
                 max_entries: config.affinity.max_entries,
+                usage_retention_ms: config.usage.retention_hours * 3_600_000,
             })?
         } else {
-            Arc::new(MemoryStore::new(ttl_ms, config.affinity.max_entries))
+            Arc::new(
+                MemoryStore::new(ttl_ms, config.affinity.max_entries).with_usage_limits(
+                    crate::store::UsageLimits {
+                        retention_ms: config.usage.retention_hours * 3_600_000,
+                        max_records: config.usage.memory_max_records,
+                    },
+                ),
+            )
         };
         let policy = HealthPolicy {
             unhealthy_threshold: config.health.unhealthy_threshold,
@@ -85,6 +95,7 @@ impl Gateway {
             started_ms: crate::telemetry::now_ms(),
             keys: Default::default(),
             identity: crate::identity::IdentityService::new(store.clone()),
+            usage: Default::default(),
             store,
         }))
     }

@@ -114,6 +114,9 @@ pub fn run_with(
     );
     identity.threads = Some(1);
     server.add_service(identity);
+    let mut usage = background_service("usage", crate::usage::UsageService { gw: gw.clone() });
+    usage.threads = Some(1);
+    server.add_service(usage);
     server.run_forever()
 }
 

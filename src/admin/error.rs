@@ -80,6 +80,7 @@ impl From<crate::store::StoreError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "valkey unavailable").detail(detail)
             }
             Invalid(detail) => Self::bad_request("invalid request", detail),
+            e @ TooMany(_) => Self::bad_request("range too large", e.to_string()),
         }
     }
 }

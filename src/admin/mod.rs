@@ -18,6 +18,7 @@ mod pods;
 mod registry;
 mod servers;
 mod upstreams;
+mod usage;
 mod users;
 
 use crate::gateway::Gateway;
@@ -124,6 +125,12 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         )
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/usage", get(usage::list))
+        .route("/usage/aggregate", get(usage::aggregate))
+        .route("/usage/series", get(usage::series))
+        .route("/usage/latency", get(usage::latency))
+        .route("/usage/ttft", get(usage::ttft))
+        .route("/usage/export", get(usage::export))
         .route("/upstreams", get(upstreams::get))
         .route("/upstreams/refresh-health", post(upstreams::refresh_health))
         .route(

@@ -3,7 +3,7 @@
 
 use super::{
     affinity, demand, error, identity_views, keys, model_registry, orgs, pods, registry, servers,
-    upstreams, users,
+    upstreams, usage, users,
 };
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -28,6 +28,7 @@ x-error-id headers."
         users::list, users::lookup, users::create, users::patch, users::delete,
         keys::list, keys::create, keys::revoke,
         upstreams::get, upstreams::refresh_health,
+        usage::list, usage::aggregate, usage::series, usage::latency, usage::ttft, usage::export,
         model_registry::list, model_registry::add, model_registry::remove,
     ),
     components(schemas(
@@ -42,6 +43,8 @@ x-error-id headers."
         users::CreateUser, users::PatchUser, users::UserList, users::UserDeleted,
         keys::CreateKeyBody, keys::ScopesInput, keys::KeyCreated, keys::KeyList,
         upstreams::Upstreams,
+        usage::RecordView, usage::RecordList, usage::Aggregate, usage::SeriesBucket, usage::Series, usage::LatencyReport,
+        crate::usage::query::ModelTotals, crate::usage::query::Percentiles,
         model_registry::Route, model_registry::RouteList, model_registry::RouteBody, model_registry::RouteChange,
     )),
     modifiers(&Security),

@@ -71,7 +71,7 @@ impl Validator<'_> {
         use Seg::*;
         self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
         self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
-        let positive: [(&str, &str, u64); 11] = [
+        let positive: [(&str, &str, u64); 14] = [
             (
                 "proxy",
                 "client_read_buffer_bytes",
@@ -83,6 +83,13 @@ impl Validator<'_> {
             ("proxy", "read_timeout_secs", c.proxy.read_timeout_secs),
             ("proxy", "write_timeout_secs", c.proxy.write_timeout_secs),
             ("admin", "threads", c.admin.threads as u64),
+            ("usage", "retention_hours", c.usage.retention_hours),
+            (
+                "usage",
+                "memory_max_records",
+                c.usage.memory_max_records as u64,
+            ),
+            ("usage", "max_scan_records", c.usage.max_scan_records as u64),
             ("affinity", "ttl_minutes", c.affinity.ttl_minutes),
             ("health", "timeout_ms", c.health.timeout_ms),
             (

@@ -15,7 +15,29 @@ pub struct Config {
     pub health: HealthConfig,
     pub pods: PodsConfig,
     pub auth: AuthConfig,
+    pub usage: UsageConfig,
     pub servers: Vec<ServerConfig>,
+}
+
+/// `[usage]`: per-request usage records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    pub enabled: bool,
+    pub retention_hours: u64,
+    pub memory_max_records: usize,
+    pub max_scan_records: usize,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention_hours: 168,
+            memory_max_records: 1_000_000,
+            max_scan_records: 2_000_000,
+        }
+    }
 }
 
 /// Whether the data plane requires an API key.

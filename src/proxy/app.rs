@@ -196,8 +196,13 @@ impl ProxyApp {
             let err = ProxyError::UnknownModel(key.model.chars().take(256).collect());
             return self.fail(session, err, "", "").await;
         };
-        self.forward(session, pool, user.as_deref(), &body, started)
-            .await
+        let ctx = super::forward::RequestCtx {
+            key: api_key,
+            user: user.as_deref(),
+            started,
+            started_ms: crate::telemetry::now_ms(),
+        };
+        self.forward(session, pool, &body, &ctx).await
     }
 
     /// `GET /v1/models`: the models with at least one healthy server, in OpenAI's list format.

@@ -4,8 +4,10 @@
 use super::app::ProxyApp;
 use super::errors::ProxyError;
 use crate::health::Source;
+use crate::identity::KeyEntry;
 use crate::routing::{choose, Member, Pool};
 use crate::telemetry::now_ms;
+use crate::usage::UsageRecord;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -16,6 +18,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -77,15 +80,60 @@ const DROP_REQUEST_HEADERS: [&str; 13] = [
     "expect",
 ];
 
+/// What the gateway knows of a request besides its body: who sent it and when.
+pub(super) struct RequestCtx<'a> {
+    pub key: Option<&'a KeyEntry>,
+    /// The affinity identity.
+    pub user: Option<&'a str>,
+    pub started: Instant,
+    /// Unix ms when the request arrived.
+    pub started_ms: u64,
+}
+
+impl RequestCtx<'_> {
+    /// Hand the request's usage record to the recorder (off the hot path from here).
+    pub fn record(
+        &self,
+        gw: &crate::gateway::Gateway,
+        model: &Arc<str>,
+        server: Option<&Arc<str>>,
+        status: u16,
+        ttft: Option<std::time::Duration>,
+        usage: Option<crate::telemetry::usage::Usage>,
+    ) {
+        if !gw.config.usage.enabled {
+            return;
+        }
+        let usage = usage.unwrap_or_default();
+        gw.usage.record(UsageRecord {
+            ts_ms: self.started_ms,
+            key_id: self.key.map(|k| k.id.clone()),
+            user_id: match self.key.and_then(|k| k.user_id.clone()) {
+                Some(u) => Some(u),
+                None => self.user.map(Arc::from),
+            },
+            org_id: self.key.and_then(|k| k.org_id.clone()),
+            model: model.clone(),
+            server: server.cloned(),
+            status,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            ttft_ms: ttft.map(|d| d.as_secs_f64() * 1000.0),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            stream: ttft.is_some(),
+        });
+    }
+}
+
 impl ProxyApp {
     pub(super) async fn forward(
         &self,
         session: &mut ServerSession,
         pool: &Pool,
-        user: Option<&str>,
         body: &Bytes,
-        started: Instant,
+        ctx: &RequestCtx<'_>,
     ) -> bool {
+        let user = ctx.user;
         let gw = &self.gw;
         let mut tried = [0usize; MAX_ATTEMPTS];
         let mut attempts = 0usize;
@@ -98,6 +146,7 @@ impl ProxyApp {
                 } else {
                     ProxyError::Unreachable(pool.model.to_string())
                 };
+                ctx.record(&self.gw, &pool.model, None, err.status(), None, None);
                 return self.fail(session, err, &pool.model, "").await;
             };
             let backend = &member.backend;
@@ -110,11 +159,19 @@ impl ProxyApp {
             backend.last_use_ms.store(now, Relaxed);
             member.requests.fetch_add(1, Relaxed);
             let inflight = InFlight::enter(&backend.inflight, &member.inflight);
-            let result = self.attempt(session, member, body, started).await;
+            let result = self.attempt(session, member, body, ctx).await;
             drop(inflight);
             match result {
                 Attempt::Done(reusable) => return reusable,
                 Attempt::Failed(err) => {
+                    ctx.record(
+                        &self.gw,
+                        &pool.model,
+                        Some(&backend.id),
+                        err.status(),
+                        None,
+                        None,
+                    );
                     return self.fail(session, err, &pool.model, &backend.id).await;
                 }
                 Attempt::ConnectFailed => {
@@ -124,6 +181,14 @@ impl ProxyApp {
                     attempts += 1;
                     if attempts > self.settings.max_retries || attempts >= MAX_ATTEMPTS {
                         let err = ProxyError::Unreachable(pool.model.to_string());
+                        ctx.record(
+                            &self.gw,
+                            &pool.model,
+                            Some(&backend.id),
+                            err.status(),
+                            None,
+                            None,
+                        );
                         return self.fail(session, err, &pool.model, &backend.id).await;
                     }
                 }
@@ -136,7 +201,7 @@ impl ProxyApp {
         session: &mut ServerSession,
         member: &Member,
         body: &Bytes,
-        started: Instant,
+        ctx: &RequestCtx<'_>,
     ) -> Attempt {
         let backend = &member.backend;
         let peer = backend.peer.load_full();
@@ -174,6 +239,7 @@ impl ProxyApp {
                     self.gw
                         .metrics
                         .count_request(&member.model, &backend.id, 499);
+                    ctx.record(&self.gw, &member.model, Some(&backend.id), 499, None, None);
                     return Attempt::Done(false);
                 }
                 HeaderWait::Failed(e) if reused && may_retry_stale && !is_timeout(&e) => {
@@ -197,7 +263,7 @@ impl ProxyApp {
                 }
             }
         };
-        self.relay(session, upstream, member, &peer, started).await
+        self.relay(session, upstream, member, &peer, ctx).await
     }
 }
 

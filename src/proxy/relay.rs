@@ -37,8 +37,10 @@ impl ProxyApp {
         mut up: HttpSession,
         member: &Member,
         peer: &HttpPeer,
-        started: Instant,
+        ctx: &super::forward::RequestCtx<'_>,
     ) -> super::forward::Attempt {
+        let started = ctx.started;
+        let mut ttft = None;
         use super::forward::Attempt;
         let backend = &member.backend;
         let policy = self.gw.policy;
@@ -78,7 +80,9 @@ impl ProxyApp {
                     match &mut scanner {
                         Some(s) => {
                             if s.feed(&chunk, Instant::now()) {
-                                member.metrics.ttft.observe(started.elapsed().as_secs_f64());
+                                let t = started.elapsed();
+                                member.metrics.ttft.observe(t.as_secs_f64());
+                                ttft = Some(t);
                             }
                         }
                         None => tail.feed(&chunk),
@@ -126,6 +130,15 @@ impl ProxyApp {
             m.prompt_tokens.inc_by(u.prompt_tokens);
             m.completion_tokens.inc_by(u.completion_tokens);
         }
+        let sent = if end == End::ClientGone { 499 } else { status };
+        ctx.record(
+            &self.gw,
+            &member.model,
+            Some(&backend.id),
+            sent,
+            ttft,
+            usage,
+        );
 
         if end == End::Complete {
             self.connector

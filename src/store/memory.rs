@@ -37,6 +37,25 @@ pub struct MemoryStore {
     /// Registry routes (same).
     registry: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     registry_tx: tokio::sync::watch::Sender<u64>,
+    /// Usage records, oldest first (same).
+    usage: std::sync::Mutex<std::collections::VecDeque<crate::usage::UsageRecord>>,
+    usage_limits: UsageLimits,
+}
+
+/// How long and how many usage records the embedded store keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageLimits {
+    pub retention_ms: u64,
+    pub max_records: usize,
+}
+
+impl Default for UsageLimits {
+    fn default() -> Self {
+        Self {
+            retention_ms: 7 * 24 * 3_600_000,
+            max_records: 1_000_000,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -51,7 +70,15 @@ impl MemoryStore {
             docs: Default::default(),
             registry: Default::default(),
             registry_tx: tokio::sync::watch::channel(0).0,
+            usage: Default::default(),
+            usage_limits: UsageLimits::default(),
         }
+    }
+
+    /// Keep usage records this long, and at most this many.
+    pub fn with_usage_limits(mut self, limits: UsageLimits) -> Self {
+        self.usage_limits = limits;
+        self
     }
 
     /// Report entries as they are used (once per [`Entry::take_touched`]).
@@ -241,6 +268,41 @@ impl Store for MemoryStore {
 
     fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.registry_tx.subscribe())
+    }
+
+    async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError> {
+        let mut u = self
+            .usage
+            .lock()
+            .map_err(|_| StoreError::Invalid("usage poisoned".into()))?;
+        u.extend(records.iter().cloned());
+        let horizon = crate::telemetry::now_ms().saturating_sub(self.usage_limits.retention_ms);
+        while u.front().is_some_and(|r| r.ts_ms < horizon)
+            || u.len() > self.usage_limits.max_records
+        {
+            u.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn usage_scan(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<crate::usage::UsageRecord>, StoreError> {
+        let u = self
+            .usage
+            .lock()
+            .map_err(|_| StoreError::Invalid("usage poisoned".into()))?;
+        let mut out = Vec::new();
+        for r in u.iter().filter(|r| r.ts_ms >= from_ms && r.ts_ms < to_ms) {
+            if out.len() >= max {
+                return Err(StoreError::TooMany(max));
+            }
+            out.push(r.clone());
+        }
+        Ok(out)
     }
 
     fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {

@@ -10,7 +10,7 @@ mod memory;
 pub mod valkey;
 
 pub use docs::{Collection, Put};
-pub use memory::{Entry, MemoryStore};
+pub use memory::{Entry, MemoryStore, UsageLimits};
 
 use crate::config::Provider;
 use crate::health::HealthSnapshot;
@@ -46,6 +46,8 @@ pub enum StoreError {
     Unavailable,
     #[error("valkey error: {0}")]
     Valkey(String),
+    #[error("the range holds more than {0} usage records: narrow it (from, to)")]
+    TooMany(usize),
 }
 
 /// State every gateway instance must agree on.
@@ -115,6 +117,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Changes whenever documents may have changed, on any instance (within a second).
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Append usage records (a flush of the recorder); they are kept for the retention.
+    async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError>;
+
+    /// Usage records with `from_ms <= ts_ms < to_ms`, from every instance. More than `max`
+    /// is an error (the caller should narrow the range).
+    async fn usage_scan(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<crate::usage::UsageRecord>, StoreError>;
 
     /// The server URLs the persistent registry holds for `model`.
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {

@@ -12,4 +12,5 @@ mod routing;
 mod streaming;
 mod tls;
 mod upstreams;
+mod usage;
 mod valkey;

@@ -20,6 +20,7 @@ fn admin_store(url: &str, cluster: bool) -> std::sync::Arc<ValkeyStore> {
         prefix: "t".into(),
         ttl_ms: 30 * 60_000,
         max_entries: 1000,
+        usage_retention_ms: 3_600_000,
     })
     .unwrap()
 }

@@ -78,6 +78,11 @@ impl Keys {
         format!("{}:{{docs}}:{}:unique", self.prefix, c.as_str())
     }
 
+    /// LIST of the usage records of one Unix hour: `<p>:usage:<hour>`.
+    pub fn usage(&self, hour: u64) -> String {
+        format!("{}:usage:{}", self.prefix, hour)
+    }
+
     /// STRING marker whose absence means Valkey lost its data: `<p>:epoch`.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

@@ -17,6 +17,7 @@ mod docs;
 mod keys;
 mod registry;
 mod sync;
+mod usage;
 
 pub use conn::Valkey;
 
@@ -66,6 +67,8 @@ pub struct ValkeyConfig {
     pub prefix: String,
     pub ttl_ms: u64,
     pub max_entries: usize,
+    /// Usage records older than this are trimmed.
+    pub usage_retention_ms: u64,
 }
 
 /// Affinity, counters and health shared through Valkey.
@@ -74,6 +77,7 @@ pub struct ValkeyStore {
     pub(crate) valkey: Valkey,
     pub(crate) keys: Keys,
     pub(crate) ttl_ms: u64,
+    pub(crate) usage_retention_ms: u64,
     touched: Mutex<Option<mpsc::UnboundedReceiver<Arc<Entry>>>>,
     claim: redis::Script,
     clear: redis::Script,
@@ -113,6 +117,7 @@ impl ValkeyStore {
             valkey,
             keys: Keys::new(&cfg.prefix),
             ttl_ms: cfg.ttl_ms,
+            usage_retention_ms: cfg.usage_retention_ms,
             touched: Mutex::new(Some(rx)),
             instance: format!("{:016x}", rand::random::<u64>()),
             registry_tx: tokio::sync::watch::channel(0).0,
@@ -319,6 +324,19 @@ impl Store for ValkeyStore {
 
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.docs_tx.subscribe()
+    }
+
+    async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError> {
+        usage::append(self, records).await
+    }
+
+    async fn usage_scan(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<crate::usage::UsageRecord>, StoreError> {
+        usage::scan(self, from_ms, to_ms, max).await
     }
 
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {

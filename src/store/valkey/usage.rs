@@ -1,0 +1,91 @@
+//! Usage records in Valkey: one LIST per hour of the records' own time,
+//! `<p>:usage:<unix hour>`, each entry a JSON record, expiring `retention` after its hour
+//! ends. Every instance appends (pipelined RPUSH) to the same lists, so a query sees the
+//! records of all of them; a record flushed late (after a Valkey outage) still lands in its
+//! own hour. Hours are separate keys, so a cluster spreads them over its nodes.
+
+use super::ValkeyStore;
+use crate::store::StoreError;
+use crate::usage::UsageRecord;
+use std::collections::BTreeMap;
+
+const HOUR_MS: u64 = 3_600_000;
+/// Entries per LRANGE call.
+const PAGE: isize = 10_000;
+
+pub async fn append(store: &ValkeyStore, records: &[UsageRecord]) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let now = crate::telemetry::now_ms();
+    let mut by_hour: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    for r in records {
+        let json = serde_json::to_vec(r).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        by_hour.entry(r.ts_ms / HOUR_MS).or_default().push(json);
+    }
+    let mut pipe = redis::pipe();
+    for (hour, entries) in by_hour {
+        let expires_ms = ((hour + 1) * HOUR_MS + store.usage_retention_ms).saturating_sub(now);
+        if expires_ms == 0 {
+            continue; // already past the retention
+        }
+        let key = store.keys.usage(hour);
+        pipe.cmd("RPUSH").arg(&key).arg(entries).ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(expires_ms).ignore();
+    }
+    store
+        .valkey
+        .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+        .await
+}
+
+pub async fn scan(
+    store: &ValkeyStore,
+    from_ms: u64,
+    to_ms: u64,
+    max: usize,
+) -> Result<Vec<UsageRecord>, StoreError> {
+    let now = crate::telemetry::now_ms();
+    // Nothing older than the retention, or newer than now, can be stored.
+    let from_ms = from_ms.max(now.saturating_sub(store.usage_retention_ms + HOUR_MS));
+    let to_ms = to_ms.min(now + HOUR_MS);
+    let mut out = Vec::new();
+    if from_ms >= to_ms {
+        return Ok(out);
+    }
+    for hour in from_ms / HOUR_MS..=(to_ms - 1) / HOUR_MS {
+        let key = store.keys.usage(hour);
+        let mut start: isize = 0;
+        loop {
+            let k = key.clone();
+            let page: Vec<Vec<u8>> = store
+                .valkey
+                .run(|mut c| async move {
+                    redis::cmd("LRANGE")
+                        .arg(&k)
+                        .arg(start)
+                        .arg(start + PAGE - 1)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            for bytes in &page {
+                match serde_json::from_slice::<UsageRecord>(bytes) {
+                    Ok(r) if r.ts_ms >= from_ms && r.ts_ms < to_ms => {
+                        if out.len() >= max {
+                            return Err(StoreError::TooMany(max));
+                        }
+                        out.push(r);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "unreadable usage record skipped"),
+                }
+            }
+            if (page.len() as isize) < PAGE {
+                break;
+            }
+            start += PAGE;
+        }
+    }
+    Ok(out)
+}
