@@ -40,6 +40,8 @@ pub struct Gateway {
     pub identity: crate::identity::IdentityService,
     /// Usage records on their way to the store.
     pub usage: crate::usage::UsageRecorder,
+    /// Per-key rpm/tpm counts.
+    pub limiter: crate::identity::RateLimiter,
 }
 
 impl Gateway {
@@ -96,6 +98,7 @@ impl Gateway {
             keys: Default::default(),
             identity: crate::identity::IdentityService::new(store.clone()),
             usage: Default::default(),
+            limiter: Default::default(),
             store,
         }))
     }

@@ -117,6 +117,12 @@ pub fn run_with(
     let mut usage = background_service("usage", crate::usage::UsageService { gw: gw.clone() });
     usage.threads = Some(1);
     server.add_service(usage);
+    let mut limits = background_service(
+        "limits",
+        crate::identity::limits::LimitSync { gw: gw.clone() },
+    );
+    limits.threads = Some(1);
+    server.add_service(limits);
     server.run_forever()
 }
 

@@ -2,6 +2,7 @@
 //! that the data plane and the admin API check credentials against without a store round trip.
 
 mod cache;
+pub mod limits;
 mod model;
 mod scope;
 mod service;
@@ -9,6 +10,7 @@ pub mod sync;
 mod token;
 
 pub use cache::{KeyCache, KeyEntry, Refusal};
+pub use limits::{Limited, RateLimiter};
 pub use model::{ApiKey, Org, User};
 pub use scope::{Scope, Scopes};
 pub use service::{

@@ -5,7 +5,7 @@ use super::body::{declared_length, read_body, BodyReadError};
 use super::endpoint::{classify, Endpoint};
 use super::errors::ProxyError;
 use crate::gateway::Gateway;
-use crate::identity::{presented, KeyEntry, Scope};
+use crate::identity::{presented, KeyEntry, Limited, Scope};
 use crate::routing::{route_key_json, route_key_multipart};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -68,7 +68,8 @@ impl ProxyApp {
     }
 
     /// The key of a request to `path`, when keys are required: a 401 for a missing, unknown,
-    /// revoked or expired key, a 403 for one without the path's scope.
+    /// revoked or expired key, a 403 for one without the path's scope, a 429 for one past its
+    /// rpm or tpm (the request is counted when admitted).
     fn authorize(
         &self,
         session: &ServerSession,
@@ -89,7 +90,23 @@ impl ProxyApp {
                 return Err(ProxyError::MissingScope(scope.as_str()));
             }
         }
-        Ok(Some(key))
+        match self.gw.limiter.admit(&key, crate::telemetry::now_ms()) {
+            Ok(()) => Ok(Some(key)),
+            Err(Limited::Requests {
+                limit,
+                retry_after_secs,
+            }) => Err(ProxyError::RateLimited(
+                format!("{limit} requests per minute"),
+                retry_after_secs,
+            )),
+            Err(Limited::Tokens {
+                limit,
+                retry_after_secs,
+            }) => Err(ProxyError::RateLimited(
+                format!("{limit} tokens per minute"),
+                retry_after_secs,
+            )),
+        }
     }
 
     /// Handle one request; `true` when the connection can serve another.

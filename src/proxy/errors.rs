@@ -26,6 +26,8 @@ pub enum ProxyError {
     Unauthorized(String),
     #[error("This API key does not have the `{0}` scope.")]
     MissingScope(&'static str),
+    #[error("Rate limit reached for this API key: {0}. Retry after {1} s.")]
+    RateLimited(String, u64),
 }
 
 impl ProxyError {
@@ -34,6 +36,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => 400,
             ProxyError::Unauthorized(_) => 401,
             ProxyError::MissingScope(_) => 403,
+            ProxyError::RateLimited(..) => 429,
             ProxyError::UnknownModel(_) | ProxyError::UnknownPath(..) => 404,
             ProxyError::WrongMethod(_) => 405,
             ProxyError::TooLarge(_) => 413,
@@ -48,6 +51,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             ProxyError::Unauthorized(_) => ("invalid_request_error", "invalid_api_key"),
             ProxyError::MissingScope(_) => ("permission_error", "insufficient_scope"),
+            ProxyError::RateLimited(..) => ("rate_limit_error", "rate_limit_exceeded"),
             ProxyError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
             ProxyError::UnknownPath(..) => ("invalid_request_error", "unknown_url"),
             ProxyError::WrongMethod(_) => ("invalid_request_error", "method_not_allowed"),
@@ -74,6 +78,9 @@ impl ProxyError {
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string());
         if matches!(self, ProxyError::NoHealthyServer(_)) {
             let _ = h.insert_header(http::header::RETRY_AFTER, retry_after_secs.to_string());
+        }
+        if let ProxyError::RateLimited(_, secs) = self {
+            let _ = h.insert_header(http::header::RETRY_AFTER, secs.to_string());
         }
         if let ProxyError::Unauthorized(_) = self {
             let _ = h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer");

@@ -101,10 +101,17 @@ impl RequestCtx<'_> {
         ttft: Option<std::time::Duration>,
         usage: Option<crate::telemetry::usage::Usage>,
     ) {
+        let usage = usage.unwrap_or_default();
+        if let Some(k) = self.key.filter(|k| k.tpm.is_some()) {
+            gw.limiter.add_tokens(
+                k,
+                usage.prompt_tokens + usage.completion_tokens,
+                crate::telemetry::now_ms(),
+            );
+        }
         if !gw.config.usage.enabled {
             return;
         }
-        let usage = usage.unwrap_or_default();
         gw.usage.record(UsageRecord {
             ts_ms: self.started_ms,
             key_id: self.key.map(|k| k.id.clone()),

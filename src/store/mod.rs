@@ -130,6 +130,18 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<crate::usage::UsageRecord>, StoreError>;
 
+    /// Add this instance's counts of a key in a minute to the shared counters; the totals of
+    /// every instance, or `None` when the store shares nothing (local counts are the totals).
+    async fn rate_add(
+        &self,
+        _key: &str,
+        _minute: u64,
+        _requests: u64,
+        _tokens: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(None)
+    }
+
     /// The server URLs the persistent registry holds for `model`.
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {
         Ok(self

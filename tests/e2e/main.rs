@@ -8,6 +8,7 @@ mod cli;
 mod errors;
 mod health;
 mod identity;
+mod limits;
 mod routing;
 mod streaming;
 mod tls;

@@ -78,6 +78,12 @@ impl Keys {
         format!("{}:{{docs}}:{}:unique", self.prefix, c.as_str())
     }
 
+    /// HASH `r` (requests) and `t` (tokens) of one key in one Unix minute:
+    /// `<p>:rl:{<key id>}:<minute>`.
+    pub fn rate(&self, key: &str, minute: u64) -> String {
+        format!("{}:rl:{{{}}}:{}", self.prefix, key, minute)
+    }
+
     /// LIST of the usage records of one Unix hour: `<p>:usage:<hour>`.
     pub fn usage(&self, hour: u64) -> String {
         format!("{}:usage:{}", self.prefix, hour)

@@ -339,6 +339,25 @@ impl Store for ValkeyStore {
         usage::scan(self, from_ms, to_ms, max).await
     }
 
+    async fn rate_add(
+        &self,
+        key: &str,
+        minute: u64,
+        requests: u64,
+        tokens: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let k = self.keys.rate(key, minute);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY").arg(&k).arg("r").arg(requests);
+        pipe.cmd("HINCRBY").arg(&k).arg("t").arg(tokens);
+        pipe.cmd("PEXPIRE").arg(&k).arg(120_000).ignore();
+        let (r, t): (u64, u64) = self
+            .valkey
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        Ok(Some((r, t)))
+    }
+
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {
         registry::read_model(self, model).await
     }
