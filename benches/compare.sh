@@ -6,14 +6,17 @@
 #
 # Needs: oha (cargo install oha), nginx (apt-get install nginx-light), python3, taskset.
 # With WITH_VALKEY=1 a second infergate shares state through a local redis-server (Valkey
-# protocol) and the Valkey commands per proxied request are reported.
-# Usage: benches/compare.sh            (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0)
+# protocol) and the Valkey commands per proxied request are reported. With WITH_AUTH=1 another
+# infergate requires an API key (sent by oha) and records usage, compared with the plain one
+# (keys and usage off).
+# Usage: benches/compare.sh            (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0 WITH_AUTH=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
 WITH_VALKEY=${WITH_VALKEY:-0}
+WITH_AUTH=${WITH_AUTH:-0}
 BIN=target/release/infergate
 [ -x "$BIN" ] || cargo build --release
 for tool in oha nginx python3 taskset; do
@@ -31,7 +34,9 @@ MOCK=$(free_port); GW=$(free_port); ADMIN=$(free_port); NGX=$(free_port)
 taskset -c 1 "$BIN" mock --listen 127.0.0.1:"$MOCK" --models bench --tokens 16 --threads 1 2>"$work/mock.log" &
 pids+=($!)
 
-gateway_config() { # listen admin store-url
+gateway_config() { # listen admin store-url [keys: off|required]
+  local keys=${4:-off} usage=false
+  [ "$keys" = required ] && usage=true
   cat <<TOML
 [proxy]
 listen = "127.0.0.1:$1"
@@ -41,8 +46,10 @@ listen = "127.0.0.1:$2"
 [store]
 url = "$3"
 [auth]
-# The issue-2 comparison is of routing alone; keys and usage are measured on their own.
-proxy = "off"
+# The plain gateway (the issue-2 comparison) runs with keys and usage off.
+proxy = "$keys"
+[usage]
+enabled = $usage
 [[servers]]
 url = "http://127.0.0.1:$MOCK/v1"
 provider = "vllm"
@@ -64,6 +71,19 @@ if [ "$WITH_VALKEY" = 1 ]; then
   GWV_PID=$!; pids+=($GWV_PID)
   wait_port "$GWV"
   extra_targets="infergate-valkey:$GWV:$GWV_PID"
+fi
+
+AUTH_TOKEN=""
+if [ "$WITH_AUTH" = 1 ]; then
+  GWA=$(free_port); ADMINA=$(free_port)
+  gateway_config "$GWA" "$ADMINA" "memory://" required >"$work/infergate-auth.toml"
+  INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
+    taskset -c 0 "$BIN" serve --config "$work/infergate-auth.toml" 2>"$work/gwa.log" &
+  GWA_PID=$!; pids+=($GWA_PID)
+  wait_port "$ADMINA"; wait_port "$GWA"
+  AUTH_TOKEN=$(curl -sf "http://127.0.0.1:$ADMINA/admin/keys" -H 'Authorization: Bearer bench:bench-secret' \
+    -H 'content-type: application/json' -d '{"scopes":"chat","name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  extra_targets="$extra_targets infergate-auth:$GWA:$GWA_PID"
 fi
 
 mkdir -p "$work/nginx"
@@ -102,8 +122,10 @@ cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
 run() { # name port [pid] -> "rps p50_ms p99_ms cpu_us_per_request"
   local t0; t0=$(cpu_ticks "${3:-}")
+  local auth=()
+  case "$1" in infergate-auth*) auth=(-H "Authorization: Bearer $AUTH_TOKEN");; esac
   taskset -c 1 oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json -m POST \
-    -H 'content-type: application/json' -d "$BODY" "http://127.0.0.1:$2/v1/chat/completions" >"$work/$1.json"
+    -H 'content-type: application/json' "${auth[@]}" -d "$BODY" "http://127.0.0.1:$2/v1/chat/completions" >"$work/$1.json"
   local t1; t1=$(cpu_ticks "${3:-}")
   python3 - "$work/$1.json" "$((t1 - t0))" <<'PY'
 import json, sys
@@ -119,6 +141,7 @@ PY
 
 # Warm-up, then alternate.
 DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX" >/dev/null; DURATION=2s run warm-gw "$GW" >/dev/null
+if [ "$WITH_AUTH" = 1 ]; then DURATION=2s run infergate-auth-warm "$GWA" "$GWA_PID" >/dev/null; fi
 : >"$work/results"
 for r in $(seq "$ROUNDS"); do
   # Alternate the order from round to round, so that no target always runs last.
@@ -141,12 +164,28 @@ print(f"non-streaming chat, 16 tokens, {sys.argv[3]} connections, {sys.argv[2]} 
 print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | req/s vs nginx | p99 vs nginx |")
 print("|---|---|---|---|---|---|---|")
 n = med["nginx"]
-for name in ("direct", "nginx", "infergate", "infergate-valkey"):
+for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth"):
     if name not in med: continue
     r = med[name]
     cpu = f"{r[3]:.1f}" if name != "direct" else "-"
     print(f"| {name} | {r[0]:.0f} | {r[1]:.2f} | {r[2]:.2f} | {cpu} | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.2f}x |")
 PY
+
+if [ "$WITH_AUTH" = 1 ]; then
+  python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, cpu = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p99)))
+m = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in rows.items()}
+e, a = m["infergate"], m["infergate-auth"]
+print(f"keys required + usage recorded vs both off: req/s {a[0]/e[0]:.2f}x, p99 {a[1]/e[1]:.2f}x")
+PY
+  recorded=$(curl -sf "http://127.0.0.1:$ADMINA/admin/usage?limit=1&from=0" -H 'Authorization: Bearer bench:bench-secret' | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' || echo "?")
+  served=$(python3 -c "import json,glob; print(sum(sum(json.load(open(f)).get('statusCodeDistribution',{}).values()) for f in glob.glob('$work/infergate-auth-*.json')))")
+  echo "usage records written by the keyed gateway: $recorded (requests it answered, warm-up included: $served)"
+fi
 
 if [ "$WITH_VALKEY" = 1 ]; then
   python3 - "$work/results" <<'PY'
