@@ -119,6 +119,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::Invalid(d) => ApiError::bad_request("invalid request", d),
             IdentityError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             IdentityError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict").detail(d),
+            IdentityError::Corrupt(d) => ApiError::internal(d),
             IdentityError::Store(e) => e.into(),
         }
     }

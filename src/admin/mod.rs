@@ -45,6 +45,8 @@ pub struct AdminState {
     pub client: reqwest::Client,
     /// Probes on demand (`POST upstreams/refresh-health`).
     pub prober: crate::health::HealthChecker,
+    /// Usage queries hold their records in memory: at most two run at once.
+    pub usage_scans: tokio::sync::Semaphore,
 }
 
 /// Why the admin service could not be set up.
@@ -65,6 +67,7 @@ impl AdminState {
             pods: Pods::from_config(&gw.config.pods)?,
             client: crate::health::server_client(&gw.config)?,
             prober: crate::health::HealthChecker::new(gw.clone())?,
+            usage_scans: tokio::sync::Semaphore::new(2),
             gw,
         })
     }

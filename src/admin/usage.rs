@@ -335,6 +335,15 @@ const CSV_HEADER: [&str; 12] = [
     "stream",
 ];
 
+/// A text field a spreadsheet will not run as a formula: a leading `=`, `+`, `-`, `@`, tab or
+/// carriage return gets a `'` in front (OWASP's advice for CSV injection).
+fn inert(s: &str) -> String {
+    match s.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}"),
+        _ => s.to_string(),
+    }
+}
+
 /// Rows of CSV (RFC 4180 quoting), optionally after the header row.
 fn csv_chunk(records: &[UsageRecord], header: bool) -> bytes::Bytes {
     let mut w = csv::WriterBuilder::new()
@@ -344,13 +353,13 @@ fn csv_chunk(records: &[UsageRecord], header: bool) -> bytes::Bytes {
         let _ = w.write_record(CSV_HEADER);
     }
     for r in records {
-        let opt = |v: &Option<Arc<str>>| v.as_deref().unwrap_or("").to_string();
+        let opt = |v: &Option<Arc<str>>| inert(v.as_deref().unwrap_or(""));
         let _ = w.write_record([
             iso(r.ts_ms),
             opt(&r.key_id),
             opt(&r.user_id),
             opt(&r.org_id),
-            r.model.to_string(),
+            inert(&r.model),
             opt(&r.server),
             r.status.to_string(),
             format!("{:.3}", r.latency_ms),
@@ -438,5 +447,8 @@ mod tests {
             lines.next().unwrap(),
             "1970-01-01T00:00:00.000Z,,\"a \"\"quoted\"\", user\",,\"m,1\",,200,1.500,,1,2,false"
         );
+        assert_eq!(inert("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(inert("-1"), "'-1");
+        assert_eq!(inert("alice"), "alice");
     }
 }

@@ -155,6 +155,7 @@ pub async fn patch(
                 },
             )
             .await?;
+    super::keys::refresh_cache(&s).await;
     Ok(Json(user.into()))
 }
 

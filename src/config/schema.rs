@@ -35,7 +35,7 @@ impl Default for UsageConfig {
             enabled: true,
             retention_hours: 168,
             memory_max_records: 1_000_000,
-            max_scan_records: 2_000_000,
+            max_scan_records: 1_000_000,
         }
     }
 }

@@ -86,15 +86,17 @@ impl RateLimiter {
                 });
             }
         }
+        // Count first, then check: concurrent requests cannot all pass one free slot.
+        let before = w.requests.fetch_add(1, Relaxed);
         if let Some(limit) = key.rpm {
-            if w.requests.load(Relaxed) >= limit {
+            if before >= limit {
+                w.requests.fetch_sub(1, Relaxed);
                 return Err(Limited::Requests {
                     limit,
                     retry_after_secs: retry_after(now_ms),
                 });
             }
         }
-        w.requests.fetch_add(1, Relaxed);
         w.unsynced_requests.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -110,40 +112,55 @@ impl RateLimiter {
         w.unsynced_tokens.fetch_add(tokens, Relaxed);
     }
 
-    /// Add local counts to the shared counters and take back the totals of every instance.
+    /// Add local counts to the shared counters and take back the totals of every instance
+    /// (one pipelined round trip for every key).
     pub async fn sync(&self, gw: &Gateway) {
         let minute = crate::telemetry::now_ms() / 60_000;
+        let mut live = Vec::new();
+        let mut counts = Vec::new();
         let windows: Vec<(Arc<str>, Arc<Window>)> = self
             .windows
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         for (key, w) in windows {
-            if w.minute.load(Relaxed) < minute.saturating_sub(1) {
+            let m = w.minute.load(Relaxed);
+            if m < minute.saturating_sub(1) {
                 // Idle for over a minute: forget it.
                 self.windows.remove_if(&key, |_, v| Arc::ptr_eq(v, &w));
                 continue;
             }
-            if w.minute.load(Relaxed) != minute {
+            if m != minute {
                 continue;
             }
             let r = w.unsynced_requests.swap(0, Relaxed);
             let t = w.unsynced_tokens.swap(0, Relaxed);
-            match gw.store.rate_add(&key, minute, r, t).await {
-                Ok(Some((requests, tokens))) if w.minute.load(Relaxed) == minute => {
-                    // The totals include ours up to the swap; add what came since.
-                    w.requests
-                        .store(requests + w.unsynced_requests.load(Relaxed), Relaxed);
-                    w.tokens
-                        .store(tokens + w.unsynced_tokens.load(Relaxed), Relaxed);
+            counts.push((key, minute, r, t));
+            live.push(w);
+        }
+        if counts.is_empty() {
+            return;
+        }
+        match gw.store.rate_add(&counts).await {
+            Ok(Some(totals)) => {
+                for (w, (requests, tokens)) in live.iter().zip(totals) {
+                    if w.minute.load(Relaxed) == minute {
+                        // The totals include ours up to the swap; add what came since.
+                        w.requests
+                            .store(requests + w.unsynced_requests.load(Relaxed), Relaxed);
+                        w.tokens
+                            .store(tokens + w.unsynced_tokens.load(Relaxed), Relaxed);
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    // Put them back for the next try; the local counts still limit.
-                    w.unsynced_requests.fetch_add(r, Relaxed);
-                    w.unsynced_tokens.fetch_add(t, Relaxed);
-                    tracing::debug!(error = %e, "rate counters not shared");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Put them back for the next try; the local counts still limit.
+                for (w, (_, _, r, t)) in live.iter().zip(&counts) {
+                    w.unsynced_requests.fetch_add(*r, Relaxed);
+                    w.unsynced_tokens.fetch_add(*t, Relaxed);
                 }
+                tracing::debug!(error = %e, "rate counters not shared");
             }
         }
     }

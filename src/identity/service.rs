@@ -24,6 +24,9 @@ pub enum IdentityError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A stored document cannot be read (a fault of the store, not of the request).
+    #[error("{0}")]
+    Corrupt(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -22,7 +22,8 @@ pub enum TokenError {
     Malformed(&'static str),
 }
 
-/// The credentials `headers` carry (Authorization first).
+/// The credentials `headers` carry: the `api-key` and `api-secret` pair when both are there
+/// (clients such as the OpenAI SDKs always send an Authorization header too), else the bearer.
 pub fn presented(headers: &HeaderMap) -> Result<Presented<'_>, TokenError> {
     let text = |name: &str| -> Result<Option<&str>, TokenError> {
         match headers.get(name) {
@@ -36,6 +37,9 @@ pub fn presented(headers: &HeaderMap) -> Result<Presented<'_>, TokenError> {
                 .map_err(|_| TokenError::Malformed("a credential header is not text")),
         }
     };
+    if let (Some(key), Some(secret)) = (text("api-key")?, text("api-secret")?) {
+        return Ok(Presented { key, secret });
+    }
     if let Some(auth) = text("authorization")? {
         let (scheme, token) = auth.split_once(' ').ok_or(TokenError::Malformed(
             "Authorization must be \"Bearer <api-key>:<api-secret>\"",

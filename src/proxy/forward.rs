@@ -105,7 +105,7 @@ impl RequestCtx<'_> {
         if let Some(k) = self.key.filter(|k| k.tpm.is_some()) {
             gw.limiter.add_tokens(
                 k,
-                usage.prompt_tokens + usage.completion_tokens,
+                usage.prompt_tokens.saturating_add(usage.completion_tokens),
                 crate::telemetry::now_ms(),
             );
         }
@@ -115,8 +115,10 @@ impl RequestCtx<'_> {
         gw.usage.record(UsageRecord {
             ts_ms: self.started_ms,
             key_id: self.key.map(|k| k.id.clone()),
-            user_id: match self.key.and_then(|k| k.user_id.clone()) {
-                Some(u) => Some(u),
+            // With a key, only the key's user (a client cannot charge usage to someone else);
+            // without keys (auth off), the request's own user.
+            user_id: match self.key {
+                Some(k) => k.user_id.clone(),
                 None => self.user.map(Arc::from),
             },
             org_id: self.key.and_then(|k| k.org_id.clone()),

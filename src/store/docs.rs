@@ -93,7 +93,10 @@ impl MemoryDocs {
                     _ => {}
                 }
                 if let Some(old) = old_unique.filter(|o| *o != u) {
-                    inner.unique.remove(&(c, old.to_string()));
+                    let key = (c, old.to_string());
+                    if inner.unique.get(&key).is_some_and(|owner| owner == id) {
+                        inner.unique.remove(&key);
+                    }
                 }
                 inner.unique.insert((c, u.to_string()), id.to_string());
             }

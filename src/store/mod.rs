@@ -130,15 +130,13 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<crate::usage::UsageRecord>, StoreError>;
 
-    /// Add this instance's counts of a key in a minute to the shared counters; the totals of
-    /// every instance, or `None` when the store shares nothing (local counts are the totals).
+    /// Add this instance's counts, (key id, minute, requests, tokens), to the shared
+    /// counters in one round trip; the totals of every instance in the same order, or `None`
+    /// when the store shares nothing (local counts are the totals).
     async fn rate_add(
         &self,
-        _key: &str,
-        _minute: u64,
-        _requests: u64,
-        _tokens: u64,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+        _counts: &[(Arc<str>, u64, u64, u64)],
+    ) -> Result<Option<Vec<(u64, u64)>>, StoreError> {
         Ok(None)
     }
 

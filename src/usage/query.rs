@@ -86,9 +86,9 @@ pub fn aggregate<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Vec<
         });
         t.requests += 1;
         t.errors += u64::from(r.is_error());
-        t.prompt_tokens += r.prompt_tokens;
-        t.completion_tokens += r.completion_tokens;
-        t.total_tokens += r.total_tokens();
+        t.prompt_tokens = t.prompt_tokens.saturating_add(r.prompt_tokens);
+        t.completion_tokens = t.completion_tokens.saturating_add(r.completion_tokens);
+        t.total_tokens = t.total_tokens.saturating_add(r.total_tokens());
     }
     by.into_values().collect()
 }
@@ -126,8 +126,8 @@ pub fn series<'a>(
         };
         b.requests += 1;
         b.errors += u64::from(r.is_error());
-        b.prompt_tokens += r.prompt_tokens;
-        b.completion_tokens += r.completion_tokens;
+        b.prompt_tokens = b.prompt_tokens.saturating_add(r.prompt_tokens);
+        b.completion_tokens = b.completion_tokens.saturating_add(r.completion_tokens);
     }
     out
 }

@@ -341,21 +341,27 @@ impl Store for ValkeyStore {
 
     async fn rate_add(
         &self,
-        key: &str,
-        minute: u64,
-        requests: u64,
-        tokens: u64,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
-        let k = self.keys.rate(key, minute);
+        counts: &[(Arc<str>, u64, u64, u64)],
+    ) -> Result<Option<Vec<(u64, u64)>>, StoreError> {
+        if counts.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("HINCRBY").arg(&k).arg("r").arg(requests);
-        pipe.cmd("HINCRBY").arg(&k).arg("t").arg(tokens);
-        pipe.cmd("PEXPIRE").arg(&k).arg(120_000).ignore();
-        let (r, t): (u64, u64) = self
+        for (key, minute, requests, tokens) in counts {
+            let k = self.keys.rate(key, *minute);
+            pipe.cmd("HINCRBY").arg(&k).arg("r").arg(requests);
+            pipe.cmd("HINCRBY").arg(&k).arg("t").arg(tokens);
+            pipe.cmd("PEXPIRE").arg(&k).arg(120_000).ignore();
+        }
+        let flat: Vec<u64> = self
             .valkey
             .run(|mut c| async move { pipe.query_async(&mut c).await })
             .await?;
-        Ok(Some((r, t)))
+        Ok(Some(
+            flat.chunks(2)
+                .map(|p| (p[0], p.get(1).copied().unwrap_or(0)))
+                .collect(),
+        ))
     }
 
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {
