@@ -239,6 +239,86 @@ async fn a_valkey_cluster_shares_affinity_the_same_way() {
     two_gateways_share_affinity(&nodes[0].url(), true).await;
     let admin = admin_store(&nodes[1].url(), true);
     assert_eq!(admin.affinity_clear("user-1", None).await.unwrap(), 1);
+    keys_usage_and_limits_work_on_a_cluster(&nodes[0].url()).await;
+}
+
+/// Identity documents (one hash tag), usage (one list per hour) and rate counters (one hash
+/// tag per key) through a cluster: pipelines that span slots included.
+async fn keys_usage_and_limits_work_on_a_cluster(url: &str) {
+    let m = mock("a", &["m"]).await;
+    let extra = format!(
+        "auth.proxy = \"required\"\n{}[store]\nurl = \"{url}\"\ncluster = true\nprefix = \"cl\"\n",
+        server(&m.url(), &["m"])
+    );
+    let gw1 = Gateway::start(&extra).await;
+    let gw2 = Gateway::start(&extra).await;
+    let c = Client::new();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let r = gw1
+            .admin(&c, reqwest::Method::POST, "/admin/keys")
+            .json(&json!({"rpm": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        tokens.push(
+            r.json::<serde_json::Value>().await.unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let chat = |gw: &Gateway, token: &str| {
+        c.post(gw.url("/v1/chat/completions"))
+            .bearer_auth(token.to_string())
+            .json(&chat_body("m"))
+            .send()
+    };
+    // Every key reaches gw2; one request per key per instance.
+    for t in &tokens {
+        let ok = eventually(Duration::from_secs(2), || async {
+            chat(&gw2, t).await.unwrap().status() == 200
+        })
+        .await;
+        assert!(ok, "the key reached gw2");
+        assert_eq!(chat(&gw1, t).await.unwrap().status(), 200);
+    }
+    // The counters of all keys meet in the cluster (one pipeline across their slots).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let limited = {
+        let mut n = 0;
+        for t in &tokens {
+            if chat(&gw1, t).await.unwrap().status() == 429 {
+                n += 1;
+            }
+        }
+        n
+    };
+    // A minute may have turned between the requests; at least two keys are limited.
+    assert!(limited >= 2, "{limited} of 3 keys limited across instances");
+    let total = |gw: &Gateway| {
+        let (c, url) = (
+            c.clone(),
+            format!("http://{}/admin/usage?limit=1", gw.admin),
+        );
+        async move {
+            c.get(url)
+                .bearer_auth(format!("{ADMIN_KEY}:{ADMIN_SECRET}"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["total"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { total(&gw2).await >= 6 }).await,
+        "usage of both instances read back through the cluster"
+    );
 }
 
 #[tokio::test]

@@ -78,6 +78,8 @@ pub struct ValkeyStore {
     pub(crate) keys: Keys,
     pub(crate) ttl_ms: u64,
     pub(crate) usage_retention_ms: u64,
+    /// A cluster: a pipeline must stay within one slot.
+    pub(crate) cluster: bool,
     touched: Mutex<Option<mpsc::UnboundedReceiver<Arc<Entry>>>>,
     claim: redis::Script,
     clear: redis::Script,
@@ -118,6 +120,7 @@ impl ValkeyStore {
             keys: Keys::new(&cfg.prefix),
             ttl_ms: cfg.ttl_ms,
             usage_retention_ms: cfg.usage_retention_ms,
+            cluster: cfg.cluster,
             touched: Mutex::new(Some(rx)),
             instance: format!("{:016x}", rand::random::<u64>()),
             registry_tx: tokio::sync::watch::channel(0).0,
@@ -343,25 +346,31 @@ impl Store for ValkeyStore {
         &self,
         counts: &[(Arc<str>, u64, u64, u64)],
     ) -> Result<Option<Vec<(u64, u64)>>, StoreError> {
-        if counts.is_empty() {
-            return Ok(Some(Vec::new()));
+        // One pipeline for every key; in a cluster one per key (each key is its own slot).
+        let groups: Vec<&[(Arc<str>, u64, u64, u64)]> = if self.cluster {
+            counts.chunks(1).collect()
+        } else {
+            vec![counts]
+        };
+        let mut totals = Vec::with_capacity(counts.len());
+        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+            let mut pipe = redis::pipe();
+            for (key, minute, requests, tokens) in group {
+                let k = self.keys.rate(key, *minute);
+                pipe.cmd("HINCRBY").arg(&k).arg("r").arg(requests);
+                pipe.cmd("HINCRBY").arg(&k).arg("t").arg(tokens);
+                pipe.cmd("PEXPIRE").arg(&k).arg(120_000).ignore();
+            }
+            let flat: Vec<u64> = self
+                .valkey
+                .run(|mut c| async move { pipe.query_async(&mut c).await })
+                .await?;
+            totals.extend(
+                flat.chunks(2)
+                    .map(|p| (p[0], p.get(1).copied().unwrap_or(0))),
+            );
         }
-        let mut pipe = redis::pipe();
-        for (key, minute, requests, tokens) in counts {
-            let k = self.keys.rate(key, *minute);
-            pipe.cmd("HINCRBY").arg(&k).arg("r").arg(requests);
-            pipe.cmd("HINCRBY").arg(&k).arg("t").arg(tokens);
-            pipe.cmd("PEXPIRE").arg(&k).arg(120_000).ignore();
-        }
-        let flat: Vec<u64> = self
-            .valkey
-            .run(|mut c| async move { pipe.query_async(&mut c).await })
-            .await?;
-        Ok(Some(
-            flat.chunks(2)
-                .map(|p| (p[0], p.get(1).copied().unwrap_or(0)))
-                .collect(),
-        ))
+        Ok(Some(totals))
     }
 
     async fn registry_of(&self, model: &str) -> Result<Vec<String>, StoreError> {

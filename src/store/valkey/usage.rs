@@ -23,20 +23,22 @@ pub async fn append(store: &ValkeyStore, records: &[UsageRecord]) -> Result<(), 
         let json = serde_json::to_vec(r).map_err(|e| StoreError::Invalid(e.to_string()))?;
         by_hour.entry(r.ts_ms / HOUR_MS).or_default().push(json);
     }
-    let mut pipe = redis::pipe();
+    // One pipeline per hour: each list is its own key (its own slot in a cluster).
     for (hour, entries) in by_hour {
         let expires_ms = ((hour + 1) * HOUR_MS + store.usage_retention_ms).saturating_sub(now);
         if expires_ms == 0 {
             continue; // already past the retention
         }
         let key = store.keys.usage(hour);
+        let mut pipe = redis::pipe();
         pipe.cmd("RPUSH").arg(&key).arg(entries).ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(expires_ms).ignore();
+        store
+            .valkey
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await?;
     }
-    store
-        .valkey
-        .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-        .await
+    Ok(())
 }
 
 pub async fn scan(
