@@ -74,6 +74,7 @@ impl ProxyApp {
         &self,
         session: &ServerSession,
         path: &str,
+        now_ms: u64,
     ) -> Result<Option<Arc<KeyEntry>>, ProxyError> {
         if !self.auth_required {
             return Ok(None);
@@ -83,14 +84,14 @@ impl ProxyApp {
         let key = self
             .gw
             .keys
-            .verify(presented, crate::telemetry::now_ms())
+            .verify(presented, now_ms)
             .map_err(|r| ProxyError::Unauthorized(r.to_string()))?;
         if let Some(scope) = Scope::for_path(path) {
             if !key.scopes.contains(scope) {
                 return Err(ProxyError::MissingScope(scope.as_str()));
             }
         }
-        match self.gw.limiter.admit(&key, crate::telemetry::now_ms()) {
+        match self.gw.limiter.admit(&key, now_ms) {
             Ok(()) => Ok(Some(key)),
             Err(Limited::Requests {
                 limit,
@@ -111,13 +112,15 @@ impl ProxyApp {
 
     /// Handle one request; `true` when the connection can serve another.
     async fn handle(&self, session: &mut ServerSession, started: Instant) -> bool {
+        // One wall-clock read per request: key expiry, limits, affinity TTL and usage use it.
+        let now_ms = crate::telemetry::now_ms();
         let endpoint = {
             let req = session.req_header();
             classify(&req.method, req.uri.path())
         };
         let key = match endpoint {
             Endpoint::Json | Endpoint::Multipart | Endpoint::Models => {
-                match self.authorize(session, session.req_header().uri.path()) {
+                match self.authorize(session, session.req_header().uri.path(), now_ms) {
                     Ok(k) => k,
                     Err(e) => {
                         let unread = !session.is_body_empty();
@@ -129,7 +132,8 @@ impl ProxyApp {
         };
         match endpoint {
             Endpoint::Json | Endpoint::Multipart => {
-                self.proxy(session, endpoint, key.as_deref(), started).await
+                self.proxy(session, endpoint, key.as_deref(), started, now_ms)
+                    .await
             }
             Endpoint::Models => self.models(session).await,
             Endpoint::Health => {
@@ -158,6 +162,7 @@ impl ProxyApp {
         endpoint: Endpoint,
         api_key: Option<&KeyEntry>,
         started: Instant,
+        now_ms: u64,
     ) -> bool {
         let max = self.settings.max_body;
         let expects_continue = session
@@ -217,7 +222,7 @@ impl ProxyApp {
             key: api_key,
             user: user.as_deref(),
             started,
-            started_ms: crate::telemetry::now_ms(),
+            started_ms: now_ms,
         };
         self.forward(session, pool, &body, &ctx).await
     }

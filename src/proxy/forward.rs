@@ -6,7 +6,6 @@ use super::errors::ProxyError;
 use crate::health::Source;
 use crate::identity::KeyEntry;
 use crate::routing::{choose, Member, Pool};
-use crate::telemetry::now_ms;
 use crate::usage::UsageRecord;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
@@ -146,7 +145,7 @@ impl ProxyApp {
         let gw = &self.gw;
         let mut tried = [0usize; MAX_ATTEMPTS];
         let mut attempts = 0usize;
-        let now = now_ms();
+        let now = ctx.started_ms;
         loop {
             let choice = choose(pool, user, &*gw.store, now, &tried[..attempts]).await;
             let Some((index, member)) = choice.member else {
