@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             writeln!(
                 std::io::stdout(),
                 "{}",
-                infergate::admin::auth::hash_secret_hex(secret)
+                infergate::identity::hash_secret_hex(secret)
             )?;
             Ok(())
         }

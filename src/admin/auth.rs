@@ -7,9 +7,9 @@
 
 use super::error::ApiError;
 use crate::config::AdminConfig;
-use crate::identity::{presented, KeyCache};
+pub use crate::identity::{hash_secret, hash_secret_hex};
+use crate::identity::{parse_hex32, presented, KeyCache};
 use axum::http::{HeaderMap, StatusCode};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
@@ -41,19 +41,6 @@ pub fn check_api_key(key: &str) -> Result<(), String> {
         return Err("must be printable ASCII without ':' or spaces".into());
     }
     Ok(())
-}
-
-/// SHA-256 of a secret, as stored.
-pub fn hash_secret(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// The same, as the 64 hex digits `[[admin.credentials]] secret_sha256` takes.
-pub fn hash_secret_hex(secret: &str) -> String {
-    hash_secret(secret)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 struct Credential {
@@ -111,11 +98,8 @@ impl Credentials {
             );
         }
         for c in &config.credentials {
-            let mut digest = [0u8; 32];
-            for (i, d) in digest.iter_mut().enumerate() {
-                // Validated as 64 hex digits when the config was loaded.
-                *d = u8::from_str_radix(&c.secret_sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
-            }
+            // Validated as 64 hex digits when the config was loaded.
+            let digest = parse_hex32(&c.secret_sha256).unwrap_or_default();
             let cred = Credential {
                 secret_sha256: digest,
                 roles: c.roles.clone(),

@@ -205,9 +205,7 @@ impl Validator<'_> {
                     e,
                 );
             }
-            let hex_ok = cred.secret_sha256.len() == 64
-                && cred.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit());
-            if !hex_ok {
+            if crate::identity::parse_hex32(&cred.secret_sha256).is_none() {
                 self.fail(
                     &[Key("admin"), Key("credentials"), Index(i), Key("secret_sha256")],
                     "must be 64 hex digits (the SHA-256 of the secret; see `infergate hash-secret`)"

@@ -4,9 +4,9 @@
 
 use super::model::ApiKey;
 use super::scope::Scopes;
+use super::secret::{hash_secret, parse_hex32};
 use super::token::Presented;
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -46,17 +46,6 @@ impl KeyEntry {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
-}
-
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Why a presented key was refused.
@@ -103,7 +92,7 @@ impl KeyCache {
 
     /// The key `p` names, when its secret matches and it is live at `now_ms`.
     pub fn verify(&self, p: Presented<'_>, now_ms: u64) -> Result<Arc<KeyEntry>, Refusal> {
-        let digest: [u8; 32] = Sha256::digest(p.secret.as_bytes()).into();
+        let digest = hash_secret(p.secret);
         let map = self.map.load();
         let Some(entry) = map.get(p.key) else {
             return Err(Refusal::Invalid);
@@ -129,7 +118,7 @@ mod tests {
         ApiKey {
             id: id.into(),
             name: None,
-            secret_sha256: crate::admin::auth::hash_secret_hex(secret),
+            secret_sha256: crate::identity::hash_secret_hex(secret),
             scopes: vec!["chat".into()],
             roles: vec![],
             user_id: Some("u1".into()),

@@ -5,6 +5,7 @@ mod cache;
 pub mod limits;
 mod model;
 mod scope;
+mod secret;
 mod service;
 pub mod sync;
 mod token;
@@ -13,6 +14,7 @@ pub use cache::{KeyCache, KeyEntry, Refusal};
 pub use limits::{Limited, RateLimiter};
 pub use model::{ApiKey, Org, User};
 pub use scope::{Scope, Scopes};
+pub use secret::{hash_secret, hash_secret_hex, parse_hex32};
 pub use service::{
     CreateKey, IdentityError, IdentityService, KeyFilter, NewKey, OrgPatch, UserPatch,
 };

@@ -499,7 +499,7 @@ impl IdentityService {
         let key = ApiKey {
             id: new_id("igk"),
             name,
-            secret_sha256: crate::admin::auth::hash_secret_hex(&secret),
+            secret_sha256: super::secret::hash_secret_hex(&secret),
             scopes: req.scopes.unwrap_or_else(Scopes::all).names(),
             roles: req.roles,
             user_id: req.user_id,
