@@ -294,13 +294,7 @@ pub async fn latency(
     State(s): State<Arc<AdminState>>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<LatencyReport>, ApiError> {
-    let f = filter(q.as_deref())?;
-    let records = select(&s, &f).await?;
-    Ok(Json(LatencyReport {
-        from: iso(f.from_ms),
-        to: iso(f.to_ms),
-        models: query::percentiles(&records, |r| Some(r.latency_ms)),
-    }))
+    percentile_report(&s, q.as_deref(), |r| Some(r.latency_ms)).await
 }
 
 /// Time to first token p50/p95 per model, over streams.
@@ -311,12 +305,21 @@ pub async fn ttft(
     State(s): State<Arc<AdminState>>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<LatencyReport>, ApiError> {
-    let f = filter(q.as_deref())?;
-    let records = select(&s, &f).await?;
+    percentile_report(&s, q.as_deref(), |r| r.ttft_ms).await
+}
+
+/// p50/p95 per model of the value `pick` takes from the selected records.
+async fn percentile_report(
+    s: &AdminState,
+    query: Option<&str>,
+    pick: impl Fn(&UsageRecord) -> Option<f64>,
+) -> Result<Json<LatencyReport>, ApiError> {
+    let f = filter(query)?;
+    let records = select(s, &f).await?;
     Ok(Json(LatencyReport {
         from: iso(f.from_ms),
         to: iso(f.to_ms),
-        models: query::percentiles(&records, |r| r.ttft_ms),
+        models: query::percentiles(&records, pick),
     }))
 }
 

@@ -80,8 +80,8 @@ impl UsageService {
         }
         while !backlog.is_empty() {
             let n = backlog.len().min(BATCH);
-            let batch: Vec<UsageRecord> = backlog.range(..n).cloned().collect();
-            match self.gw.store.usage_append(&batch).await {
+            let batch = &backlog.make_contiguous()[..n];
+            match self.gw.store.usage_append(batch).await {
                 Ok(()) => {
                     backlog.drain(..n);
                 }
