@@ -7,7 +7,7 @@ use crate::gateway::Gateway;
 use crate::health::HealthChecker;
 use crate::proxy::ProxyApp;
 use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -73,12 +73,10 @@ pub fn run_with(
     server.bootstrap();
 
     let mut proxy = Service::new("infergate proxy".into(), ProxyApp::new(gw.clone()));
-    // Pingora's default read buffer is 64 KiB per client connection; idle keep-alive clients
-    // hold it, so it is configurable (and smaller by default).
-    let buffer = cfg.proxy.client_read_buffer_bytes;
+    // The data plane buffers reads and assembles writes itself (`proxy::h1`), so the
+    // listener's streams are unbuffered.
     proxy.add_listener(
-        ListenerConfig::tcp(cfg.proxy.listen.clone())
-            .l4_buffer(L4BufferSettings::new(buffer, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+        ListenerConfig::tcp(cfg.proxy.listen.clone()).l4_buffer(L4BufferSettings::unbuffered()),
     );
     proxy.threads = Some(cfg.proxy.threads);
 

@@ -8,7 +8,7 @@
 use super::error::ApiError;
 use crate::config::AdminConfig;
 pub use crate::identity::{hash_secret, hash_secret_hex};
-use crate::identity::{parse_hex32, presented, KeyCache};
+use crate::identity::{parse_hex32, presented_in, KeyCache};
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
@@ -118,7 +118,7 @@ impl Credentials {
         headers: &HeaderMap,
         keys: &KeyCache,
     ) -> Result<Principal, ApiError> {
-        let p = presented(headers).map_err(|e| unauthorized(&e.to_string()))?;
+        let p = presented_in(headers).map_err(|e| unauthorized(&e.to_string()))?;
         let digest = hash_secret(p.secret);
         if let Some(c) = self.by_key.get(p.key) {
             if bool::from(c.secret_sha256.ct_eq(&digest)) {

@@ -18,4 +18,4 @@ pub use secret::{hash_secret, hash_secret_hex, parse_hex32};
 pub use service::{
     CreateKey, IdentityError, IdentityService, KeyFilter, NewKey, OrgPatch, UserPatch,
 };
-pub use token::{generate_secret, presented, Presented, TokenError};
+pub use token::{generate_secret, presented, presented_in, Presented, TokenError};

@@ -22,17 +22,24 @@ pub enum TokenError {
     Malformed(&'static str),
 }
 
-/// The credentials `headers` carry: the `api-key` and `api-secret` pair when both are there
-/// (clients such as the OpenAI SDKs always send an Authorization header too), else the bearer.
-pub fn presented(headers: &HeaderMap) -> Result<Presented<'_>, TokenError> {
-    let text = |name: &str| -> Result<Option<&str>, TokenError> {
-        match headers.get(name) {
+/// The credentials an `http` header map carries (see [`presented`]).
+pub fn presented_in(headers: &HeaderMap) -> Result<Presented<'_>, TokenError> {
+    presented(|name| headers.get(name).map(|v| v.as_bytes()))
+}
+
+/// The credentials a request carries, given its header lookup: the `api-key` and `api-secret`
+/// pair when both are there (clients such as the OpenAI SDKs always send an Authorization
+/// header too), else the bearer.
+pub fn presented<'a>(
+    header: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Result<Presented<'a>, TokenError> {
+    let text = |name: &str| -> Result<Option<&'a str>, TokenError> {
+        match header(name) {
             None => Ok(None),
             Some(v) if v.len() > MAX_LEN => {
                 Err(TokenError::Malformed("a credential header is too long"))
             }
-            Some(v) => v
-                .to_str()
+            Some(v) => std::str::from_utf8(v)
                 .map(Some)
                 .map_err(|_| TokenError::Malformed("a credential header is not text")),
         }
@@ -88,7 +95,7 @@ mod tests {
     fn both_forms_are_read() {
         let h = headers(&[("authorization", "Bearer igk_1:s3")]);
         assert_eq!(
-            presented(&h).unwrap(),
+            presented_in(&h).unwrap(),
             Presented {
                 key: "igk_1",
                 secret: "s3"
@@ -96,16 +103,19 @@ mod tests {
         );
         let h = headers(&[("api-key", "igk_1"), ("api-secret", "s3")]);
         assert_eq!(
-            presented(&h).unwrap(),
+            presented_in(&h).unwrap(),
             Presented {
                 key: "igk_1",
                 secret: "s3"
             }
         );
-        assert_eq!(presented(&headers(&[])).unwrap_err(), TokenError::Missing);
-        assert!(presented(&headers(&[("authorization", "Bearer nocolon")])).is_err());
-        assert!(presented(&headers(&[("authorization", "Basic x")])).is_err());
-        assert!(presented(&headers(&[("api-key", "k")])).is_err());
+        assert_eq!(
+            presented_in(&headers(&[])).unwrap_err(),
+            TokenError::Missing
+        );
+        assert!(presented_in(&headers(&[("authorization", "Bearer nocolon")])).is_err());
+        assert!(presented_in(&headers(&[("authorization", "Basic x")])).is_err());
+        assert!(presented_in(&headers(&[("api-key", "k")])).is_err());
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct MockState {
     pub aborted_streams: AtomicU64,
     pub completed_streams: AtomicU64,
     pub probes: AtomicU64,
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
     /// The last inference request's body and Authorization header.
     pub last_body: Mutex<Bytes>,
     pub last_authorization: Mutex<Option<String>>,
@@ -99,8 +101,10 @@ impl MockServer {
         let state = MockState::new(config);
         let app = router(state.clone());
         // TCP_NODELAY, as vLLM's uvicorn sets it: small SSE events must not wait for ACKs.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let counted = state.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
             let _ = tcp.set_nodelay(true);
+            counted.connections.fetch_add(1, Relaxed);
         });
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -1,27 +1,27 @@
-//! The HTTP app: reads a request, answers what the gateway answers itself, and hands inference
-//! requests to the forwarder.
+//! The data-plane app: serves each client connection (HTTP/1.1 keep-alive, pipelined requests
+//! answered in order), answers what the gateway answers itself, and hands inference requests to
+//! the forwarder.
 
-use super::body::{declared_length, read_body, BodyReadError};
 use super::endpoint::{classify, Endpoint};
 use super::errors::ProxyError;
+use super::exchange::Exchange;
+use super::h1::{BodyError, ClientConn, NextRequest, RequestHead};
 use crate::gateway::Gateway;
 use crate::identity::{presented, KeyEntry, Limited, Scope};
 use crate::routing::{route_key_json, route_key_multipart};
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
+use pingora::apps::ServerApp;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Downstream keep-alive, seconds.
-const KEEPALIVE_SECS: u64 = 60;
-/// Longest wait for a client's next body bytes.
-const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle client connection is kept open.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Longest wait for a client's next bytes (head or body) and for a write to it to progress.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest `user` (body field or `x-user-id` header) accepted as an affinity identity.
 pub const MAX_USER_BYTES: usize = 256;
 
@@ -33,12 +33,14 @@ pub(super) struct Settings {
     pub max_retries: usize,
     pub retry_after_secs: u64,
     pub pool_idle_timeout: Duration,
+    pub pool_size: usize,
+    pub client_read_buffer: usize,
 }
 
 /// The data-plane app.
 pub struct ProxyApp {
     pub(super) gw: Arc<Gateway>,
-    pub(super) connector: Connector,
+    pub(super) connector: TransportConnector,
     pub(super) settings: Settings,
     started_unix: u64,
     /// `[auth] proxy = "required"`.
@@ -57,9 +59,11 @@ impl ProxyApp {
             max_retries: p.max_retries,
             retry_after_secs: p.retry_after_secs,
             pool_idle_timeout: Duration::from_millis(p.pool_idle_timeout_ms),
+            pool_size: p.pool_size,
+            client_read_buffer: p.client_read_buffer_bytes,
         };
         Self {
-            connector: Connector::new(Some(opts)),
+            connector: TransportConnector::new(Some(opts)),
             settings,
             started_unix: crate::telemetry::now_ms() / 1000,
             auth_required: gw.config.auth.proxy == crate::config::ProxyAuth::Required,
@@ -72,14 +76,14 @@ impl ProxyApp {
     /// rpm or tpm (the request is counted when admitted).
     fn authorize(
         &self,
-        session: &ServerSession,
+        head: &RequestHead,
         path: &str,
         now_ms: u64,
     ) -> Result<Option<Arc<KeyEntry>>, ProxyError> {
         if !self.auth_required {
             return Ok(None);
         }
-        let presented = presented(&session.req_header().headers)
+        let presented = presented(|name| head.header(name))
             .map_err(|e| ProxyError::Unauthorized(e.to_string()))?;
         let key = self
             .gw
@@ -110,21 +114,20 @@ impl ProxyApp {
         }
     }
 
-    /// Handle one request; `true` when the connection can serve another.
-    async fn handle(&self, session: &mut ServerSession, started: Instant) -> bool {
+    /// Answer one request; `ex.keepalive` says afterwards whether the connection goes on.
+    async fn handle(&self, ex: &mut Exchange<'_>, started: Instant) {
         // One wall-clock read per request: key expiry, limits, affinity TTL and usage use it.
         let now_ms = crate::telemetry::now_ms();
-        let endpoint = {
-            let req = session.req_header();
-            classify(&req.method, req.uri.path())
-        };
+        let path = ex.head.path();
+        let endpoint = classify(ex.head.method(), path);
         let key = match endpoint {
             Endpoint::Json | Endpoint::Multipart | Endpoint::Models => {
-                match self.authorize(session, session.req_header().uri.path(), now_ms) {
+                match self.authorize(ex.head, path, now_ms) {
                     Ok(k) => k,
                     Err(e) => {
-                        let unread = !session.is_body_empty();
-                        return self.fail(session, e, "", "").await && !unread;
+                        ex.settle_unread_body();
+                        self.fail(ex, e, "", "").await;
+                        return;
                     }
                 }
             }
@@ -132,91 +135,125 @@ impl ProxyApp {
         };
         match endpoint {
             Endpoint::Json | Endpoint::Multipart => {
-                self.proxy(session, endpoint, key.as_deref(), started, now_ms)
+                self.proxy(ex, endpoint, key.as_deref(), started, now_ms)
                     .await
             }
-            Endpoint::Models => self.models(session).await,
+            Endpoint::Models => {
+                ex.settle_unread_body();
+                self.models(ex).await;
+            }
             Endpoint::Health => {
-                let body = Bytes::from_static(b"{\"status\":\"ok\"}");
-                respond(session, json_header(200, body.len()), body).await
-                    && session.is_body_empty()
+                ex.settle_unread_body();
+                ex.respond_json(200, &[], b"{\"status\":\"ok\"}").await;
             }
             Endpoint::WrongMethod(allowed) => {
-                let unread = !session.is_body_empty();
-                self.fail(session, ProxyError::WrongMethod(allowed), "", "")
+                ex.settle_unread_body();
+                self.fail(ex, ProxyError::WrongMethod(allowed), "", "")
                     .await
-                    && !unread
             }
             Endpoint::Unknown => {
-                let unread = !session.is_body_empty();
-                let req = session.req_header();
-                let err = ProxyError::UnknownPath(req.method.to_string(), req.uri.path().into());
-                self.fail(session, err, "", "").await && !unread
+                ex.settle_unread_body();
+                let err = ProxyError::UnknownPath(ex.head.method().to_string(), path.into());
+                self.fail(ex, err, "", "").await
             }
         }
     }
 
     async fn proxy(
         &self,
-        session: &mut ServerSession,
+        ex: &mut Exchange<'_>,
         endpoint: Endpoint,
         api_key: Option<&KeyEntry>,
         started: Instant,
         now_ms: u64,
-    ) -> bool {
+    ) {
         let max = self.settings.max_body;
-        let expects_continue = session
-            .get_header(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue && declared_length(session).is_none_or(|n| n <= max) {
-            let _ = session.write_continue_response().await;
-        }
-        let body = match read_body(session, max).await {
-            Ok(b) => b,
-            Err(BodyReadError::TooLarge) => {
-                self.fail(session, ProxyError::TooLarge(max), "", "").await;
-                return false;
+        if ex.head.expects_continue && !ex.conn.body_buffered(ex.head) {
+            if let Some(super::h1::request::BodyFraming::Length(n)) = ex.head.framing {
+                if n > max as u64 {
+                    ex.keepalive = false;
+                    self.fail(ex, ProxyError::TooLarge(max), "", "").await;
+                    return;
+                }
             }
-            Err(BodyReadError::Io) => return false,
+            ex.conn
+                .out
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if ex.conn.send(&[]).await.is_err() {
+                ex.keepalive = false;
+                return;
+            }
+        }
+        let body = match ex.conn.read_body(ex.head, max).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                ex.keepalive = false;
+                self.fail(ex, ProxyError::TooLarge(max), "", "").await;
+                return;
+            }
+            Err(BodyError::Framing(e)) => {
+                ex.keepalive = false;
+                let err = ProxyError::BadRequest(format!("malformed chunked body: {e}"));
+                self.fail(ex, err, "", "").await;
+                return;
+            }
+            Err(BodyError::Io) => {
+                ex.keepalive = false;
+                return;
+            }
         };
+        self.route(ex, endpoint, api_key, &body, started, now_ms)
+            .await
+    }
+
+    async fn route(
+        &self,
+        ex: &mut Exchange<'_>,
+        endpoint: Endpoint,
+        api_key: Option<&KeyEntry>,
+        body: &Bytes,
+        started: Instant,
+        now_ms: u64,
+    ) {
         let key = match endpoint {
             Endpoint::Multipart => {
-                let ct = session.get_header_bytes(http::header::CONTENT_TYPE);
-                route_key_multipart(&body, ct)
+                let ct = ex.head.header("content-type").unwrap_or_default();
+                route_key_multipart(body, ct)
             }
-            _ => route_key_json(&body),
+            _ => route_key_json(body),
         };
         let key = match key {
             Ok(k) => k,
             Err(e) => {
                 return self
-                    .fail(session, ProxyError::BadRequest(e.to_string()), "", "")
+                    .fail(ex, ProxyError::BadRequest(e.to_string()), "", "")
                     .await
             }
         };
         // The affinity identity: the body's `user`, else the API key's user, else the
-        // x-user-id header (copied only when it is used).
+        // x-user-id header.
+        let head = ex.head;
         let user: Option<std::borrow::Cow<'_, str>> = match key.user {
             Some(u) => Some(u),
             None => match api_key.and_then(|k| k.user_id.as_deref()) {
                 Some(u) => Some(std::borrow::Cow::Borrowed(u)),
-                None => session
-                    .get_header("x-user-id")
-                    .and_then(|v| v.to_str().ok())
+                None => head
+                    .header("x-user-id")
+                    .and_then(|v| std::str::from_utf8(v).ok())
                     .filter(|u| !u.is_empty())
-                    .map(|u| std::borrow::Cow::Owned(u.to_owned())),
+                    .map(std::borrow::Cow::Borrowed),
             },
         };
         if user.as_ref().is_some_and(|u| u.len() > MAX_USER_BYTES) {
             let err = ProxyError::BadRequest(format!(
                 "the user identity (\"user\" or x-user-id) must be at most {MAX_USER_BYTES} bytes"
             ));
-            return self.fail(session, err, "", "").await;
+            return self.fail(ex, err, "", "").await;
         }
         let table = self.gw.table.load();
         let Some(pool) = table.pool(&key.model) else {
             let err = ProxyError::UnknownModel(key.model.chars().take(256).collect());
-            return self.fail(session, err, "", "").await;
+            return self.fail(ex, err, "", "").await;
         };
         let ctx = super::forward::RequestCtx {
             key: api_key,
@@ -224,11 +261,11 @@ impl ProxyApp {
             started,
             started_ms: now_ms,
         };
-        self.forward(session, pool, &body, &ctx).await
+        self.forward(ex, pool, body, &ctx).await
     }
 
     /// `GET /v1/models`: the models with at least one healthy server, in OpenAI's list format.
-    async fn models(&self, session: &mut ServerSession) -> bool {
+    async fn models(&self, ex: &mut Exchange<'_>) {
         let table = self.gw.table.load();
         let data: Vec<_> = table
             .healthy_models()
@@ -239,21 +276,19 @@ impl ProxyApp {
                 })
             })
             .collect();
-        let body = Bytes::from(
-            serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
-                .unwrap_or_default(),
-        );
-        respond(session, json_header(200, body.len()), body).await && session.is_body_empty()
+        let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default();
+        ex.respond_json(200, &[], &body).await;
     }
 
     /// Answer an error of the gateway's own and count it.
     pub(super) async fn fail(
         &self,
-        session: &mut ServerSession,
+        ex: &mut Exchange<'_>,
         err: ProxyError,
         model: &str,
         server: &str,
-    ) -> bool {
+    ) {
         let status = err.status();
         self.gw.metrics.count_request(model, server, status);
         if status == 502 || status == 504 {
@@ -262,53 +297,63 @@ impl ProxyApp {
             tracing::debug!(status, error = %err, "request refused");
         }
         let body = err.body();
-        let header = err.header(body.len(), self.settings.retry_after_secs);
-        respond(session, header, body).await
+        match err.field(self.settings.retry_after_secs) {
+            Some((name, value)) => {
+                ex.respond_json(status, &[(name, value.as_bytes())], &body)
+                    .await
+            }
+            None => ex.respond_json(status, &[], &body).await,
+        };
+    }
+
+    /// A head that could not be parsed: 400 (or 431), then the connection closes.
+    async fn refuse_head(
+        &self,
+        conn: &mut ClientConn,
+        head: &RequestHead,
+        e: super::h1::HeadError,
+    ) {
+        tracing::debug!(error = %e, "bad request head");
+        let status = e.status();
+        self.gw.metrics.count_request("", "", status);
+        let err = ProxyError::BadRequest(e.to_string());
+        let mut ex = Exchange {
+            conn,
+            head,
+            keepalive: false,
+        };
+        ex.respond_json(status, &[], &err.body()).await;
     }
 }
 
-fn json_header(status: u16, len: usize) -> ResponseHeader {
-    let mut h = ResponseHeader::build(status, Some(2)).expect("valid status");
-    let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
-    let _ = h.insert_header(http::header::CONTENT_LENGTH, len.to_string());
-    h
-}
-
-async fn respond(session: &mut ServerSession, header: ResponseHeader, body: Bytes) -> bool {
-    session
-        .write_response_header(Box::new(header))
-        .await
-        .is_ok()
-        && session.write_response_body(body, true).await.is_ok()
-}
-
 #[async_trait]
-impl HttpServerApp for ProxyApp {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading request header failed");
+impl ServerApp for ProxyApp {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut conn = ClientConn::new(io, self.settings.client_read_buffer, CLIENT_TIMEOUT);
+        let mut head = RequestHead::default();
+        let mut shutdown = shutdown.clone();
+        loop {
+            match conn.next_request(&mut head, KEEPALIVE, &mut shutdown).await {
+                NextRequest::Ready => {}
+                NextRequest::Closed => return None,
+                NextRequest::Bad(e) => {
+                    self.refuse_head(&mut conn, &RequestHead::default(), e)
+                        .await;
+                    conn.shutdown().await;
+                    return None;
+                }
+            }
+            let started = Instant::now();
+            let mut ex = Exchange {
+                conn: &mut conn,
+                head: &head,
+                keepalive: !head.close && !*shutdown.borrow(),
+            };
+            self.handle(&mut ex, started).await;
+            if !ex.keepalive {
+                conn.shutdown().await;
                 return None;
             }
-        }
-        let started = Instant::now();
-        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
-        session.set_read_timeout(Some(CLIENT_READ_TIMEOUT));
-        // Boxed: an idle keep-alive connection then holds only the small header-read future,
-        // not the (much larger) state of a request in flight.
-        if !Box::pin(self.handle(&mut session, started)).await {
-            return None;
-        }
-        let persistent = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
-            _ => None,
         }
     }
 }

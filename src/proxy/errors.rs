@@ -1,7 +1,6 @@
 //! Errors the gateway answers itself, in OpenAI's shape `{"error":{"message","type","code"}}`.
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 
 /// An error answered by the gateway (a server's own errors pass through untouched).
 #[derive(Debug, thiserror::Error)]
@@ -71,24 +70,16 @@ impl ProxyError {
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     }
 
-    /// The response header, with `Retry-After` where retrying makes sense.
-    pub fn header(&self, body_len: usize, retry_after_secs: u64) -> ResponseHeader {
-        let mut h = ResponseHeader::build(self.status(), Some(4)).expect("valid status");
-        let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
-        let _ = h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string());
-        if matches!(self, ProxyError::NoHealthyServer(_)) {
-            let _ = h.insert_header(http::header::RETRY_AFTER, retry_after_secs.to_string());
+    /// The header field the response carries besides its body: `Retry-After` where retrying
+    /// makes sense, `WWW-Authenticate` on a 401, `Allow` on a 405.
+    pub fn field(&self, retry_after_secs: u64) -> Option<(&'static str, String)> {
+        match self {
+            ProxyError::NoHealthyServer(_) => Some(("retry-after", retry_after_secs.to_string())),
+            ProxyError::RateLimited(_, secs) => Some(("retry-after", secs.to_string())),
+            ProxyError::Unauthorized(_) => Some(("www-authenticate", "Bearer".into())),
+            ProxyError::WrongMethod(m) => Some(("allow", (*m).into())),
+            _ => None,
         }
-        if let ProxyError::RateLimited(_, secs) = self {
-            let _ = h.insert_header(http::header::RETRY_AFTER, secs.to_string());
-        }
-        if let ProxyError::Unauthorized(_) = self {
-            let _ = h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer");
-        }
-        if let ProxyError::WrongMethod(m) = self {
-            let _ = h.insert_header(http::header::ALLOW, *m);
-        }
-        h
     }
 }
 
@@ -104,7 +95,9 @@ mod tests {
         assert_eq!(v["error"]["code"], "model_not_found");
         assert!(v["error"]["message"].as_str().unwrap().contains("gpt-x"));
         assert_eq!(e.status(), 404);
-        let h = ProxyError::NoHealthyServer("m".into()).header(10, 7);
-        assert_eq!(h.headers.get("retry-after").unwrap(), "7");
+        assert_eq!(
+            ProxyError::NoHealthyServer("m".into()).field(7),
+            Some(("retry-after", "7".into()))
+        );
     }
 }

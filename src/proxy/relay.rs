@@ -3,24 +3,20 @@
 //! upstream request.
 
 use super::app::ProxyApp;
+use super::exchange::Exchange;
+use super::forward::{Attempt, RequestCtx};
+use super::h1::{pool, UpstreamConn};
 use crate::health::Source;
 use crate::routing::Member;
 use crate::telemetry::sse::SseScanner;
 use crate::telemetry::usage::{Usage, UsageTail};
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
+use std::sync::Arc;
 use std::time::Instant;
 
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
+/// Body bytes up to this size are copied behind the head (or chunk framing) to leave in one
+/// write; larger ones are written from the server's buffer directly.
+const COPY_BYTES: usize = 16 * 1024;
 
 /// How the body relay ended.
 #[derive(PartialEq, Eq)]
@@ -30,77 +26,145 @@ enum End {
     UpstreamFailed,
 }
 
+/// How the body is framed towards the client.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Out {
+    Length,
+    Chunked,
+    /// HTTP/1.0 client, unknown length: until the connection closes.
+    Close,
+    None,
+}
+
 impl ProxyApp {
     pub(super) async fn relay(
         &self,
-        session: &mut ServerSession,
-        mut up: HttpSession,
+        ex: &mut Exchange<'_>,
+        mut up: UpstreamConn,
         member: &Member,
-        peer: &HttpPeer,
-        ctx: &super::forward::RequestCtx<'_>,
-    ) -> super::forward::Attempt {
+        peer: &Arc<HttpPeer>,
+        ctx: &RequestCtx<'_>,
+    ) -> Attempt {
         let started = ctx.started;
         let mut ttft = None;
-        use super::forward::Attempt;
         let backend = &member.backend;
         let policy = self.gw.policy;
-        let Some(upstream_header) = up.response_header() else {
-            return Attempt::Done(false);
-        };
-        let header = downstream_header(upstream_header, session.is_http2());
-        let status = header.status.as_u16();
-        let sse = header
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let status = up.head.status;
+        let sse = up.head.event_stream;
         if status >= 500 {
             backend.record_failure(policy, Source::Passive, "5xx response");
         } else {
             backend.record_success(policy, Source::Passive);
         }
 
+        // The head, with the framing the client gets.
+        let out = if matches!(status, 204 | 304) {
+            Out::None
+        } else if let (Some(n), false) = (up.head.content_length, up.head.close_delimited()) {
+            ex.start_head(status, up.head.reason());
+            up.head.write_fields(&mut ex.conn.out);
+            ex.field("content-length", itoa::Buffer::new().format(n).as_bytes());
+            Out::Length
+        } else if ex.head.http11 {
+            Out::Chunked
+        } else {
+            ex.keepalive = false;
+            Out::Close
+        };
+        if out != Out::Length {
+            ex.start_head(status, up.head.reason());
+            up.head.write_fields(&mut ex.conn.out);
+            if out == Out::Chunked {
+                ex.field("transfer-encoding", b"chunked");
+            }
+        }
+        ex.end_head();
+        let head_only = ex.head.is_head() || out == Out::None;
+
         let mut scanner = sse.then(SseScanner::default);
         let mut tail = UsageTail::default();
-        let mut end = if session.write_response_header(header).await.is_ok() {
-            End::Complete
-        } else {
-            End::ClientGone
-        };
-        while end == End::Complete && !up.response_done() {
-            let read = tokio::select! {
-                biased;
-                r = up.read_response_body() => r,
-                _ = session.read_body_or_idle(true) => {
-                    end = End::ClientGone;
-                    break;
-                }
-            };
-            match read {
-                Ok(Some(chunk)) => {
-                    match &mut scanner {
-                        Some(s) => {
-                            if s.feed(&chunk, Instant::now()) {
-                                let t = started.elapsed();
-                                member.metrics.ttft.observe(t.as_secs_f64());
-                                ttft = Some(t);
-                            }
-                        }
-                        None => tail.feed(&chunk),
-                    }
-                    if session.write_response_body(chunk, false).await.is_err() {
+        let read_timeout = self.settings.read_timeout;
+        let mut end = End::Complete;
+        loop {
+            // Body bytes already buffered go out with what precedes them; otherwise send what
+            // is pending (the head, at first) and wait for more.
+            let n = match up.step() {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => {
+                    if !ex.conn.out.is_empty() && ex.conn.send(&[]).await.is_err() {
                         end = End::ClientGone;
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        r = up.fill(read_timeout) => r,
+                        _ = ex.conn.gone() => {
+                            end = End::ClientGone;
+                            break;
+                        }
                     }
                 }
-                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            let n = match n {
+                Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(server = %backend.id, error = %e, "upstream failed mid-response");
                     backend.record_failure(policy, Source::Passive, "failed mid-response");
                     end = End::UpstreamFailed;
+                    break;
                 }
+            };
+            if n == 0 {
+                break;
+            }
+            let data = up.data();
+            match &mut scanner {
+                Some(s) => {
+                    if s.feed(data, Instant::now()) {
+                        let t = started.elapsed();
+                        member.metrics.ttft.observe(t.as_secs_f64());
+                        ttft = Some(t);
+                    }
+                }
+                None => tail.feed(data),
+            }
+            if head_only {
+                continue;
+            }
+            let conn = &mut *ex.conn;
+            let sent = match out {
+                Out::Chunked => {
+                    let o = &mut conn.out;
+                    let mut hex = [0u8; 16];
+                    o.extend_from_slice(hex_len(data.len(), &mut hex));
+                    o.extend_from_slice(b"\r\n");
+                    o.extend_from_slice(data);
+                    o.extend_from_slice(b"\r\n");
+                    conn.send(&[]).await
+                }
+                _ if data.len() <= COPY_BYTES => {
+                    conn.out.extend_from_slice(data);
+                    conn.send(&[]).await
+                }
+                _ => conn.send(data).await,
+            };
+            if sent.is_err() {
+                end = End::ClientGone;
+                break;
             }
         }
-        if end == End::Complete && session.finish_body().await.is_err() {
-            end = End::ClientGone;
+        if end == End::Complete {
+            if out == Out::Chunked && !head_only {
+                ex.conn.out.extend_from_slice(b"0\r\n\r\n");
+            }
+            if !ex.conn.out.is_empty() && ex.conn.send(&[]).await.is_err() {
+                end = End::ClientGone;
+            }
+        }
+        if end != End::Complete {
+            ex.keepalive = false;
+            ex.conn.out.clear();
         }
 
         let m = &member.metrics;
@@ -140,31 +204,37 @@ impl ProxyApp {
             usage,
         );
 
-        if end == End::Complete {
-            self.connector
-                .release_http_session(up, peer, Some(self.settings.pool_idle_timeout))
-                .await;
-            Attempt::Done(true)
+        if end == End::Complete && up.reusable() {
+            let s = &self.settings;
+            pool::put(peer, up, s.pool_size, s.pool_idle_timeout);
         } else {
-            // Dropping the upstream connection closes it: the server aborts the request.
+            // Closing the upstream connection makes the server abort the request.
             up.shutdown().await;
-            Attempt::Done(false)
+        }
+        Attempt::Done
+    }
+}
+
+/// `n` in lowercase hexadecimal.
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
         }
     }
 }
 
-/// The server's response header minus hop-by-hop fields, with framing the client can use.
-fn downstream_header(upstream: &ResponseHeader, http2: bool) -> Box<ResponseHeader> {
-    let mut h = Box::new(upstream.clone());
-    for name in HOP_BY_HOP {
-        h.remove_header(name);
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_lengths() {
+        let mut b = [0u8; 16];
+        assert_eq!(super::hex_len(0, &mut b), b"0");
+        assert_eq!(super::hex_len(255, &mut b), b"ff");
+        assert_eq!(super::hex_len(4096, &mut b), b"1000");
     }
-    if http2 {
-        h.remove_header(&http::header::TRANSFER_ENCODING);
-    } else if !h.headers.contains_key(http::header::CONTENT_LENGTH)
-        && !h.headers.contains_key(http::header::TRANSFER_ENCODING)
-    {
-        let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-    }
-    h
 }

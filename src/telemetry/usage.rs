@@ -1,10 +1,8 @@
 //! Token usage (`{"usage":{"prompt_tokens":..,"completion_tokens":..}}`) read from a non-streaming
-//! response body as it passes, without buffering the body: only the last few KiB are kept (as
-//! shared `Bytes`, no copy) because servers write `usage` after the choices.
+//! response body as it passes, without buffering the body: only the last 8 to 16 KiB are kept,
+//! because servers write `usage` after the choices.
 
-use bytes::Bytes;
 use serde::Deserialize;
-use std::collections::VecDeque;
 
 /// Prompt and completion token counts reported by a server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -21,36 +19,27 @@ const NEEDLE: &[u8] = b"\"usage\"";
 /// Keeps the tail of a body and finds the top-level `usage` object in it at the end.
 #[derive(Default)]
 pub struct UsageTail {
-    chunks: VecDeque<Bytes>,
-    len: usize,
+    tail: Vec<u8>,
 }
 
 impl UsageTail {
-    pub fn feed(&mut self, chunk: &Bytes) {
-        if chunk.is_empty() {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if chunk.len() >= TAIL_BYTES {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
             return;
         }
-        self.chunks.push_back(chunk.clone());
-        self.len += chunk.len();
-        while self.chunks.len() > 1 && self.len - self.chunks[0].len() >= TAIL_BYTES {
-            let dropped = self.chunks.pop_front().map_or(0, |c| c.len());
-            self.len -= dropped;
+        if self.tail.len() + chunk.len() > 2 * TAIL_BYTES {
+            let keep = TAIL_BYTES - chunk.len();
+            self.tail.drain(..self.tail.len() - keep);
         }
+        self.tail.extend_from_slice(chunk);
     }
 
     /// The usage in the body's tail, if the server reported one.
     pub fn finish(&self) -> Option<Usage> {
-        match self.chunks.len() {
-            0 => None,
-            1 => find_usage(&self.chunks[0]),
-            _ => {
-                let mut joined = Vec::with_capacity(self.len);
-                for c in &self.chunks {
-                    joined.extend_from_slice(c);
-                }
-                find_usage(&joined)
-            }
-        }
+        find_usage(&self.tail)
     }
 }
 
@@ -75,7 +64,7 @@ mod tests {
     fn reads_usage_from_one_chunk() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":7,"total_tokens":23,"completion_tokens":16}}"#;
         let mut t = UsageTail::default();
-        t.feed(&Bytes::from_static(body));
+        t.feed(body);
         assert_eq!(
             t.finish(),
             Some(Usage {
@@ -93,9 +82,9 @@ mod tests {
         );
         let mut t = UsageTail::default();
         for c in body.as_bytes().chunks(7) {
-            t.feed(&Bytes::copy_from_slice(c));
+            t.feed(c);
         }
-        assert!(t.len < TAIL_BYTES + 8);
+        assert!(t.tail.len() <= 2 * TAIL_BYTES);
         assert_eq!(
             t.finish().map(|u| (u.prompt_tokens, u.completion_tokens)),
             Some((3, 5))

@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod errors;
 mod health;
+mod http1;
 mod identity;
 mod limits;
 mod routing;

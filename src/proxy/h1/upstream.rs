@@ -1,0 +1,370 @@
+//! The server side of an exchange: one request written at once, the response head parsed with
+//! `httparse`, the body handed out in place from the read buffer (decoded when chunked).
+
+use super::chunked::{ChunkError, Chunked, Step};
+use bytes::{Buf, BytesMut};
+use pingora::protocols::Stream;
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Most header fields in a response.
+const MAX_HEADERS: usize = 128;
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Read size for the response.
+const READ_SIZE: usize = 16 * 1024;
+/// A pooled connection keeps its read buffer up to this capacity.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// Headers a proxy does not forward (hop-by-hop), plus the framing it sets itself.
+const NOT_FORWARDED: [&[u8]; 8] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"transfer-encoding",
+    b"content-length",
+];
+
+/// How an exchange with a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("malformed chunked body: {0}")]
+    Chunked(#[from] ChunkError),
+}
+
+impl UpstreamError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Timeout)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the server closes.
+    Close,
+    Done,
+}
+
+/// A parsed response head (offsets into its own copy of the bytes).
+#[derive(Default)]
+pub struct ResponseHead {
+    raw: Vec<u8>,
+    pub status: u16,
+    reason: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    pub content_length: Option<u64>,
+    /// `Content-Type: text/event-stream`.
+    pub event_stream: bool,
+    chunked: bool,
+    other_coding: bool,
+    close: bool,
+}
+
+impl ResponseHead {
+    /// The reason phrase, if the server sent one.
+    pub fn reason(&self) -> Option<&[u8]> {
+        Some(&self.raw[self.reason.clone()]).filter(|r| !r.is_empty())
+    }
+
+    /// The header fields a client gets: all but hop-by-hop ones and the framing.
+    pub fn write_fields(&self, out: &mut Vec<u8>) {
+        for (n, v) in &self.headers {
+            let name = &self.raw[n.clone()];
+            if NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&self.raw[v.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.raw[v.clone()])
+    }
+
+    /// Parse `buf`; `Some(len)` when complete.
+    fn parse(&mut self, buf: &[u8]) -> Result<Option<usize>, UpstreamError> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(UpstreamError::Malformed(e.to_string())),
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        self.raw.clear();
+        self.raw.extend_from_slice(&buf[..len]);
+        self.headers.clear();
+        self.status = resp.code.unwrap_or_default();
+        self.reason = at(resp.reason.unwrap_or_default().as_bytes());
+        self.content_length = None;
+        self.event_stream = false;
+        self.chunked = false;
+        self.other_coding = false;
+        self.close = resp.version != Some(1);
+        for h in resp.headers.iter() {
+            let (name, value) = (h.name.as_bytes(), h.value);
+            self.headers.push((at(name), at(value)));
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| UpstreamError::Malformed("invalid Content-Length".into()))?;
+                if self.content_length.is_some_and(|l| l != n) {
+                    return Err(UpstreamError::Malformed(
+                        "conflicting Content-Length".into(),
+                    ));
+                }
+                self.content_length = Some(n);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    self.chunked = true;
+                } else {
+                    self.other_coding = true;
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                // (An HTTP/1.0 server's connection is never reused.)
+                if value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                {
+                    self.close = true;
+                }
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                self.event_stream = value.starts_with(b"text/event-stream");
+            }
+        }
+        Ok(Some(len))
+    }
+
+    fn framing(&self) -> Framing {
+        if matches!(self.status, 204 | 304) || self.status < 200 {
+            Framing::Length(0)
+        } else if self.other_coding {
+            Framing::Close
+        } else if self.chunked {
+            Framing::Chunked(Chunked::default())
+        } else if let Some(n) = self.content_length {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        }
+    }
+
+    /// Whether the body is framed by the server closing the connection.
+    pub fn close_delimited(&self) -> bool {
+        matches!(self.framing(), Framing::Close)
+    }
+}
+
+/// A connection to a server, with its read buffer and the state of the current response.
+pub struct UpstreamConn {
+    io: Stream,
+    buf: BytesMut,
+    framing: Framing,
+    /// Body bytes at the front of `buf` handed out by the last `step`/`fill`.
+    pending: usize,
+    keepalive: bool,
+    /// Taken from the pool (it may have been closed by the server while idle).
+    pub reused: bool,
+    pub head: ResponseHead,
+}
+
+impl UpstreamConn {
+    pub fn new(io: Stream) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            framing: Framing::Done,
+            pending: 0,
+            keepalive: false,
+            reused: false,
+            head: ResponseHead::default(),
+        }
+    }
+
+    /// Write a request (`first`, then `second` if not empty) and flush.
+    pub async fn send(
+        &mut self,
+        first: &[u8],
+        second: &[u8],
+        wait: Duration,
+    ) -> Result<(), UpstreamError> {
+        self.buf.clear();
+        self.pending = 0;
+        let write = async {
+            self.io.write_all(first).await?;
+            if !second.is_empty() {
+                self.io.write_all(second).await?;
+            }
+            self.io.flush().await
+        };
+        match tokio::time::timeout(wait, write).await {
+            Ok(r) => r.map_err(UpstreamError::Io),
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    async fn read_more(&mut self, wait: Duration) -> Result<usize, UpstreamError> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_SIZE);
+        }
+        match tokio::time::timeout(wait, self.io.read_buf(&mut self.buf)).await {
+            Ok(r) => r.map_err(UpstreamError::Io),
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    /// Read the response head (skipping 1xx informational ones) into `self.head`.
+    pub async fn read_head(&mut self, wait: Duration) -> Result<(), UpstreamError> {
+        loop {
+            match self.head.parse(&self.buf)? {
+                Some(n) => {
+                    self.buf.advance(n);
+                    match self.head.status {
+                        101 => {
+                            return Err(UpstreamError::Malformed(
+                                "unexpected 101 Switching Protocols".into(),
+                            ))
+                        }
+                        100..=199 => continue,
+                        _ => {}
+                    }
+                    self.framing = self.head.framing();
+                    self.keepalive = !self.head.close;
+                    return Ok(());
+                }
+                None if self.buf.len() >= MAX_HEAD_BYTES => {
+                    return Err(UpstreamError::Malformed("response head too large".into()))
+                }
+                None => {}
+            }
+            if self.read_more(wait).await? == 0 {
+                return Err(UpstreamError::Closed);
+            }
+        }
+    }
+
+    /// Body bytes available without reading: `Some(n)` (`n` = 0 at the end of the body) or
+    /// `None` when more input is needed.
+    pub fn step(&mut self) -> Result<Option<usize>, UpstreamError> {
+        self.consume();
+        let n = match &mut self.framing {
+            Framing::Done => return Ok(Some(0)),
+            Framing::Length(0) => {
+                self.framing = Framing::Done;
+                return Ok(Some(0));
+            }
+            Framing::Length(left) => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                (self.buf.len() as u64).min(*left) as usize
+            }
+            Framing::Chunked(d) => match d.step(&mut self.buf)? {
+                Step::Data(n) => n,
+                Step::NeedMore => return Ok(None),
+                Step::Done => {
+                    self.framing = Framing::Done;
+                    return Ok(Some(0));
+                }
+            },
+            Framing::Close => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                self.buf.len()
+            }
+        };
+        self.pending = n;
+        Ok(Some(n))
+    }
+
+    /// The next body bytes (reading as needed): their length, 0 at the end of the body. They
+    /// are [`Self::data`] until the next call.
+    pub async fn fill(&mut self, wait: Duration) -> Result<usize, UpstreamError> {
+        loop {
+            if let Some(n) = self.step()? {
+                return Ok(n);
+            }
+            if self.read_more(wait).await? == 0 {
+                if matches!(self.framing, Framing::Close) {
+                    self.framing = Framing::Done;
+                    self.keepalive = false;
+                    return Ok(0);
+                }
+                return Err(UpstreamError::Closed);
+            }
+        }
+    }
+
+    /// The body bytes handed out by the last `step`/`fill`.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.pending]
+    }
+
+    fn consume(&mut self) {
+        if self.pending > 0 {
+            self.buf.advance(self.pending);
+            if let Framing::Length(left) = &mut self.framing {
+                *left -= self.pending as u64;
+            }
+            self.pending = 0;
+        }
+    }
+
+    /// Whether the response is complete and the connection can carry another request.
+    pub fn reusable(&mut self) -> bool {
+        self.consume();
+        matches!(self.framing, Framing::Done) && self.keepalive && self.buf.is_empty()
+    }
+
+    /// Prepare for the pool: drop an oversized buffer.
+    pub fn park(&mut self) {
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Whether the idle connection has been closed or has sent something unexpected (checked
+    /// without a system call unless the socket reported readiness).
+    pub fn idle_broken(&mut self) -> bool {
+        use std::task::{Context, Poll, Waker};
+        let mut probe = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        let poll =
+            tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.io), &mut cx, &mut probe);
+        !matches!(poll, Poll::Pending)
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+}
