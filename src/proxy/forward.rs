@@ -218,10 +218,15 @@ impl ProxyApp {
             body
         };
         // A pooled connection the server closed while idle fails on first use; that one failure is
-        // retried once on a fresh connection, as nothing reached the server.
+        // retried once on a new connection, as the server never saw the request.
         let mut may_retry_stale = true;
         let upstream = loop {
-            let mut up = match pool::take(&peer) {
+            let pooled = if may_retry_stale {
+                pool::take(&peer)
+            } else {
+                None
+            };
+            let mut up = match pooled {
                 Some(up) => up,
                 None => match self.connector.new_stream(&*peer).await {
                     Ok(io) => UpstreamConn::new(io),
@@ -256,7 +261,7 @@ impl ProxyApp {
                     ex.keepalive = false;
                     return Attempt::Done;
                 }
-                HeaderWait::Failed(e) if up.reused && may_retry_stale && !e.is_timeout() => {
+                HeaderWait::Failed(e) if may_retry_stale && up.failed_unseen(&e) => {
                     tracing::debug!(server = %backend.id, error = %e, "pooled connection was stale; retrying on a new one");
                     may_retry_stale = false;
                 }

@@ -3,6 +3,7 @@
 //! upstream request.
 
 use super::app::ProxyApp;
+use super::errors::ProxyError;
 use super::exchange::Exchange;
 use super::forward::{Attempt, RequestCtx};
 use super::h1::{pool, UpstreamConn};
@@ -60,7 +61,7 @@ impl ProxyApp {
         // The head, with the framing the client gets.
         let out = if matches!(status, 204 | 304) {
             Out::None
-        } else if let (Some(n), false) = (up.head.content_length, up.head.close_delimited()) {
+        } else if let Some(n) = up.head.body_length() {
             ex.start_head(status, up.head.reason());
             up.head.write_fields(&mut ex.conn.out);
             ex.field("content-length", itoa::Buffer::new().format(n).as_bytes());
@@ -85,15 +86,20 @@ impl ProxyApp {
         let mut tail = UsageTail::default();
         let read_timeout = self.settings.read_timeout;
         let mut end = End::Complete;
+        // Something reached the client (after that, a failure can only cut the response).
+        let mut sent_any = false;
         loop {
             // Body bytes already buffered go out with what precedes them; otherwise send what
             // is pending (the head, at first) and wait for more.
             let n = match up.step() {
                 Ok(Some(n)) => Ok(n),
                 Ok(None) => {
-                    if !ex.conn.out.is_empty() && ex.conn.send(&[]).await.is_err() {
-                        end = End::ClientGone;
-                        break;
+                    if !ex.conn.out.is_empty() {
+                        if ex.conn.send(&[]).await.is_err() {
+                            end = End::ClientGone;
+                            break;
+                        }
+                        sent_any = true;
                     }
                     tokio::select! {
                         biased;
@@ -153,6 +159,7 @@ impl ProxyApp {
                 end = End::ClientGone;
                 break;
             }
+            sent_any = true;
         }
         if end == End::Complete {
             if out == Out::Chunked && !head_only {
@@ -165,6 +172,14 @@ impl ProxyApp {
         if end != End::Complete {
             ex.keepalive = false;
             ex.conn.out.clear();
+        }
+        if end == End::UpstreamFailed && !sent_any {
+            // Nothing reached the client yet: it gets a 502 instead of a cut connection.
+            let err = ProxyError::Unreachable(member.model.to_string());
+            ctx.record(&self.gw, &member.model, Some(&backend.id), 502, None, None);
+            self.fail(ex, err, &member.model, &backend.id).await;
+            up.shutdown().await;
+            return Attempt::Done;
         }
 
         let m = &member.metrics;

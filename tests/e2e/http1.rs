@@ -154,15 +154,17 @@ async fn expect_100_continue_is_answered_before_the_body() {
 async fn malformed_and_oversized_heads_are_refused_and_closed() {
     let a = mock("a", &["m"]).await;
     let gw = Gateway::start(&server(&a.url(), &["m"])).await;
-    let cases: [(Vec<u8>, &str); 4] = [
+    let cases: [(Vec<u8>, &str); 5] = [
         (b"NOT A REQUEST\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        (b"GET /health HTTP/1.1\r\n\r\n".to_vec(), "HTTP/1.1 400"),
         (
-            b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"
                 .to_vec(),
             "HTTP/1.1 400",
         ),
         (
-            b"POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: gzip\r\n\r\n"
+                .to_vec(),
             "HTTP/1.1 400",
         ),
         (
@@ -187,7 +189,7 @@ async fn malformed_and_oversized_heads_are_refused_and_closed() {
     }
     // A broken chunked body is a 400 too.
     let mut s = TcpStream::connect(gw.proxy).await.unwrap();
-    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
         .await
         .unwrap();
     let all = read_to_close(&mut s).await;
@@ -214,4 +216,77 @@ async fn server_connections_are_pooled_and_reused() {
         "{opened} connections for 30 sequential requests"
     );
     assert_eq!(a.state.requests.load(Relaxed), 30);
+}
+
+/// A raw upstream answering every request (probes included) with `response`; counts the
+/// connections it accepted.
+async fn raw_upstream(
+    response: &'static [u8],
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    // One response per complete request (heads, plus a body by Content-Length).
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + len);
+                        if s.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn odd_but_valid_server_responses_are_relayed_correctly() {
+    // No reason phrase.
+    let (plain, _) = raw_upstream(
+        b"HTTP/1.1 200\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await;
+    // Both Transfer-Encoding and Content-Length: the body is read as chunked, the client gets
+    // a correctly framed response, and the connection is not reused.
+    let (both, accepted) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        server(&plain, &["plain"]),
+        server(&both, &["both"])
+    ))
+    .await;
+    let c = reqwest::Client::new();
+    for model in ["plain", "plain", "both", "both", "both"] {
+        let r = gw.chat(&c, &chat_body(model)).await;
+        assert_eq!(r.status(), 200, "{model}");
+        assert_eq!(r.text().await.unwrap(), "{}", "{model}");
+    }
+    // Each of the three requests to `both` needed its own connection (probes may add more).
+    assert!(accepted.load(Relaxed) >= 3, "{}", accepted.load(Relaxed));
 }

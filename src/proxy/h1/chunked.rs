@@ -16,6 +16,10 @@ pub enum ChunkError {
     LineTooLong,
     #[error("a chunk is not followed by CRLF")]
     MissingCrlf,
+    #[error("a line ends in a bare LF")]
+    BareLf,
+    #[error("a chunk extension is malformed")]
+    BadExtension,
 }
 
 /// What the front of the buffer holds.
@@ -65,7 +69,7 @@ impl Chunked {
                             Ok(Step::NeedMore)
                         };
                     };
-                    let size = parse_size(&buf[..nl])?;
+                    let size = parse_size(crlf_line(&buf[..nl])?)?;
                     buf.advance(nl + 1);
                     self.0 = if size == 0 {
                         State::Trailers(0)
@@ -87,10 +91,6 @@ impl Chunked {
                 }
                 State::DataEnd => match buf.first() {
                     None => return Ok(Step::NeedMore),
-                    Some(b'\n') => {
-                        buf.advance(1);
-                        self.0 = State::Size;
-                    }
                     Some(b'\r') => match buf.get(1) {
                         None => return Ok(Step::NeedMore),
                         Some(b'\n') => {
@@ -109,7 +109,7 @@ impl Chunked {
                             Ok(Step::NeedMore)
                         };
                     };
-                    let blank = nl == 0 || (nl == 1 && buf[0] == b'\r');
+                    let blank = crlf_line(&buf[..nl])?.is_empty();
                     buf.advance(nl + 1);
                     if blank {
                         self.0 = State::Done;
@@ -125,13 +125,29 @@ impl Chunked {
     }
 }
 
-/// The hexadecimal size at the start of a chunk-size line (extensions after `;` ignored).
+/// A line without its CRLF; a bare LF is refused (lenient line endings are what request
+/// smuggling between two parsers feeds on).
+fn crlf_line(line: &[u8]) -> Result<&[u8], ChunkError> {
+    line.strip_suffix(b"\r").ok_or(ChunkError::BareLf)
+}
+
+/// The hexadecimal size at the start of a chunk-size line. Extensions (`;name=value`, after
+/// optional whitespace) are ignored but must be printable.
 fn parse_size(line: &[u8]) -> Result<u64, ChunkError> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line
+    let end = line
         .iter()
         .position(|&b| b == b';' || b == b' ' || b == b'\t')
-        .map_or(line, |end| &line[..end]);
+        .unwrap_or(line.len());
+    let (digits, ext) = line.split_at(end);
+    let ext_ok = {
+        let rest = ext.trim_ascii_start();
+        (rest.is_empty() && ext.iter().all(|&b| b == b' ' || b == b'\t'))
+            || (rest.first() == Some(&b';')
+                && rest.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)))
+    };
+    if !ext_ok {
+        return Err(ChunkError::BadExtension);
+    }
     if digits.is_empty() || digits.len() > 15 {
         return Err(ChunkError::BadSize);
     }
@@ -169,7 +185,7 @@ mod tests {
 
     #[test]
     fn decodes_whatever_the_pieces() {
-        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
+        let wire = b"5\r\nhello\r\n1 ;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
         for piece in 1..wire.len() {
             assert_eq!(
                 decode_in_pieces(wire, piece).unwrap(),
@@ -193,6 +209,15 @@ mod tests {
             decode_in_pieces(b"fffffffffffffffff\r\n", 64).unwrap_err(),
             ChunkError::BadSize
         );
+        for (wire, err) in [
+            (&b"5\nhello\r\n0\r\n\r\n"[..], ChunkError::BareLf),
+            (b"5\r\nhello\n0\r\n\r\n", ChunkError::MissingCrlf),
+            (b"5 xyz\r\nhello\r\n", ChunkError::BadExtension),
+            (b"5;a\x01\r\nhello\r\n", ChunkError::BadExtension),
+            (b"0\r\n\n", ChunkError::BareLf),
+        ] {
+            assert_eq!(decode_in_pieces(wire, 64).unwrap_err(), err, "{wire:?}");
+        }
         let long = vec![b'1'; MAX_LINE + 2];
         let mut d = Chunked::default();
         let mut buf = BytesMut::from(&long[..]);

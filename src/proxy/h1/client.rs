@@ -12,6 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest request head accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A body buffer grows by at most its size, starting from this.
+const BODY_STEP: usize = 64 * 1024;
+/// Closing after a response, unread input is drained for at most this long and this many
+/// bytes, so the client reads the response before the close (an unread input would make the
+/// kernel reset the connection and discard it).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Why a request body could not be read.
 #[derive(Debug)]
@@ -84,19 +91,28 @@ impl ClientConn {
                 return NextRequest::Closed;
             }
         }
+        // The whole head must arrive within the timeout, however it is split.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut scanned = 0;
         loop {
-            match head.parse(&self.rbuf) {
-                Ok(Parsed::Complete(n)) => {
-                    bytes::Buf::advance(&mut self.rbuf, n);
-                    return NextRequest::Ready;
+            // Parse only once the blank line is in (a head sent in pieces is not re-parsed
+            // for every piece).
+            if ends_head(&self.rbuf, scanned) {
+                match head.parse(&self.rbuf) {
+                    Ok(Parsed::Complete(n)) => {
+                        bytes::Buf::advance(&mut self.rbuf, n);
+                        return NextRequest::Ready;
+                    }
+                    Ok(Parsed::Partial) => {}
+                    Err(e) => return NextRequest::Bad(e),
                 }
-                Ok(Parsed::Partial) if self.rbuf.len() >= MAX_HEAD_BYTES => {
-                    return NextRequest::Bad(HeadError::TooLarge(MAX_HEAD_BYTES))
-                }
-                Ok(Parsed::Partial) => {}
-                Err(e) => return NextRequest::Bad(e),
             }
-            if !matches!(self.fill(self.timeout).await, Ok(n) if n > 0) {
+            if self.rbuf.len() >= MAX_HEAD_BYTES {
+                return NextRequest::Bad(HeadError::TooLarge(MAX_HEAD_BYTES));
+            }
+            scanned = self.rbuf.len();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !matches!(self.fill(left).await, Ok(n) if n > 0) {
                 return NextRequest::Closed;
             }
         }
@@ -124,10 +140,14 @@ impl ClientConn {
                 if self.rbuf.len() >= n {
                     return Ok(self.rbuf.split_to(n).freeze());
                 }
-                let mut body = BytesMut::with_capacity(n);
+                // Grown as bytes arrive, not reserved up front from the declared length.
+                let mut body = BytesMut::with_capacity(n.min(BODY_STEP));
                 body.extend_from_slice(&self.rbuf);
                 self.rbuf.clear();
                 while body.len() < n {
+                    if body.capacity() == body.len() {
+                        body.reserve((n - body.len()).min(body.len().max(BODY_STEP)));
+                    }
                     let read = tokio::time::timeout(self.timeout, self.io.read_buf(&mut body));
                     match read.await {
                         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(BodyError::Io),
@@ -216,7 +236,46 @@ impl ClientConn {
         }
     }
 
+    /// Close after the last response: send FIN, then drain what the client still sends until
+    /// it closes too (bounded by [`LINGER`] and [`LINGER_BYTES`]).
     pub async fn shutdown(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        let linger = async {
+            self.io.shutdown().await?;
+            let mut drained = 0;
+            let mut sink = [0u8; 4096];
+            while drained < LINGER_BYTES {
+                match self.io.read(&mut sink).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            Ok::<_, io::Error>(())
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
+    }
+}
+
+/// Whether `buf` holds the blank line that ends a head, looking from `from` (minus the three
+/// bytes a CRLFCRLF split across reads could start in).
+fn ends_head(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3)..];
+    memchr::memchr_iter(b'\n', tail).any(|i| match tail.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => tail.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_end_of_a_head_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert!(super::ends_head(head, 0));
+        assert!(!super::ends_head(&head[..head.len() - 1], 0));
+        for from in 0..head.len() {
+            assert!(super::ends_head(head, from), "from {from}");
+        }
+        assert!(super::ends_head(b"GET / HTTP/1.0\n\n", 14));
     }
 }

@@ -23,7 +23,7 @@ pub enum HeadError {
     TooLarge(usize),
     #[error("invalid Content-Length")]
     BadLength,
-    #[error("unsupported Transfer-Encoding (only chunked is accepted)")]
+    #[error("unsupported Transfer-Encoding (only a single chunked coding, on HTTP/1.1)")]
     BadTransferEncoding,
 }
 
@@ -70,9 +70,10 @@ impl RequestHead {
             Err(e) => return Err(HeadError::Malformed(e.to_string())),
         };
         let base = buf.as_ptr() as usize;
+        // httparse hands out slices of `buf` for the target and header fields.
         let at = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
+            let start = (s.as_ptr() as usize).saturating_sub(base).min(buf.len());
+            start..(start + s.len()).min(buf.len())
         };
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
@@ -89,8 +90,9 @@ impl RequestHead {
         self.path_end = self.target.start + target.find('?').unwrap_or(target.len());
         self.http11 = req.version == Some(1);
         let mut length: Option<u64> = None;
+        let mut codings = 0;
         let mut chunked = false;
-        let mut other_coding = false;
+        let mut hosts = 0;
         let mut close = !self.http11;
         let mut expects_continue = false;
         for h in req.headers.iter() {
@@ -103,12 +105,12 @@ impl RequestHead {
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    chunked = true;
-                } else {
-                    other_coding = true;
-                }
+                // Exactly one coding, chunked: a gateway that decoded only the last of several
+                // would forward a still-encoded body.
+                codings += 1;
+                chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            } else if name.eq_ignore_ascii_case(b"host") {
+                hosts += 1;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 for token in value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
@@ -122,8 +124,13 @@ impl RequestHead {
                 expects_continue = value.eq_ignore_ascii_case(b"100-continue");
             }
         }
-        if other_coding {
+        if codings > 1 || (codings == 1 && (!chunked || !self.http11)) {
             return Err(HeadError::BadTransferEncoding);
+        }
+        if self.http11 && hosts != 1 {
+            return Err(HeadError::Malformed(
+                "an HTTP/1.1 request needs exactly one Host header".into(),
+            ));
         }
         // Transfer-Encoding overrides Content-Length (RFC 9112 6.3); such a request is the
         // last on its connection.
@@ -192,7 +199,8 @@ impl RequestHead {
     }
 }
 
-fn parse_length(v: &[u8]) -> Option<u64> {
+/// A Content-Length value: digits only.
+pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -237,23 +245,35 @@ mod tests {
 
     #[test]
     fn transfer_encoding_wins_and_bad_framing_is_refused() {
-        let h = parse("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap();
+        let h = parse(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(h.framing, Some(BodyFraming::Chunked));
         assert!(h.close);
         for bad in [
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1e3\r\n\r\n",
         ] {
             assert_eq!(parse_err(bad), HeadError::BadLength, "{bad}");
         }
-        assert_eq!(
-            parse_err("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            HeadError::BadTransferEncoding
-        );
+        for bad in [
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(parse_err(bad), HeadError::BadTransferEncoding, "{bad}");
+        }
+        for bad in [
+            "GET /health HTTP/1.1\r\n\r\n",
+            "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ] {
+            assert!(matches!(parse_err(bad), HeadError::Malformed(_)), "{bad}");
+        }
         assert!(matches!(
-            parse_err("GET /\x01 HTTP/1.1\r\n\r\n"),
+            parse_err("GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n"),
             HeadError::Malformed(_)
         ));
     }

@@ -15,6 +15,8 @@ const MAX_HEADERS: usize = 128;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read size for the response.
 const READ_SIZE: usize = 16 * 1024;
+/// Most 1xx responses skipped before the final one.
+const MAX_INFORMATIONAL: usize = 8;
 /// A pooled connection keeps its read buffer up to this capacity.
 const KEEP_BUFFER: usize = 64 * 1024;
 
@@ -112,15 +114,14 @@ impl ResponseHead {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(UpstreamError::Malformed(e.to_string())),
         };
-        let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
-        };
+        let at = |s: &[u8]| offsets(buf, s);
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         self.headers.clear();
         self.status = resp.code.unwrap_or_default();
+        if !(100..=599).contains(&self.status) {
+            return Err(UpstreamError::Malformed(format!("status {}", self.status)));
+        }
         self.reason = at(resp.reason.unwrap_or_default().as_bytes());
         self.content_length = None;
         self.event_stream = false;
@@ -131,9 +132,7 @@ impl ResponseHead {
             let (name, value) = (h.name.as_bytes(), h.value);
             self.headers.push((at(name), at(value)));
             if name.eq_ignore_ascii_case(b"content-length") {
-                let n = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                let n = super::request::parse_length(value)
                     .ok_or_else(|| UpstreamError::Malformed("invalid Content-Length".into()))?;
                 if self.content_length.is_some_and(|l| l != n) {
                     return Err(UpstreamError::Malformed(
@@ -163,6 +162,7 @@ impl ResponseHead {
         Ok(Some(len))
     }
 
+    /// How the body is delimited; Transfer-Encoding overrides Content-Length (RFC 9112 6.3).
     fn framing(&self) -> Framing {
         if matches!(self.status, 204 | 304) || self.status < 200 {
             Framing::Length(0)
@@ -177,9 +177,12 @@ impl ResponseHead {
         }
     }
 
-    /// Whether the body is framed by the server closing the connection.
-    pub fn close_delimited(&self) -> bool {
-        matches!(self.framing(), Framing::Close)
+    /// The body length when the body is delimited by it (not chunked, not until close).
+    pub fn body_length(&self) -> Option<u64> {
+        match self.framing() {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
     }
 }
 
@@ -193,6 +196,8 @@ pub struct UpstreamConn {
     keepalive: bool,
     /// Taken from the pool (it may have been closed by the server while idle).
     pub reused: bool,
+    /// Bytes of the current response have been received.
+    pub received: bool,
     pub head: ResponseHead,
 }
 
@@ -205,6 +210,7 @@ impl UpstreamConn {
             pending: 0,
             keepalive: false,
             reused: false,
+            received: false,
             head: ResponseHead::default(),
         }
     }
@@ -218,6 +224,7 @@ impl UpstreamConn {
     ) -> Result<(), UpstreamError> {
         self.buf.clear();
         self.pending = 0;
+        self.received = false;
         let write = async {
             self.io.write_all(first).await?;
             if !second.is_empty() {
@@ -235,14 +242,24 @@ impl UpstreamConn {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_SIZE);
         }
-        match tokio::time::timeout(wait, self.io.read_buf(&mut self.buf)).await {
-            Ok(r) => r.map_err(UpstreamError::Io),
-            Err(_) => Err(UpstreamError::Timeout),
-        }
+        let n = match tokio::time::timeout(wait, self.io.read_buf(&mut self.buf)).await {
+            Ok(r) => r.map_err(UpstreamError::Io)?,
+            Err(_) => return Err(UpstreamError::Timeout),
+        };
+        self.received |= n > 0;
+        Ok(n)
+    }
+
+    /// Whether a failure shows the server never saw the request: a pooled connection that was
+    /// closed while idle fails on first use with a reset or an end of stream before any byte of
+    /// a response. Only then is the request sent again (on a new connection).
+    pub fn failed_unseen(&self, e: &UpstreamError) -> bool {
+        self.reused && !self.received && matches!(e, UpstreamError::Io(_) | UpstreamError::Closed)
     }
 
     /// Read the response head (skipping 1xx informational ones) into `self.head`.
     pub async fn read_head(&mut self, wait: Duration) -> Result<(), UpstreamError> {
+        let mut informational = 0;
         loop {
             match self.head.parse(&self.buf)? {
                 Some(n) => {
@@ -253,11 +270,23 @@ impl UpstreamConn {
                                 "unexpected 101 Switching Protocols".into(),
                             ))
                         }
-                        100..=199 => continue,
+                        100..=199 if informational < MAX_INFORMATIONAL => {
+                            informational += 1;
+                            continue;
+                        }
+                        100..=199 => {
+                            return Err(UpstreamError::Malformed(
+                                "too many informational responses".into(),
+                            ))
+                        }
                         _ => {}
                     }
                     self.framing = self.head.framing();
-                    self.keepalive = !self.head.close;
+                    // A response with both Transfer-Encoding and Content-Length is read by the
+                    // former, and its connection is not reused (RFC 9112 6.3).
+                    let ambiguous = self.head.content_length.is_some()
+                        && (self.head.chunked || self.head.other_coding);
+                    self.keepalive = !self.head.close && !ambiguous;
                     return Ok(());
                 }
                 None if self.buf.len() >= MAX_HEAD_BYTES => {
@@ -366,5 +395,57 @@ impl UpstreamConn {
 
     pub async fn shutdown(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+}
+
+/// The offsets of `part` within `buf`; empty when `part` is not inside it (httparse returns a
+/// static empty string for a missing or non-ASCII reason phrase).
+fn offsets(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let (base, at) = (buf.as_ptr() as usize, part.as_ptr() as usize);
+    if at < base || at + part.len() > base + buf.len() {
+        return 0..0;
+    }
+    at - base..at - base + part.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<ResponseHead, UpstreamError> {
+        let mut h = ResponseHead::default();
+        h.parse(raw.as_bytes())?.expect("complete");
+        Ok(h)
+    }
+
+    #[test]
+    fn a_missing_or_odd_reason_phrase_is_fine() {
+        let h = head("HTTP/1.1 200\r\ncontent-length: 2\r\n\r\n").unwrap();
+        assert_eq!((h.status, h.reason()), (200, None));
+        let h = head("HTTP/1.1 404 Nicht gefunden \u{e4}\r\n\r\n").unwrap();
+        assert_eq!(h.status, 404);
+        let mut out = Vec::new();
+        h.write_fields(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap();
+        assert!(matches!(h.framing(), Framing::Chunked(_)));
+        assert_eq!(h.body_length(), None);
+        let h = head("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n").unwrap();
+        assert_eq!(h.body_length(), Some(0));
+        let h = head("HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert!(matches!(h.framing(), Framing::Close));
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 600 Odd\r\n\r\n").is_err());
+        let mut out = Vec::new();
+        head("HTTP/1.1 200 OK\r\nconnection: x\r\nkeep-alive: 5\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap()
+            .write_fields(&mut out);
+        assert_eq!(out, b"x-a: 1\r\n");
     }
 }
