@@ -206,11 +206,29 @@ impl ProxyApp {
         body: &Bytes,
         ctx: &RequestCtx<'_>,
     ) -> Attempt {
+        // The request is assembled in the connection's scratch buffer, kept between requests
+        // unless a large body grew it.
+        let mut request = std::mem::take(&mut ex.conn.scratch);
+        request.clear();
+        let result = self.attempt_with(ex, member, body, ctx, &mut request).await;
+        if request.capacity() <= SCRATCH_KEEP_BYTES {
+            ex.conn.scratch = request;
+        }
+        result
+    }
+
+    async fn attempt_with(
+        &self,
+        ex: &mut Exchange<'_>,
+        member: &Member,
+        body: &Bytes,
+        ctx: &RequestCtx<'_>,
+        request: &mut Vec<u8>,
+    ) -> Attempt {
         let backend = &member.backend;
         let peer = backend.peer.load_full();
         let coalesce = body.len() <= COALESCE_BODY_BYTES;
-        let mut request = Vec::with_capacity(512 + if coalesce { body.len() } else { 0 });
-        write_head(&mut request, ex.head, backend, body.len());
+        write_head(request, ex.head, backend, body.len());
         let rest: &[u8] = if coalesce {
             request.extend_from_slice(body);
             &[]
@@ -239,7 +257,7 @@ impl ProxyApp {
             let wait = {
                 let s = &self.settings;
                 let exchange = async {
-                    up.send(&request, rest, s.write_timeout).await?;
+                    up.send(request, rest, s.write_timeout).await?;
                     up.read_head(s.read_timeout).await
                 };
                 tokio::select! {
@@ -285,6 +303,9 @@ impl ProxyApp {
         self.relay(ex, upstream, member, &peer, ctx).await
     }
 }
+
+/// The request scratch buffer is kept between requests up to this capacity.
+const SCRATCH_KEEP_BYTES: usize = COALESCE_BODY_BYTES + 4096;
 
 /// Bodies up to this size are sent in the same write as the request head.
 const COALESCE_BODY_BYTES: usize = 64 * 1024;

@@ -29,7 +29,8 @@ pub struct MemoryStore {
     max_entries: usize,
     hasher: std::collections::hash_map::RandomState,
     /// Keyed by a keyed hash of (user, model); the entry keeps both to rule out collisions.
-    entries: DashMap<u64, Arc<Entry>>,
+    /// The key is already a keyed SipHash, so the map uses it as it is.
+    entries: DashMap<u64, Arc<Entry>, PassThrough>,
     counts: [[AtomicU64; 3]; 3],
     on_touch: Option<TouchSink>,
     /// Identity documents (only used when this is the store, not a cache under Valkey).
@@ -64,7 +65,7 @@ impl MemoryStore {
             ttl_ms,
             max_entries,
             hasher: Default::default(),
-            entries: DashMap::new(),
+            entries: DashMap::with_hasher(PassThrough::default()),
             counts: Default::default(),
             on_touch: None,
             docs: Default::default(),
@@ -443,3 +444,24 @@ mod tests {
         assert_eq!(seen.load(Relaxed), 2);
     }
 }
+
+/// A hasher for keys that are already uniformly distributed keyed hashes (`u64`).
+#[derive(Default, Clone, Copy)]
+struct PassThroughHasher(u64);
+
+impl std::hash::Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for these keys; anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type PassThrough = std::hash::BuildHasherDefault<PassThroughHasher>;

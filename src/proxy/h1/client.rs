@@ -46,6 +46,8 @@ pub struct ClientConn {
     read_size: usize,
     /// Output assembled here, then written at once.
     pub out: Vec<u8>,
+    /// Where requests to servers are assembled (kept between requests).
+    pub scratch: Vec<u8>,
     timeout: Duration,
 }
 
@@ -56,6 +58,7 @@ impl ClientConn {
             rbuf: BytesMut::new(),
             read_size: read_size.max(1024),
             out: Vec::with_capacity(1024),
+            scratch: Vec::new(),
             timeout,
         }
     }
@@ -65,7 +68,7 @@ impl ClientConn {
         if self.rbuf.capacity() - self.rbuf.len() < 512 {
             self.rbuf.reserve(self.read_size);
         }
-        match tokio::time::timeout(wait, self.io.read_buf(&mut self.rbuf)).await {
+        match super::timed::timed(wait, self.io.read_buf(&mut self.rbuf)).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
@@ -91,8 +94,9 @@ impl ClientConn {
                 return NextRequest::Closed;
             }
         }
-        // The whole head must arrive within the timeout, however it is split.
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // The whole head must arrive within the timeout, however it is split (the deadline is
+        // set when a second read is needed).
+        let mut deadline = None;
         let mut scanned = 0;
         loop {
             // Parse only once the blank line is in (a head sent in pieces is not re-parsed
@@ -111,6 +115,8 @@ impl ClientConn {
                 return NextRequest::Bad(HeadError::TooLarge(MAX_HEAD_BYTES));
             }
             scanned = self.rbuf.len();
+            let deadline =
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.timeout);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !matches!(self.fill(left).await, Ok(n) if n > 0) {
                 return NextRequest::Closed;
@@ -148,7 +154,7 @@ impl ClientConn {
                     if body.capacity() == body.len() {
                         body.reserve((n - body.len()).min(body.len().max(BODY_STEP)));
                     }
-                    let read = tokio::time::timeout(self.timeout, self.io.read_buf(&mut body));
+                    let read = super::timed::timed(self.timeout, self.io.read_buf(&mut body));
                     match read.await {
                         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(BodyError::Io),
                         Ok(Ok(_)) => {}
@@ -195,7 +201,7 @@ impl ClientConn {
             }
             self.io.flush().await
         };
-        let r = match tokio::time::timeout(self.timeout, write).await {
+        let r = match super::timed::timed(self.timeout, write).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         };

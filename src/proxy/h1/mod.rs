@@ -11,6 +11,7 @@ pub mod chunked;
 pub mod client;
 pub mod pool;
 pub mod request;
+pub mod timed;
 pub mod upstream;
 
 pub use client::{BodyError, ClientConn, NextRequest};

@@ -41,8 +41,10 @@ impl HeadError {
 pub struct RequestHead {
     raw: Vec<u8>,
     method: Option<Method>,
-    target: Range<usize>,
-    path_end: usize,
+    /// The request target as text (checked once), and where its path and query are in it.
+    target: String,
+    path: Range<usize>,
+    query: Option<Range<usize>>,
     pub http11: bool,
     headers: Vec<(Range<usize>, Range<usize>)>,
     pub framing: Option<BodyFraming>,
@@ -86,8 +88,18 @@ impl RequestHead {
                 .map_err(|_| HeadError::Malformed("bad method".into()))?,
         });
         let target = req.path.unwrap_or_default();
-        self.target = at(target.as_bytes());
-        self.path_end = self.target.start + target.find('?').unwrap_or(target.len());
+        self.target.clear();
+        self.target.push_str(target);
+        let path_end = target.find('?').unwrap_or(target.len());
+        // absolute-form (`http://host/path`): the path part.
+        let path_start = match target[..path_end].find("://") {
+            Some(i) => target[i + 3..path_end]
+                .find('/')
+                .map_or(path_end, |p| i + 3 + p),
+            None => 0,
+        };
+        self.path = path_start..path_end;
+        self.query = (path_end < target.len()).then(|| path_end + 1..target.len());
         self.http11 = req.version == Some(1);
         let mut length: Option<u64> = None;
         let mut codings = 0;
@@ -151,23 +163,17 @@ impl RequestHead {
         self.method.as_ref().unwrap_or(&Method::GET)
     }
 
-    /// The path, without the query.
+    /// The path, without the query (`/` for an absolute-form target without one).
     pub fn path(&self) -> &str {
-        let raw = &self.raw[self.target.start..self.path_end];
-        // httparse accepts only visible ASCII in the target.
-        let path = std::str::from_utf8(raw).unwrap_or_default();
-        // absolute-form (`http://host/path`): the path part.
-        match path.find("://") {
-            Some(i) => path[i + 3..].find('/').map_or("/", |p| &path[i + 3 + p..]),
-            None => path,
+        match &self.target[self.path.clone()] {
+            "" => "/",
+            p => p,
         }
     }
 
     /// The query (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
-        (self.path_end < self.target.end).then(|| {
-            std::str::from_utf8(&self.raw[self.path_end + 1..self.target.end]).unwrap_or_default()
-        })
+        self.query.clone().map(|q| &self.target[q])
     }
 
     /// The first value of a header (case-insensitive name).

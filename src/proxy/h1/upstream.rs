@@ -232,7 +232,7 @@ impl UpstreamConn {
             }
             self.io.flush().await
         };
-        match tokio::time::timeout(wait, write).await {
+        match super::timed::timed(wait, write).await {
             Ok(r) => r.map_err(UpstreamError::Io),
             Err(_) => Err(UpstreamError::Timeout),
         }
@@ -242,7 +242,7 @@ impl UpstreamConn {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_SIZE);
         }
-        let n = match tokio::time::timeout(wait, self.io.read_buf(&mut self.buf)).await {
+        let n = match super::timed::timed(wait, self.io.read_buf(&mut self.buf)).await {
             Ok(r) => r.map_err(UpstreamError::Io)?,
             Err(_) => return Err(UpstreamError::Timeout),
         };
