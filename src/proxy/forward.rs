@@ -341,6 +341,7 @@ fn write_head(
         if DROP_REQUEST_HEADERS
             .iter()
             .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+            || client.connection_lists(name)
         {
             continue;
         }

@@ -410,3 +410,15 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// Sleep into a minute with at least `need` seconds left of it.
+pub async fn fresh_minute(need: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let left = 60_000 - now % 60_000;
+    if left < need * 1000 {
+        tokio::time::sleep(Duration::from_millis(left + 100)).await;
+    }
+}

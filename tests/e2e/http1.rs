@@ -264,9 +264,9 @@ async fn raw_upstream(
 
 #[tokio::test]
 async fn odd_but_valid_server_responses_are_relayed_correctly() {
-    // No reason phrase.
+    // No reason phrase; a hop-by-hop field named by `Connection` (not forwarded).
     let (plain, _) = raw_upstream(
-        b"HTTP/1.1 200\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200\r\ncontent-type: application/json\r\nconnection: x-hop\r\nx-hop: 1\r\ncontent-length: 2\r\n\r\n{}",
     )
     .await;
     // Both Transfer-Encoding and Content-Length: the body is read as chunked, the client gets
@@ -285,6 +285,7 @@ async fn odd_but_valid_server_responses_are_relayed_correctly() {
     for model in ["plain", "plain", "both", "both", "both"] {
         let r = gw.chat(&c, &chat_body(model)).await;
         assert_eq!(r.status(), 200, "{model}");
+        assert!(r.headers().get("x-hop").is_none(), "{model}");
         assert_eq!(r.text().await.unwrap(), "{}", "{model}");
     }
     // Each of the three requests to `both` needed its own connection (probes may add more).

@@ -6,18 +6,6 @@ use reqwest::{Client, Method};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Sleep into a minute with at least `need` seconds left of it.
-async fn fresh_minute(need: u64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let left = 60_000 - now % 60_000;
-    if left < need * 1000 {
-        tokio::time::sleep(Duration::from_millis(left + 100)).await;
-    }
-}
-
 async fn key(gw: &Gateway, c: &Client, body: Value) -> String {
     let r = gw
         .admin(c, Method::POST, "/admin/keys")

@@ -14,6 +14,14 @@ pub mod request;
 pub mod timed;
 pub mod upstream;
 
+/// Whether `name` is one of the comma-separated tokens of a `Connection` value (a field the
+/// sender marked hop-by-hop, RFC 9110 7.6.1).
+pub fn listed_in(connection: &[u8], name: &[u8]) -> bool {
+    connection
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+}
+
 pub use client::{BodyError, ClientConn, NextRequest};
 pub use request::{HeadError, RequestHead};
 pub use upstream::{UpstreamConn, UpstreamError};

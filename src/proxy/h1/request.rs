@@ -47,6 +47,8 @@ pub struct RequestHead {
     query: Option<Range<usize>>,
     pub http11: bool,
     headers: Vec<(Range<usize>, Range<usize>)>,
+    /// Values of `Connection` fields.
+    connection: Vec<Range<usize>>,
     pub framing: Option<BodyFraming>,
     /// The client asked to close (or, on HTTP/1.0, did not ask to keep alive).
     pub close: bool,
@@ -80,6 +82,7 @@ impl RequestHead {
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         self.headers.clear();
+        self.connection.clear();
         let method = req.method.unwrap_or_default();
         self.method = Some(match method {
             "POST" => Method::POST,
@@ -124,6 +127,7 @@ impl RequestHead {
             } else if name.eq_ignore_ascii_case(b"host") {
                 hosts += 1;
             } else if name.eq_ignore_ascii_case(b"connection") {
+                self.connection.push(at(value));
                 for token in value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"close") {
@@ -191,6 +195,13 @@ impl RequestHead {
             .map(|(n, v)| (&self.raw[n.clone()], &self.raw[v.clone()]))
     }
 
+    /// Whether a `Connection` field of the request names `name` (then it is not forwarded).
+    pub fn connection_lists(&self, name: &[u8]) -> bool {
+        self.connection
+            .iter()
+            .any(|v| super::listed_in(&self.raw[v.clone()], name))
+    }
+
     pub fn is_head(&self) -> bool {
         self.method() == Method::HEAD
     }
@@ -240,6 +251,8 @@ mod tests {
         assert_eq!((h.path(), h.query(), h.close), ("/health", None, true));
         let h = parse("GET /v1/models HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
         assert!(!h.close);
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Hop , close\r\n\r\n").unwrap();
+        assert!(h.close && h.connection_lists(b"x-hop") && !h.connection_lists(b"host"));
     }
 
     fn parse_err(raw: &str) -> HeadError {

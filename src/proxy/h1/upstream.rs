@@ -69,6 +69,8 @@ pub struct ResponseHead {
     pub status: u16,
     reason: Range<usize>,
     headers: Vec<(Range<usize>, Range<usize>)>,
+    /// Values of `Connection` fields.
+    connection: Vec<Range<usize>>,
     pub content_length: Option<u64>,
     /// `Content-Type: text/event-stream`.
     pub event_stream: bool,
@@ -83,11 +85,17 @@ impl ResponseHead {
         Some(&self.raw[self.reason.clone()]).filter(|r| !r.is_empty())
     }
 
-    /// The header fields a client gets: all but hop-by-hop ones and the framing.
+    /// The header fields a client gets: all but hop-by-hop ones (fixed, and those the server's
+    /// `Connection` names) and the framing.
     pub fn write_fields(&self, out: &mut Vec<u8>) {
         for (n, v) in &self.headers {
             let name = &self.raw[n.clone()];
-            if NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            if NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h))
+                || self
+                    .connection
+                    .iter()
+                    .any(|c| super::listed_in(&self.raw[c.clone()], name))
+            {
                 continue;
             }
             out.extend_from_slice(name);
@@ -118,6 +126,7 @@ impl ResponseHead {
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         self.headers.clear();
+        self.connection.clear();
         self.status = resp.code.unwrap_or_default();
         if !(100..=599).contains(&self.status) {
             return Err(UpstreamError::Malformed(format!("status {}", self.status)));
@@ -148,6 +157,7 @@ impl ResponseHead {
                     self.other_coding = true;
                 }
             } else if name.eq_ignore_ascii_case(b"connection") {
+                self.connection.push(at(value));
                 // (An HTTP/1.0 server's connection is never reused.)
                 if value
                     .split(|&b| b == b',')
@@ -443,7 +453,7 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err());
         assert!(head("HTTP/1.1 600 Odd\r\n\r\n").is_err());
         let mut out = Vec::new();
-        head("HTTP/1.1 200 OK\r\nconnection: x\r\nkeep-alive: 5\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n")
+        head("HTTP/1.1 200 OK\r\nconnection: x-hop\r\nx-hop: 1\r\nkeep-alive: 5\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n")
             .unwrap()
             .write_fields(&mut out);
         assert_eq!(out, b"x-a: 1\r\n");
