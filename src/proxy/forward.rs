@@ -149,8 +149,7 @@ impl ProxyApp {
                 } else {
                     ProxyError::Unreachable(pool.model.to_string())
                 };
-                ctx.record(&self.gw, &pool.model, None, err.status(), None, None);
-                return self.fail(ex, err, &pool.model, "").await;
+                return self.give_up(ex, ctx, &pool.model, None, err).await;
             };
             let backend = &member.backend;
             if attempts == 0 {
@@ -167,15 +166,9 @@ impl ProxyApp {
             match result {
                 Attempt::Done => return,
                 Attempt::Failed(err) => {
-                    ctx.record(
-                        &self.gw,
-                        &pool.model,
-                        Some(&backend.id),
-                        err.status(),
-                        None,
-                        None,
-                    );
-                    return self.fail(ex, err, &pool.model, &backend.id).await;
+                    return self
+                        .give_up(ex, ctx, &pool.model, Some(&backend.id), err)
+                        .await;
                 }
                 Attempt::ConnectFailed => {
                     backend.record_failure(gw.policy, Source::Passive, "connect failed");
@@ -184,19 +177,27 @@ impl ProxyApp {
                     attempts += 1;
                     if attempts > self.settings.max_retries || attempts >= MAX_ATTEMPTS {
                         let err = ProxyError::Unreachable(pool.model.to_string());
-                        ctx.record(
-                            &self.gw,
-                            &pool.model,
-                            Some(&backend.id),
-                            err.status(),
-                            None,
-                            None,
-                        );
-                        return self.fail(ex, err, &pool.model, &backend.id).await;
+                        return self
+                            .give_up(ex, ctx, &pool.model, Some(&backend.id), err)
+                            .await;
                     }
                 }
             }
         }
+    }
+
+    /// Answer a request that reached no server's answer with the gateway's own error, and
+    /// record it (usage and metrics).
+    pub(super) async fn give_up(
+        &self,
+        ex: &mut Exchange<'_>,
+        ctx: &RequestCtx<'_>,
+        model: &Arc<str>,
+        server: Option<&Arc<str>>,
+        err: ProxyError,
+    ) {
+        ctx.record(&self.gw, model, server, err.status(), None, None);
+        self.fail(ex, err, model, server.map_or("", |s| s)).await
     }
 
     async fn attempt(

@@ -176,8 +176,8 @@ impl ProxyApp {
         if end == End::UpstreamFailed && !sent_any {
             // Nothing reached the client yet: it gets a 502 instead of a cut connection.
             let err = ProxyError::Unreachable(member.model.to_string());
-            ctx.record(&self.gw, &member.model, Some(&backend.id), 502, None, None);
-            self.fail(ex, err, &member.model, &backend.id).await;
+            self.give_up(ex, ctx, &member.model, Some(&backend.id), err)
+                .await;
             up.shutdown().await;
             return Attempt::Done;
         }

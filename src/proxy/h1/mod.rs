@@ -7,6 +7,8 @@
 //! found by a scan, heads and small bodies leave in one write, and idle server connections sit
 //! in a per-thread pool.
 
+use std::ops::Range;
+
 pub mod chunked;
 pub mod client;
 pub mod pool;
@@ -20,6 +22,17 @@ pub fn listed_in(connection: &[u8], name: &[u8]) -> bool {
     connection
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+}
+
+/// The offsets of `part` within `buf`; empty when `part` is not inside it (httparse hands out
+/// slices of the parsed buffer, except a static empty string for a missing or non-ASCII reason
+/// phrase).
+pub(crate) fn offsets(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let (base, at) = (buf.as_ptr() as usize, part.as_ptr() as usize);
+    if at < base || at + part.len() > base + buf.len() {
+        return 0..0;
+    }
+    at - base..at - base + part.len()
 }
 
 pub use client::{BodyError, ClientConn, NextRequest};

@@ -73,12 +73,7 @@ impl RequestHead {
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge(buf.len())),
             Err(e) => return Err(HeadError::Malformed(e.to_string())),
         };
-        let base = buf.as_ptr() as usize;
-        // httparse hands out slices of `buf` for the target and header fields.
-        let at = |s: &[u8]| {
-            let start = (s.as_ptr() as usize).saturating_sub(base).min(buf.len());
-            start..(start + s.len()).min(buf.len())
-        };
+        let at = |s: &[u8]| super::offsets(buf, s);
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         self.headers.clear();
@@ -128,13 +123,10 @@ impl RequestHead {
                 hosts += 1;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 self.connection.push(at(value));
-                for token in value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && !self.http11 {
-                        close = false;
-                    }
+                if super::listed_in(value, b"close") {
+                    close = true;
+                } else if !self.http11 && super::listed_in(value, b"keep-alive") {
+                    close = false;
                 }
             } else if name.eq_ignore_ascii_case(b"expect") {
                 expects_continue = value.eq_ignore_ascii_case(b"100-continue");

@@ -122,7 +122,7 @@ impl ResponseHead {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(UpstreamError::Malformed(e.to_string())),
         };
-        let at = |s: &[u8]| offsets(buf, s);
+        let at = |s: &[u8]| super::offsets(buf, s);
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         self.headers.clear();
@@ -159,10 +159,7 @@ impl ResponseHead {
             } else if name.eq_ignore_ascii_case(b"connection") {
                 self.connection.push(at(value));
                 // (An HTTP/1.0 server's connection is never reused.)
-                if value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                {
+                if super::listed_in(value, b"close") {
                     self.close = true;
                 }
             } else if name.eq_ignore_ascii_case(b"content-type") {
@@ -406,16 +403,6 @@ impl UpstreamConn {
     pub async fn shutdown(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
     }
-}
-
-/// The offsets of `part` within `buf`; empty when `part` is not inside it (httparse returns a
-/// static empty string for a missing or non-ASCII reason phrase).
-fn offsets(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let (base, at) = (buf.as_ptr() as usize, part.as_ptr() as usize);
-    if at < base || at + part.len() > base + buf.len() {
-        return 0..0;
-    }
-    at - base..at - base + part.len()
 }
 
 #[cfg(test)]
