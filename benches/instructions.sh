@@ -17,82 +17,21 @@ CONNS=${CONNS:-64}
 WITH_AUTH=${WITH_AUTH:-0}
 BIN=target/release/infergate
 [ -x "$BIN" ] || cargo build --release
-for tool in perf oha nginx python3 taskset; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
-done
+source benches/lib.sh
+need perf oha nginx python3 taskset curl
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
-
-MOCK=$(free_port); GW=$(free_port); ADMIN=$(free_port); NGX=$(free_port)
-taskset -c 1 "$BIN" mock --listen 127.0.0.1:"$MOCK" --models bench --tokens 16 --threads 1 2>/dev/null &
-pids+=($!)
-gateway_config() { # listen admin keys(off|required)
-  local usage=false
-  [ "$3" = required ] && usage=true
-  cat <<TOML
-[proxy]
-listen = "127.0.0.1:$1"
-threads = 1
-[admin]
-listen = "127.0.0.1:$2"
-[auth]
-proxy = "$3"
-[usage]
-enabled = $usage
-[[servers]]
-url = "http://127.0.0.1:$MOCK/v1"
-provider = "vllm"
-models = ["bench"]
-TOML
-}
-gateway_config "$GW" "$ADMIN" off >"$work/infergate.toml"
-RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$work/infergate.toml" 2>"$work/gw.log" &
-GW_PID=$!; pids+=($GW_PID)
+start_mock
+GW=$(free_port); ADMIN=$(free_port)
+start_gateway infergate "$GW" "$ADMIN" "memory://"; GW_PID=$STARTED
 targets="infergate:$GW:$GW_PID"
 AUTH_TOKEN=""
 if [ "$WITH_AUTH" = 1 ]; then
-  GWA=$(free_port); ADMINA=$(free_port)
-  gateway_config "$GWA" "$ADMINA" required >"$work/infergate-auth.toml"
-  INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
-    taskset -c 0 "$BIN" serve --config "$work/infergate-auth.toml" 2>"$work/gwa.log" &
-  GWA_PID=$!; pids+=($GWA_PID)
-  wait_port "$ADMINA"; wait_port "$GWA"
-  AUTH_TOKEN=$(curl -sf "http://127.0.0.1:$ADMINA/admin/keys" -H 'Authorization: Bearer bench:bench-secret' \
-    -H 'content-type: application/json' -d '{"scopes":"chat","name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  start_keyed_gateway
   targets="$targets infergate-auth:$GWA:$GWA_PID"
 fi
-mkdir -p "$work/nginx"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  upstream backend { server 127.0.0.1:$MOCK; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGX;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-NGINX
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work/nginx" &
-NGX_MASTER=$!; pids+=($NGX_MASTER)
-wait_port "$MOCK"; wait_port "$GW"; wait_port "$NGX"; sleep 1
-NGX_PID=$(pgrep -P "$NGX_MASTER" | head -1)
+start_nginx
+wait_port "$MOCK"; wait_port "$GW"; sleep 0.5
 
-BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
 load() { # port seconds [bearer]
   local auth=()
   [ -n "${3:-}" ] && auth=(-H "Authorization: Bearer $3")

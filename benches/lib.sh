@@ -1,0 +1,97 @@
+# Shared setup of the benchmark scripts (sourced): a work directory and process cleanup, free
+# ports, the mock backend, infergate configs and processes, nginx, and a keyed gateway.
+# Expects BIN (the infergate binary) to be set.
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+need() { for tool in "$@"; do command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }; done; }
+
+# The mock vLLM backend on core 1: sets MOCK.
+start_mock() {
+  MOCK=$(free_port)
+  taskset -c 1 "$BIN" mock --listen 127.0.0.1:"$MOCK" --models bench --tokens 16 --threads 1 2>"$work/mock.log" &
+  pids+=($!)
+}
+
+gateway_config() { # listen admin store-url [keys: off|required]
+  local keys=${4:-off} usage=false
+  [ "$keys" = required ] && usage=true
+  cat <<TOML
+[proxy]
+listen = "127.0.0.1:$1"
+threads = 1
+[admin]
+listen = "127.0.0.1:$2"
+[store]
+url = "$3"
+[auth]
+# The plain gateway (the issue-2 comparison) runs with keys and usage off.
+proxy = "$keys"
+[usage]
+enabled = $usage
+[[servers]]
+url = "http://127.0.0.1:$MOCK/v1"
+provider = "vllm"
+models = ["bench"]
+TOML
+}
+
+# An infergate on core 0 with one worker: start_gateway NAME PORT ADMIN STORE [keys]; sets
+# STARTED to its pid.
+start_gateway() {
+  gateway_config "$2" "$3" "$4" "${5:-off}" >"$work/$1.toml"
+  INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
+    taskset -c 0 "$BIN" serve --config "$work/$1.toml" 2>"$work/$1.log" &
+  STARTED=$!; pids+=($STARTED)
+}
+
+# A gateway requiring API keys and recording usage: sets GWA, ADMINA, GWA_PID and AUTH_TOKEN (a key
+# with the chat scope).
+start_keyed_gateway() {
+  GWA=$(free_port); ADMINA=$(free_port)
+  start_gateway infergate-auth "$GWA" "$ADMINA" "memory://" required; GWA_PID=$STARTED
+  wait_port "$ADMINA"; wait_port "$GWA"
+  AUTH_TOKEN=$(curl -sf "http://127.0.0.1:$ADMINA/admin/keys" -H 'Authorization: Bearer bench:bench-secret' \
+    -H 'content-type: application/json' -d '{"scopes":"chat","name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+}
+
+# nginx on core 0 with one worker and a keep-alive upstream pool: sets NGX and NGX_PID.
+start_nginx() {
+  NGX=$(free_port)
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  upstream backend { server 127.0.0.1:$MOCK; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+  taskset -c 0 nginx -c "$work/nginx.conf" -p "$work/nginx" &
+  local master=$!; pids+=($master)
+  wait_port "$NGX"; sleep 0.5
+  NGX_PID=$(pgrep -P "$master" | head -1)
+}
+
+BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
