@@ -38,19 +38,6 @@ impl Scope {
         Scope::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
-    /// The scope a data-plane path needs.
-    pub fn for_path(path: &str) -> Option<Scope> {
-        let rest = path.strip_prefix("/v1/")?;
-        Some(match rest {
-            "chat/completions" => Scope::Chat,
-            "completions" => Scope::Completions,
-            "embeddings" | "rerank" | "score" => Scope::Embeddings,
-            "models" => Scope::Models,
-            r if r.starts_with("audio/") => Scope::Audio,
-            _ => return None,
-        })
-    }
-
     fn bit(self) -> u8 {
         1 << (self as u8)
     }
@@ -101,19 +88,6 @@ impl FromIterator<Scope> for Scopes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_need_their_scope() {
-        assert_eq!(Scope::for_path("/v1/chat/completions"), Some(Scope::Chat));
-        assert_eq!(Scope::for_path("/v1/completions"), Some(Scope::Completions));
-        assert_eq!(Scope::for_path("/v1/rerank"), Some(Scope::Embeddings));
-        assert_eq!(
-            Scope::for_path("/v1/audio/transcriptions"),
-            Some(Scope::Audio)
-        );
-        assert_eq!(Scope::for_path("/v1/models"), Some(Scope::Models));
-        assert_eq!(Scope::for_path("/health"), None);
-    }
 
     #[test]
     fn scope_sets() {

@@ -2,7 +2,7 @@
 //! answered in order), answers what the gateway answers itself, and hands inference requests to
 //! the forwarder.
 
-use super::endpoint::{classify, Endpoint};
+use super::endpoint::{route, Endpoint};
 use super::errors::ProxyError;
 use super::exchange::Exchange;
 use super::h1::{BodyError, ClientConn, NextRequest, RequestHead};
@@ -71,13 +71,13 @@ impl ProxyApp {
         }
     }
 
-    /// The key of a request to `path`, when keys are required: a 401 for a missing, unknown,
+    /// The key of a request needing `scope`, when keys are required: a 401 for a missing, unknown,
     /// revoked or expired key, a 403 for one without the path's scope, a 429 for one past its
     /// rpm or tpm (the request is counted when admitted).
     fn authorize(
         &self,
         head: &RequestHead,
-        path: &str,
+        scope: Option<Scope>,
         now_ms: u64,
     ) -> Result<Option<Arc<KeyEntry>>, ProxyError> {
         if !self.auth_required {
@@ -90,7 +90,7 @@ impl ProxyApp {
             .keys
             .verify(presented, now_ms)
             .map_err(|r| ProxyError::Unauthorized(r.to_string()))?;
-        if let Some(scope) = Scope::for_path(path) {
+        if let Some(scope) = scope {
             if !key.scopes.contains(scope) {
                 return Err(ProxyError::MissingScope(scope.as_str()));
             }
@@ -119,10 +119,10 @@ impl ProxyApp {
         // One wall-clock read per request: key expiry, limits, affinity TTL and usage use it.
         let now_ms = crate::telemetry::now_ms();
         let path = ex.head.path();
-        let endpoint = classify(ex.head.method(), path);
+        let (endpoint, scope) = route(ex.head.method(), path);
         let key = match endpoint {
             Endpoint::Json | Endpoint::Multipart | Endpoint::Models => {
-                match self.authorize(ex.head, path, now_ms) {
+                match self.authorize(ex.head, scope, now_ms) {
                     Ok(k) => k,
                     Err(e) => {
                         ex.settle_unread_body();

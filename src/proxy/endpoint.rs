@@ -1,5 +1,6 @@
 //! The OpenAI paths the gateway answers and how each body names its model.
 
+use crate::identity::Scope;
 use http::Method;
 
 /// How a request is handled.
@@ -18,17 +19,22 @@ pub enum Endpoint {
     Unknown,
 }
 
-const JSON_PATHS: [&str; 6] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/rerank",
-    "/v1/score",
-    "/v1/audio/speech",
+/// JSON endpoints and the scope a key needs for each.
+const JSON_PATHS: [(&str, Scope); 6] = [
+    ("/v1/chat/completions", Scope::Chat),
+    ("/v1/completions", Scope::Completions),
+    ("/v1/embeddings", Scope::Embeddings),
+    ("/v1/rerank", Scope::Embeddings),
+    ("/v1/score", Scope::Embeddings),
+    ("/v1/audio/speech", Scope::Audio),
 ];
-const MULTIPART_PATHS: [&str; 2] = ["/v1/audio/transcriptions", "/v1/audio/translations"];
+const MULTIPART_PATHS: [(&str, Scope); 2] = [
+    ("/v1/audio/transcriptions", Scope::Audio),
+    ("/v1/audio/translations", Scope::Audio),
+];
 
-pub fn classify(method: &Method, path: &str) -> Endpoint {
+/// How a request is handled, and the scope a key needs for it (matched once per request).
+pub fn route(method: &Method, path: &str) -> (Endpoint, Option<Scope>) {
     let post = |e| {
         if method == Method::POST {
             e
@@ -43,22 +49,27 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
             Endpoint::WrongMethod("GET")
         }
     };
-    if JSON_PATHS.contains(&path) {
-        post(Endpoint::Json)
-    } else if MULTIPART_PATHS.contains(&path) {
-        post(Endpoint::Multipart)
+    let find = |paths: &[(&str, Scope)]| paths.iter().find(|(p, _)| *p == path).map(|(_, s)| *s);
+    if let Some(scope) = find(&JSON_PATHS) {
+        (post(Endpoint::Json), Some(scope))
+    } else if let Some(scope) = find(&MULTIPART_PATHS) {
+        (post(Endpoint::Multipart), Some(scope))
     } else if path == "/v1/models" {
-        get(Endpoint::Models)
+        (get(Endpoint::Models), Some(Scope::Models))
     } else if path == "/health" {
-        get(Endpoint::Health)
+        (get(Endpoint::Health), None)
     } else {
-        Endpoint::Unknown
+        (Endpoint::Unknown, None)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn classify(method: &Method, path: &str) -> Endpoint {
+        route(method, path).0
+    }
 
     #[test]
     fn classifies_paths_and_methods() {
@@ -76,5 +87,16 @@ mod tests {
             Endpoint::WrongMethod("POST")
         );
         assert_eq!(classify(&Method::POST, "/v1/nope"), Endpoint::Unknown);
+    }
+
+    #[test]
+    fn paths_need_their_scope() {
+        let scope = |path| route(&Method::POST, path).1;
+        assert_eq!(scope("/v1/chat/completions"), Some(Scope::Chat));
+        assert_eq!(scope("/v1/completions"), Some(Scope::Completions));
+        assert_eq!(scope("/v1/rerank"), Some(Scope::Embeddings));
+        assert_eq!(scope("/v1/audio/transcriptions"), Some(Scope::Audio));
+        assert_eq!(scope("/v1/models"), Some(Scope::Models));
+        assert_eq!(scope("/health"), None);
     }
 }
