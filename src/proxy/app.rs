@@ -146,6 +146,11 @@ impl ProxyApp {
                 ex.settle_unread_body();
                 ex.respond_json(200, &[], b"{\"status\":\"ok\"}").await;
             }
+            Endpoint::ServerOptions => {
+                ex.settle_unread_body();
+                ex.respond(200, None, &[("allow", b"GET, HEAD, POST, OPTIONS")], b"")
+                    .await;
+            }
             Endpoint::WrongMethod(allowed) => {
                 ex.settle_unread_body();
                 self.fail(ex, ProxyError::WrongMethod(allowed), "", "")

@@ -14,6 +14,9 @@ pub enum Endpoint {
     Models,
     /// `GET /health` on the proxy port: the gateway's own liveness.
     Health,
+    /// `OPTIONS *` (the only asterisk-form request the head parser lets through): the methods
+    /// the gateway answers.
+    ServerOptions,
     /// A known path with the wrong method.
     WrongMethod(&'static str),
     Unknown,
@@ -58,6 +61,8 @@ pub fn route(method: &Method, path: &str) -> (Endpoint, Option<Scope>) {
         (get(Endpoint::Models), Some(Scope::Models))
     } else if path == "/health" {
         (get(Endpoint::Health), None)
+    } else if path == "*" {
+        (Endpoint::ServerOptions, None)
     } else {
         (Endpoint::Unknown, None)
     }
@@ -87,6 +92,7 @@ mod tests {
             Endpoint::WrongMethod("POST")
         );
         assert_eq!(classify(&Method::POST, "/v1/nope"), Endpoint::Unknown);
+        assert_eq!(classify(&Method::OPTIONS, "*"), Endpoint::ServerOptions);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Errors the gateway answers itself, in OpenAI's shape `{"error":{"message","type","code"}}`.
 
+use super::h1::UpstreamError;
 use bytes::Bytes;
 
 /// An error answered by the gateway (a server's own errors pass through untouched).
@@ -21,6 +22,8 @@ pub enum ProxyError {
     Unreachable(String),
     #[error("The server for the model `{0}` did not answer in time.")]
     Timeout(String),
+    #[error("The server for the model `{0}` sent a response this gateway cannot relay.")]
+    BadResponse(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("This API key does not have the `{0}` scope.")]
@@ -30,6 +33,18 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The answer for an exchange with a server of `model` that failed before anything
+    /// reached the client.
+    pub fn upstream(e: &UpstreamError, model: &str) -> Self {
+        match e {
+            UpstreamError::Timeout => ProxyError::Timeout(model.into()),
+            UpstreamError::Malformed(_) | UpstreamError::Chunked(_) => {
+                ProxyError::BadResponse(model.into())
+            }
+            UpstreamError::Io(_) | UpstreamError::Closed => ProxyError::Unreachable(model.into()),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::BadRequest(_) => 400,
@@ -39,7 +54,7 @@ impl ProxyError {
             ProxyError::UnknownModel(_) | ProxyError::UnknownPath(..) => 404,
             ProxyError::WrongMethod(_) => 405,
             ProxyError::TooLarge(_) => 413,
-            ProxyError::Unreachable(_) => 502,
+            ProxyError::Unreachable(_) | ProxyError::BadResponse(_) => 502,
             ProxyError::NoHealthyServer(_) => 503,
             ProxyError::Timeout(_) => 504,
         }
@@ -58,6 +73,7 @@ impl ProxyError {
             ProxyError::NoHealthyServer(_) => ("server_error", "no_healthy_server"),
             ProxyError::Unreachable(_) => ("server_error", "upstream_unreachable"),
             ProxyError::Timeout(_) => ("server_error", "upstream_timeout"),
+            ProxyError::BadResponse(_) => ("server_error", "upstream_bad_response"),
         }
     }
 

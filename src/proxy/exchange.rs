@@ -56,8 +56,23 @@ impl Exchange<'_> {
         fields: &[(&str, &[u8])],
         body: &[u8],
     ) -> bool {
+        self.respond(status, Some(b"application/json"), fields, body)
+            .await
+    }
+
+    /// A complete response of the gateway's own, with a body of `content_type` (none when the
+    /// body is empty and says nothing).
+    pub async fn respond(
+        &mut self,
+        status: u16,
+        content_type: Option<&[u8]>,
+        fields: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> bool {
         self.start_head(status, None);
-        self.field("content-type", b"application/json");
+        if let Some(content_type) = content_type {
+            self.field("content-type", content_type);
+        }
         self.field(
             "content-length",
             itoa::Buffer::new().format(body.len()).as_bytes(),

@@ -285,19 +285,17 @@ impl ProxyApp {
                     may_retry_stale = false;
                 }
                 HeaderWait::Failed(e) => {
-                    let timeout = e.is_timeout();
                     backend.record_failure(
                         self.gw.policy,
                         Source::Passive,
-                        if timeout { "timeout" } else { "upstream error" },
+                        if e.is_timeout() {
+                            "timeout"
+                        } else {
+                            "upstream error"
+                        },
                     );
                     tracing::warn!(server = %backend.id, error = %e, "upstream request failed");
-                    let model = member.model.to_string();
-                    return Attempt::Failed(if timeout {
-                        ProxyError::Timeout(model)
-                    } else {
-                        ProxyError::Unreachable(model)
-                    });
+                    return Attempt::Failed(ProxyError::upstream(&e, &member.model));
                 }
             }
         };

@@ -86,6 +86,8 @@ impl ProxyApp {
         let mut tail = UsageTail::default();
         let read_timeout = self.settings.read_timeout;
         let mut end = End::Complete;
+        // Why the server's response failed, when it did.
+        let mut failure = None;
         // Something reached the client (after that, a failure can only cut the response).
         let mut sent_any = false;
         loop {
@@ -117,6 +119,7 @@ impl ProxyApp {
                 Err(e) => {
                     tracing::warn!(server = %backend.id, error = %e, "upstream failed mid-response");
                     backend.record_failure(policy, Source::Passive, "failed mid-response");
+                    failure = Some(e);
                     end = End::UpstreamFailed;
                     break;
                 }
@@ -173,9 +176,10 @@ impl ProxyApp {
             ex.keepalive = false;
             ex.conn.out.clear();
         }
-        if end == End::UpstreamFailed && !sent_any {
-            // Nothing reached the client yet: it gets a 502 instead of a cut connection.
-            let err = ProxyError::Unreachable(member.model.to_string());
+        if let (Some(e), false) = (&failure, sent_any) {
+            // Nothing reached the client yet: it gets a 502 (or 504) instead of a cut
+            // connection.
+            let err = ProxyError::upstream(e, &member.model);
             self.give_up(ex, ctx, &member.model, Some(&backend.id), err)
                 .await;
             up.shutdown().await;

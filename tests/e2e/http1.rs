@@ -2,8 +2,8 @@
 //! `Expect: 100-continue`, malformed and oversized heads, and upstream connection reuse.
 
 use crate::harness::*;
+use crate::wire::*;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -12,43 +12,6 @@ fn post(path: &str, body: &str, extra: &str) -> String {
         "POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
         body.len()
     )
-}
-
-/// Read until the peer closes (or `timeout`), returning everything.
-async fn read_to_close(s: &mut TcpStream) -> String {
-    let mut all = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
-    String::from_utf8_lossy(&all).into_owned()
-}
-
-/// Read one response with a content-length body.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            while buf.len() < end + 4 + len {
-                let mut chunk = [0u8; 4096];
-                let n = s.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "closed mid-body");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-            buf.drain(..end + 4 + len);
-            return (head, body);
-        }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before a response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 #[tokio::test]
@@ -187,6 +150,29 @@ async fn malformed_and_oversized_heads_are_refused_and_closed() {
             "{all}"
         );
     }
+    // A 431 names the limit that was passed: the head's size or its number of fields.
+    let fields: String = (0..129).map(|i| format!("x-f{i}: 1\r\n")).collect();
+    for (wire, limit) in [
+        (
+            format!("GET /health HTTP/1.1\r\nhost: gw\r\n{fields}\r\n"),
+            "has more than 128 header fields",
+        ),
+        (
+            format!(
+                "GET /health HTTP/1.1\r\nx-big: {}\r\n\r\n",
+                "a".repeat(70 * 1024)
+            ),
+            "is larger than 65536 bytes",
+        ),
+    ] {
+        let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+        let _ = s.write_all(wire.as_bytes()).await;
+        let all = read_to_close(&mut s).await;
+        assert!(all.starts_with("HTTP/1.1 431"), "{all}");
+        let message = all.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert!(message.contains(limit), "{limit}: {message}");
+        assert_eq!(message.matches("than").count(), 1, "{message}");
+    }
     // A broken chunked body is a 400 too.
     let mut s = TcpStream::connect(gw.proxy).await.unwrap();
     s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
@@ -218,67 +204,23 @@ async fn server_connections_are_pooled_and_reused() {
     assert_eq!(a.state.requests.load(Relaxed), 30);
 }
 
-/// A raw upstream answering every request (probes included) with `response`; counts the
-/// connections it accepted.
-async fn raw_upstream(
-    response: &'static [u8],
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Relaxed);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    // One response per complete request (heads, plus a body by Content-Length).
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if buf.len() < end + 4 + len {
-                            break;
-                        }
-                        buf.drain(..end + 4 + len);
-                        if s.write_all(response).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (url, accepted)
-}
-
 #[tokio::test]
 async fn odd_but_valid_server_responses_are_relayed_correctly() {
     // No reason phrase; a hop-by-hop field named by `Connection` (not forwarded).
-    let (plain, _) = raw_upstream(
+    let plain = RawUpstream::start(
         b"HTTP/1.1 200\r\ncontent-type: application/json\r\nconnection: x-hop\r\nx-hop: 1\r\ncontent-length: 2\r\n\r\n{}",
     )
     .await;
     // Both Transfer-Encoding and Content-Length: the body is read as chunked, the client gets
     // a correctly framed response, and the connection is not reused.
-    let (both, accepted) = raw_upstream(
+    let both = RawUpstream::start(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
     )
     .await;
     let gw = Gateway::start(&format!(
         "{}{}",
-        server(&plain, &["plain"]),
-        server(&both, &["both"])
+        server(&plain.url, &["plain"]),
+        server(&both.url, &["both"])
     ))
     .await;
     let c = reqwest::Client::new();
@@ -289,5 +231,6 @@ async fn odd_but_valid_server_responses_are_relayed_correctly() {
         assert_eq!(r.text().await.unwrap(), "{}", "{model}");
     }
     // Each of the three requests to `both` needed its own connection (probes may add more).
-    assert!(accepted.load(Relaxed) >= 3, "{}", accepted.load(Relaxed));
+    let accepted = both.accepted.load(Relaxed);
+    assert!(accepted >= 3, "{accepted}");
 }

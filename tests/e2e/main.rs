@@ -2,6 +2,7 @@
 
 mod fake_runpod;
 mod harness;
+mod wire;
 
 mod admin;
 mod cli;
@@ -11,6 +12,7 @@ mod http1;
 mod identity;
 mod limits;
 mod routing;
+mod smuggling;
 mod streaming;
 mod tls;
 mod upstreams;

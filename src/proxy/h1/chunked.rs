@@ -1,19 +1,35 @@
 //! Incremental decoding of `Transfer-Encoding: chunked` bodies, in place over a read buffer.
+//!
+//! The trailer section after the last chunk is read as strictly as a head: every line up to
+//! the blank one must be a field line within the limits below, else the body is refused. (A
+//! decoder that skipped arbitrary lines there would swallow a request hidden behind `0\r\n`,
+//! which a front end that ends the body at the last chunk sees as the next request: the two
+//! would disagree on where requests start.) Valid trailer fields are then dropped, never
+//! merged into the head (RFC 9110 6.5.1), so `Content-Length`, `Transfer-Encoding` or `Host`
+//! placed there change nothing.
 
 use bytes::{Buf, BytesMut};
 
 /// Longest chunk-size line (with extensions) or trailer line accepted.
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
 /// Most trailer bytes accepted (they are read and dropped).
-const MAX_TRAILERS: usize = 16 * 1024;
+pub const MAX_TRAILERS: usize = 16 * 1024;
+/// Most trailer fields accepted.
+pub const MAX_TRAILER_FIELDS: u32 = 64;
 
 /// A malformed chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
     #[error("a chunk size is not hexadecimal")]
     BadSize,
-    #[error("a chunk size line or trailer is too long")]
+    #[error("a chunk-size or trailer line is longer than {MAX_LINE} bytes")]
     LineTooLong,
+    #[error("the trailer section is larger than {MAX_TRAILERS} bytes")]
+    TrailersTooLarge,
+    #[error("the trailer section has more than {MAX_TRAILER_FIELDS} fields")]
+    TooManyTrailers,
+    #[error("a trailer line is not a valid field line (name, colon, value without controls)")]
+    BadTrailer,
     #[error("a chunk is not followed by CRLF")]
     MissingCrlf,
     #[error("a line ends in a bare LF")]
@@ -38,7 +54,11 @@ enum State {
     Size,
     Data(u64),
     DataEnd,
-    Trailers(usize),
+    /// In the trailer section: bytes and fields seen so far.
+    Trailers {
+        bytes: usize,
+        fields: u32,
+    },
     Done,
 }
 
@@ -69,10 +89,16 @@ impl Chunked {
                             Ok(Step::NeedMore)
                         };
                     };
+                    if nl > MAX_LINE {
+                        return Err(ChunkError::LineTooLong);
+                    }
                     let size = parse_size(crlf_line(&buf[..nl])?)?;
                     buf.advance(nl + 1);
                     self.0 = if size == 0 {
-                        State::Trailers(0)
+                        State::Trailers {
+                            bytes: 0,
+                            fields: 0,
+                        }
                     } else {
                         State::Data(size)
                     };
@@ -101,23 +127,39 @@ impl Chunked {
                     },
                     Some(_) => return Err(ChunkError::MissingCrlf),
                 },
-                State::Trailers(seen) => {
+                State::Trailers { bytes, fields } => {
                     let Some(nl) = memchr::memchr(b'\n', buf) else {
-                        return if buf.len() > MAX_LINE || seen + buf.len() > MAX_TRAILERS {
+                        return if buf.len() > MAX_LINE {
                             Err(ChunkError::LineTooLong)
+                        } else if bytes + buf.len() > MAX_TRAILERS {
+                            Err(ChunkError::TrailersTooLarge)
                         } else {
                             Ok(Step::NeedMore)
                         };
                     };
-                    let blank = crlf_line(&buf[..nl])?.is_empty();
-                    buf.advance(nl + 1);
-                    if blank {
-                        self.0 = State::Done;
-                    } else if seen + nl + 1 > MAX_TRAILERS {
+                    if nl > MAX_LINE {
                         return Err(ChunkError::LineTooLong);
-                    } else {
-                        self.0 = State::Trailers(seen + nl + 1);
                     }
+                    let line = crlf_line(&buf[..nl])?;
+                    if line.is_empty() {
+                        buf.advance(nl + 1);
+                        self.0 = State::Done;
+                        continue;
+                    }
+                    if bytes + nl + 1 > MAX_TRAILERS {
+                        return Err(ChunkError::TrailersTooLarge);
+                    }
+                    if !is_field_line(line) {
+                        return Err(ChunkError::BadTrailer);
+                    }
+                    if fields >= MAX_TRAILER_FIELDS {
+                        return Err(ChunkError::TooManyTrailers);
+                    }
+                    buf.advance(nl + 1);
+                    self.0 = State::Trailers {
+                        bytes: bytes + nl + 1,
+                        fields: fields + 1,
+                    };
                 }
                 State::Done => return Ok(Step::Done),
             }
@@ -129,6 +171,27 @@ impl Chunked {
 /// smuggling between two parsers feeds on).
 fn crlf_line(line: &[u8]) -> Result<&[u8], ChunkError> {
     line.strip_suffix(b"\r").ok_or(ChunkError::BareLf)
+}
+
+/// Whether `line` (without its CRLF) is a field line (RFC 9112 5, RFC 9110 5.5): a token
+/// name, the colon right after it, and a value of visible characters, spaces, tabs and
+/// obs-text. A line that starts with whitespace (obs-fold), has whitespace before the colon,
+/// or carries a CR, NUL or other control is not.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name.iter().all(|&b| is_tchar(b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+}
+
+/// A character of a token (RFC 9110 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The hexadecimal size at the start of a chunk-size line. Extensions (`;name=value`, after
@@ -222,5 +285,100 @@ mod tests {
         let mut d = Chunked::default();
         let mut buf = BytesMut::from(&long[..]);
         assert_eq!(d.step(&mut buf).unwrap_err(), ChunkError::LineTooLong);
+        let mut long_with_end = long.clone();
+        long_with_end.extend_from_slice(b"\r\n");
+        let mut d = Chunked::default();
+        let mut buf = BytesMut::from(&long_with_end[..]);
+        assert_eq!(d.step(&mut buf).unwrap_err(), ChunkError::LineTooLong);
+    }
+
+    /// A body of `hello` whose trailer section holds `trailers` (then the blank line).
+    fn with_trailers(trailers: &str) -> Vec<u8> {
+        format!("5\r\nhello\r\n0\r\n{trailers}\r\n").into_bytes()
+    }
+
+    /// The decoder's verdict on `wire`, the same whatever the pieces it arrives in.
+    fn verdict(wire: &[u8]) -> Result<Vec<u8>, ChunkError> {
+        let whole = decode_in_pieces(wire, wire.len());
+        for piece in [1, 2, 3, 7, 64, 1000] {
+            assert_eq!(decode_in_pieces(wire, piece), whole, "pieces of {piece}");
+        }
+        whole
+    }
+
+    #[test]
+    fn valid_trailer_fields_are_read_and_dropped() {
+        for trailers in [
+            "",
+            "x-checksum: abc\r\n",
+            // Fields that must never reach the head are dropped with the rest.
+            "Content-Length: 0\r\nTransfer-Encoding: chunked\r\nHost: evil\r\n",
+            "x-empty:\r\nx-b:\tv w \x7e\r\n",
+            "x-obs-text: caf\u{e9}\r\n",
+        ] {
+            assert_eq!(
+                verdict(&with_trailers(trailers)).unwrap(),
+                b"hello",
+                "{trailers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trailer_line_that_is_not_a_field_line_is_refused() {
+        for (trailers, err) in [
+            // A request hidden behind the last chunk.
+            (
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n",
+                ChunkError::BadTrailer,
+            ),
+            ("GET /v1/models HTTP/1.1\r\n", ChunkError::BadTrailer),
+            // obs-fold, with a space and with a tab.
+            ("x-a: 1\r\n folded\r\n", ChunkError::BadTrailer),
+            ("x-a: 1\r\n\tfolded\r\n", ChunkError::BadTrailer),
+            // A bare CR, a NUL, DEL and other controls in a value.
+            ("x-a: 1\rb\r\n", ChunkError::BadTrailer),
+            ("x-a: 1\r\r\n", ChunkError::BadTrailer),
+            ("x-a: 1\x00\r\n", ChunkError::BadTrailer),
+            ("x-a: \x7f\r\n", ChunkError::BadTrailer),
+            ("x-a: \x1b[2J\r\n", ChunkError::BadTrailer),
+            // Whitespace before the colon, an empty or non-token name, no colon.
+            ("x-a : 1\r\n", ChunkError::BadTrailer),
+            ("x-a\t: 1\r\n", ChunkError::BadTrailer),
+            (": 1\r\n", ChunkError::BadTrailer),
+            ("x(a): 1\r\n", ChunkError::BadTrailer),
+            ("no colon here\r\n", ChunkError::BadTrailer),
+            // A bare LF ends no line.
+            ("x-a: 1\n", ChunkError::BareLf),
+        ] {
+            assert_eq!(verdict(&with_trailers(trailers)), Err(err), "{trailers:?}");
+        }
+    }
+
+    #[test]
+    fn trailers_stay_within_their_limits() {
+        let line = |n: usize| format!("x-long: {}\r\n", "v".repeat(n));
+        // One line at the limit passes; one byte more does not.
+        let at_limit = line(MAX_LINE - "x-long: ".len() - 1);
+        assert_eq!(at_limit.len(), MAX_LINE + 1);
+        assert_eq!(verdict(&with_trailers(&at_limit)).unwrap(), b"hello");
+        let over = line(MAX_LINE);
+        assert_eq!(verdict(&with_trailers(&over)), Err(ChunkError::LineTooLong));
+        // Lines within their limit, more bytes than the section's.
+        let many_lines = line(4000).repeat(MAX_TRAILERS / 4000 + 1);
+        assert_eq!(
+            verdict(&with_trailers(&many_lines)),
+            Err(ChunkError::TrailersTooLarge)
+        );
+        // More fields than allowed, each one short.
+        let fields = MAX_TRAILER_FIELDS as usize;
+        assert_eq!(
+            verdict(&with_trailers(&"x: 1\r\n".repeat(fields))).unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            verdict(&with_trailers(&"x: 1\r\n".repeat(fields + 1))),
+            Err(ChunkError::TooManyTrailers)
+        );
     }
 }

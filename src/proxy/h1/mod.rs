@@ -13,6 +13,7 @@ pub mod chunked;
 pub mod client;
 pub mod pool;
 pub mod request;
+pub mod target;
 pub mod timed;
 pub mod upstream;
 
@@ -22,6 +23,33 @@ pub fn listed_in(connection: &[u8], name: &[u8]) -> bool {
     connection
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+}
+
+/// The `Transfer-Encoding` fields of a head, tallied as they are scanned. The one framing
+/// either side accepts is a single field naming the single coding `chunked`: a coding list
+/// (`gzip, chunked`), a repeated field or another coding would be a body this layer cannot
+/// decode (or, on a request, one a second parser could frame differently).
+#[derive(Default)]
+pub(crate) struct Codings {
+    fields: u32,
+    chunked: bool,
+}
+
+impl Codings {
+    pub fn add(&mut self, value: &[u8]) {
+        self.fields += 1;
+        self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+    }
+
+    /// Whether any `Transfer-Encoding` field was seen.
+    pub fn present(&self) -> bool {
+        self.fields > 0
+    }
+
+    /// Exactly one field, `chunked`.
+    pub fn only_chunked(&self) -> bool {
+        self.fields == 1 && self.chunked
+    }
 }
 
 /// The offsets of `part` within `buf`; empty when `part` is not inside it (httparse hands out

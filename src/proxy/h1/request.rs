@@ -1,6 +1,8 @@
 //! A client's request head, parsed once with `httparse` into offsets over its own copy of the
 //! bytes (no header map is built: the few headers the gateway reads are found by a scan).
 
+use super::target::{self, TargetError};
+use super::Codings;
 use http::Method;
 use std::ops::Range;
 
@@ -19,8 +21,12 @@ pub enum BodyFraming {
 pub enum HeadError {
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("the request head is larger than {0} bytes or has more than {MAX_HEADERS} fields")]
+    #[error("invalid request target: {0}")]
+    Target(#[from] TargetError),
+    #[error("the request head is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the request head has more than {MAX_HEADERS} header fields")]
+    TooManyFields,
     #[error("invalid Content-Length")]
     BadLength,
     #[error("unsupported Transfer-Encoding (only a single chunked coding, on HTTP/1.1)")]
@@ -30,7 +36,7 @@ pub enum HeadError {
 impl HeadError {
     pub fn status(&self) -> u16 {
         match self {
-            HeadError::TooLarge(_) => 431,
+            HeadError::TooLarge(_) | HeadError::TooManyFields => 431,
             _ => 400,
         }
     }
@@ -70,7 +76,7 @@ impl RequestHead {
         let len = match req.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge(buf.len())),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
             Err(e) => return Err(HeadError::Malformed(e.to_string())),
         };
         let at = |s: &[u8]| super::offsets(buf, s);
@@ -86,22 +92,14 @@ impl RequestHead {
                 .map_err(|_| HeadError::Malformed("bad method".into()))?,
         });
         let target = req.path.unwrap_or_default();
+        let parts = target::split(self.method(), target)?;
         self.target.clear();
         self.target.push_str(target);
-        let path_end = target.find('?').unwrap_or(target.len());
-        // absolute-form (`http://host/path`): the path part.
-        let path_start = match target[..path_end].find("://") {
-            Some(i) => target[i + 3..path_end]
-                .find('/')
-                .map_or(path_end, |p| i + 3 + p),
-            None => 0,
-        };
-        self.path = path_start..path_end;
-        self.query = (path_end < target.len()).then(|| path_end + 1..target.len());
+        self.path = parts.path;
+        self.query = parts.query;
         self.http11 = req.version == Some(1);
         let mut length: Option<u64> = None;
-        let mut codings = 0;
-        let mut chunked = false;
+        let mut codings = Codings::default();
         let mut hosts = 0;
         let mut close = !self.http11;
         let mut expects_continue = false;
@@ -115,10 +113,7 @@ impl RequestHead {
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                // Exactly one coding, chunked: a gateway that decoded only the last of several
-                // would forward a still-encoded body.
-                codings += 1;
-                chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                codings.add(value);
             } else if name.eq_ignore_ascii_case(b"host") {
                 hosts += 1;
             } else if name.eq_ignore_ascii_case(b"connection") {
@@ -132,7 +127,10 @@ impl RequestHead {
                 expects_continue = value.eq_ignore_ascii_case(b"100-continue");
             }
         }
-        if codings > 1 || (codings == 1 && (!chunked || !self.http11)) {
+        // Exactly one coding, chunked: a gateway that decoded only the last of several would
+        // forward a still-encoded body.
+        let chunked = codings.present();
+        if chunked && (!codings.only_chunked() || !self.http11) {
             return Err(HeadError::BadTransferEncoding);
         }
         if self.http11 && hosts != 1 {

@@ -2,6 +2,7 @@
 //! `httparse`, the body handed out in place from the read buffer (decoded when chunked).
 
 use super::chunked::{ChunkError, Chunked, Step};
+use super::Codings;
 use bytes::{Buf, BytesMut};
 use pingora::protocols::Stream;
 use std::io;
@@ -74,8 +75,7 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
     /// `Content-Type: text/event-stream`.
     pub event_stream: bool,
-    chunked: bool,
-    other_coding: bool,
+    codings: Codings,
     close: bool,
 }
 
@@ -134,8 +134,7 @@ impl ResponseHead {
         self.reason = at(resp.reason.unwrap_or_default().as_bytes());
         self.content_length = None;
         self.event_stream = false;
-        self.chunked = false;
-        self.other_coding = false;
+        self.codings = Codings::default();
         self.close = resp.version != Some(1);
         for h in resp.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
@@ -150,12 +149,7 @@ impl ResponseHead {
                 }
                 self.content_length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    self.chunked = true;
-                } else {
-                    self.other_coding = true;
-                }
+                self.codings.add(value);
             } else if name.eq_ignore_ascii_case(b"connection") {
                 self.connection.push(at(value));
                 // (An HTTP/1.0 server's connection is never reused.)
@@ -166,16 +160,42 @@ impl ResponseHead {
                 self.event_stream = value.starts_with(b"text/event-stream");
             }
         }
+        // A body under another coding than chunked (`gzip, chunked`, `identity`, ...) cannot
+        // be relayed: decoding only the chunking would hand the client a still-encoded body
+        // with nothing saying so (the gateway never sends TE, so the server had no leave to
+        // use one either).
+        if self.codings.present() && !self.codings.only_chunked() && self.has_body() {
+            return Err(UpstreamError::Malformed(format!(
+                "unsupported Transfer-Encoding `{}` (only chunked is relayed)",
+                self.values("transfer-encoding")
+            )));
+        }
         Ok(Some(len))
     }
 
-    /// How the body is delimited; Transfer-Encoding overrides Content-Length (RFC 9112 6.3).
+    /// Whether the response has a body (by its status; the gateway forwards no HEAD request).
+    fn has_body(&self) -> bool {
+        self.status >= 200 && !matches!(self.status, 204 | 304)
+    }
+
+    /// Every value of a header, joined by `, ` and cut to 200 characters (for messages).
+    fn values(&self, name: &str) -> String {
+        let joined = self
+            .headers
+            .iter()
+            .filter(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(&self.raw[v.clone()]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        joined.chars().take(200).collect()
+    }
+
+    /// How the body is delimited; Transfer-Encoding (only ever `chunked` here, see `parse`)
+    /// overrides Content-Length (RFC 9112 6.3).
     fn framing(&self) -> Framing {
-        if matches!(self.status, 204 | 304) || self.status < 200 {
+        if !self.has_body() {
             Framing::Length(0)
-        } else if self.other_coding {
-            Framing::Close
-        } else if self.chunked {
+        } else if self.codings.present() {
             Framing::Chunked(Chunked::default())
         } else if let Some(n) = self.content_length {
             Framing::Length(n)
@@ -291,8 +311,8 @@ impl UpstreamConn {
                     self.framing = self.head.framing();
                     // A response with both Transfer-Encoding and Content-Length is read by the
                     // former, and its connection is not reused (RFC 9112 6.3).
-                    let ambiguous = self.head.content_length.is_some()
-                        && (self.head.chunked || self.head.other_coding);
+                    let ambiguous =
+                        self.head.content_length.is_some() && self.head.codings.present();
                     self.keepalive = !self.head.close && !ambiguous;
                     return Ok(());
                 }
@@ -439,6 +459,29 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n").is_err());
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err());
         assert!(head("HTTP/1.1 600 Odd\r\n\r\n").is_err());
+        // A coding other than one `chunked` is refused rather than relayed still encoded.
+        for te in [
+            "gzip, chunked",
+            "chunked, gzip",
+            "gzip",
+            "identity",
+            "chunked,",
+            "chunked\r\ntransfer-encoding: chunked",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n");
+            let err = head(&raw).err().expect(te).to_string();
+            assert!(err.contains("unsupported Transfer-Encoding"), "{te}: {err}");
+        }
+        let err = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("`gzip, chunked`"), "{err}");
+        // Without a body the coding changes nothing.
+        let h =
+            head("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: gzip, chunked\r\n\r\n").unwrap();
+        assert_eq!(h.body_length(), Some(0));
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n").unwrap();
+        assert!(matches!(h.framing(), Framing::Chunked(_)));
         let mut out = Vec::new();
         head("HTTP/1.1 200 OK\r\nconnection: x-hop\r\nx-hop: 1\r\nkeep-alive: 5\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n")
             .unwrap()
