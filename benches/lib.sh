@@ -59,8 +59,9 @@ start_keyed_gateway() {
     -H 'content-type: application/json' -d '{"scopes":"chat","name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 }
 
-# nginx on core 0 with one worker and a keep-alive upstream pool: sets NGX and NGX_PID.
-start_nginx() {
+# The nginx config (one worker, a keep-alive upstream pool to the mock) in $work/nginx.conf:
+# sets NGX, its port.
+nginx_config() {
   NGX=$(free_port)
   mkdir -p "$work/nginx"
   cat >"$work/nginx.conf" <<NGINX
@@ -88,6 +89,11 @@ http {
   }
 }
 NGINX
+}
+
+# nginx on core 0: sets NGX and NGX_PID.
+start_nginx() {
+  nginx_config
   taskset -c 0 nginx -c "$work/nginx.conf" -p "$work/nginx" &
   local master=$!; pids+=($master)
   wait_port "$NGX"; sleep 0.5
