@@ -209,6 +209,8 @@ async fn a_request_target_is_read_by_its_form() {
         ("v1/chat/completions", "must be a path"),
         ("gw:443", "must be a path"),
         ("http:///v1/chat/completions", "needs a host"),
+        ("http://gw:99999/v1/chat/completions", "host or port"),
+        ("http://[::1/v1/chat/completions", "host or port"),
         ("http://user@gw/v1/chat/completions", "user information"),
         ("/v1/chat/completions#x", "fragment"),
         ("/v1/chat/compl\u{e9}tions", "ASCII"),
@@ -257,11 +259,59 @@ async fn a_server_transfer_coding_other_than_chunked_is_a_502() {
                 .unwrap_or_else(|_| panic!("{case}: {}", String::from_utf8_lossy(&body)));
             assert_eq!(v["error"]["code"], "upstream_bad_response", "{case}: {v}");
         }
-        assert_eq!(ups[i].posts().len(), 2, "{case}");
+        // Never pooled after such a response: each request came on a connection of its own.
+        let connections = ups[i].post_connections();
+        assert_eq!(connections.len(), 2, "{case}");
+        assert_ne!(connections[0], connections[1], "{case}");
     }
     let log = gw.log();
     assert!(
         log.contains("unsupported Transfer-Encoding `gzip, chunked`"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn a_server_trailer_that_is_not_a_field_line_fails_its_response() {
+    // Nothing of the body came before the bad trailer: the client gets a 502.
+    let empty = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n0\r\nHTTP/1.1 200 OK\r\n\r\n",
+    )
+    .await;
+    // Body bytes first: they reach the client, then the response is cut (no last chunk), so
+    // the client cannot take it for a whole one.
+    let cut = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nx-a: 1\r\n folded\r\n\r\n",
+    )
+    .await;
+    let gw = Gateway::start(&format!(
+        "health.unhealthy_threshold = 1000\n{}{}",
+        server(&empty.url, &["empty"]),
+        server(&cut.url, &["cut"])
+    ))
+    .await;
+    let chat = |model: &str| {
+        post_to(
+            "/v1/chat/completions",
+            &format!(r#"{{"model":"{model}"}}"#),
+            "",
+        )
+    };
+    let all = send_alone(&gw, &chat("empty")).await;
+    assert_refused(&all, "HTTP/1.1 502", "upstream_bad_response", "empty body");
+    let all = send_alone(&gw, &chat("cut")).await;
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}");
+    assert!(
+        all.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{all}"
+    );
+    assert!(all.ends_with("\r\n\r\n2\r\n{}\r\n"), "{all:?}");
+    // The same two again: neither server connection was pooled.
+    for (up, model) in [(&empty, "empty"), (&cut, "cut")] {
+        send_alone(&gw, &chat(model)).await;
+        let connections = up.post_connections();
+        assert_eq!(connections.len(), 2, "{model}");
+        assert_ne!(connections[0], connections[1], "{model}");
+    }
 }

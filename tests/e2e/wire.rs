@@ -52,8 +52,11 @@ pub struct RawUpstream {
     pub url: String,
     pub accepted: Arc<AtomicU64>,
     received: Arc<Mutex<Vec<u8>>>,
-    posts: Arc<Mutex<Vec<String>>>,
+    /// Each POST received: the number of the connection it came on, and its text.
+    posts: Posts,
 }
+
+type Posts = Arc<Mutex<Vec<(u64, String)>>>;
 
 const PROBE_ANSWER: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
@@ -73,8 +76,9 @@ impl RawUpstream {
         tokio::spawn(async move {
             loop {
                 let (s, _) = listener.accept().await.unwrap();
-                accepted.fetch_add(1, Relaxed);
-                tokio::spawn(serve(s, response, received.clone(), posts.clone()));
+                let number = accepted.fetch_add(1, Relaxed);
+                let (received, posts) = (received.clone(), posts.clone());
+                tokio::spawn(serve(s, number, response, received, posts));
             }
         });
         up
@@ -87,7 +91,14 @@ impl RawUpstream {
 
     /// The POST requests received so far (head and body, as text).
     pub fn posts(&self) -> Vec<String> {
-        self.posts.lock().unwrap().clone()
+        let posts = self.posts.lock().unwrap();
+        posts.iter().map(|(_, text)| text.clone()).collect()
+    }
+
+    /// The number of the connection each POST came on (connections count from 0 as accepted).
+    pub fn post_connections(&self) -> Vec<u64> {
+        let posts = self.posts.lock().unwrap();
+        posts.iter().map(|(c, _)| *c).collect()
     }
 }
 
@@ -95,9 +106,10 @@ impl RawUpstream {
 /// the only framing the gateway sends).
 async fn serve(
     mut s: TcpStream,
+    number: u64,
     response: &'static [u8],
     received: Arc<Mutex<Vec<u8>>>,
-    posts: Arc<Mutex<Vec<String>>>,
+    posts: Posts,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -119,10 +131,8 @@ async fn serve(
             }
             let request: Vec<u8> = buf.drain(..end + 4 + len).collect();
             let answer = if head.starts_with("post ") {
-                posts
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&request).into_owned());
+                let text = String::from_utf8_lossy(&request).into_owned();
+                posts.lock().unwrap().push((number, text));
                 response
             } else {
                 PROBE_ANSWER

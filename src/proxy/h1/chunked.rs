@@ -128,11 +128,12 @@ impl Chunked {
                     Some(_) => return Err(ChunkError::MissingCrlf),
                 },
                 State::Trailers { bytes, fields } => {
+                    // Limits are checked on complete lines only (a line still arriving is
+                    // bounded by MAX_LINE), so the verdict never depends on where the input was
+                    // split: the CR of the closing blank line may come in a read of its own.
                     let Some(nl) = memchr::memchr(b'\n', buf) else {
                         return if buf.len() > MAX_LINE {
                             Err(ChunkError::LineTooLong)
-                        } else if bytes + buf.len() > MAX_TRAILERS {
-                            Err(ChunkError::TrailersTooLarge)
                         } else {
                             Ok(Step::NeedMore)
                         };
@@ -226,11 +227,11 @@ fn parse_size(line: &[u8]) -> Result<u64, ChunkError> {
 mod tests {
     use super::*;
 
-    fn decode_in_pieces(wire: &[u8], piece: usize) -> Result<Vec<u8>, ChunkError> {
+    /// Decode the input arriving as `pieces` (reads).
+    fn decode<'a>(mut input: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, ChunkError> {
         let mut d = Chunked::default();
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
-        let mut input = wire.chunks(piece);
         loop {
             match d.step(&mut buf)? {
                 Step::Data(n) => {
@@ -246,6 +247,24 @@ mod tests {
         }
     }
 
+    fn decode_in_pieces(wire: &[u8], piece: usize) -> Result<Vec<u8>, ChunkError> {
+        decode(wire.chunks(piece))
+    }
+
+    /// The decoder's verdict on `wire`, checked to be the same however the input is split: at
+    /// every point into two reads, and into reads of a few fixed sizes.
+    fn verdict(wire: &[u8]) -> Result<Vec<u8>, ChunkError> {
+        let whole = decode_in_pieces(wire, wire.len());
+        for at in 1..wire.len() {
+            let (a, b) = wire.split_at(at);
+            assert_eq!(decode([a, b].into_iter()), whole, "split at {at}");
+        }
+        for piece in [1, 2, 3, 7, 64, 1000] {
+            assert_eq!(decode_in_pieces(wire, piece), whole, "pieces of {piece}");
+        }
+        whole
+    }
+
     #[test]
     fn decodes_whatever_the_pieces() {
         let wire = b"5\r\nhello\r\n1 ;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
@@ -256,20 +275,18 @@ mod tests {
                 "pieces of {piece}"
             );
         }
+        assert_eq!(verdict(wire).unwrap(), b"hello 0123456789");
     }
 
     #[test]
     fn refuses_bad_framing() {
+        assert_eq!(verdict(b"zz\r\n").unwrap_err(), ChunkError::BadSize);
         assert_eq!(
-            decode_in_pieces(b"zz\r\n", 64).unwrap_err(),
-            ChunkError::BadSize
-        );
-        assert_eq!(
-            decode_in_pieces(b"2\r\nabX\r\n", 64).unwrap_err(),
+            verdict(b"2\r\nabX\r\n").unwrap_err(),
             ChunkError::MissingCrlf
         );
         assert_eq!(
-            decode_in_pieces(b"fffffffffffffffff\r\n", 64).unwrap_err(),
+            verdict(b"fffffffffffffffff\r\n").unwrap_err(),
             ChunkError::BadSize
         );
         for (wire, err) in [
@@ -279,7 +296,7 @@ mod tests {
             (b"5;a\x01\r\nhello\r\n", ChunkError::BadExtension),
             (b"0\r\n\n", ChunkError::BareLf),
         ] {
-            assert_eq!(decode_in_pieces(wire, 64).unwrap_err(), err, "{wire:?}");
+            assert_eq!(verdict(wire).unwrap_err(), err, "{wire:?}");
         }
         let long = vec![b'1'; MAX_LINE + 2];
         let mut d = Chunked::default();
@@ -295,15 +312,6 @@ mod tests {
     /// A body of `hello` whose trailer section holds `trailers` (then the blank line).
     fn with_trailers(trailers: &str) -> Vec<u8> {
         format!("5\r\nhello\r\n0\r\n{trailers}\r\n").into_bytes()
-    }
-
-    /// The decoder's verdict on `wire`, the same whatever the pieces it arrives in.
-    fn verdict(wire: &[u8]) -> Result<Vec<u8>, ChunkError> {
-        let whole = decode_in_pieces(wire, wire.len());
-        for piece in [1, 2, 3, 7, 64, 1000] {
-            assert_eq!(decode_in_pieces(wire, piece), whole, "pieces of {piece}");
-        }
-        whole
     }
 
     #[test]
@@ -368,6 +376,16 @@ mod tests {
         let many_lines = line(4000).repeat(MAX_TRAILERS / 4000 + 1);
         assert_eq!(
             verdict(&with_trailers(&many_lines)),
+            Err(ChunkError::TrailersTooLarge)
+        );
+        // Exactly the section's limit passes (whatever read the closing blank line's CR and LF
+        // arrive in); one byte more does not.
+        let exact = line(4096 - "x-long: \r\n".len()).repeat(4);
+        assert_eq!(exact.len(), MAX_TRAILERS);
+        assert_eq!(verdict(&with_trailers(&exact)).unwrap(), b"hello");
+        let one_more = format!("{exact}x:\r\n");
+        assert_eq!(
+            verdict(&with_trailers(&one_more)),
             Err(ChunkError::TrailersTooLarge)
         );
         // More fields than allowed, each one short.

@@ -25,6 +25,8 @@ pub enum TargetError {
     Asterisk,
     #[error("an absolute request target needs a host")]
     NoHost,
+    #[error("the host or port of an absolute request target is malformed")]
+    BadAuthority,
     #[error("a request target cannot carry user information (`user@host`)")]
     UserInfo,
     #[error("a request target cannot carry a fragment (`#`)")]
@@ -59,13 +61,7 @@ pub fn split(method: &Method, target: &str) -> Result<Target, TargetError> {
                 .iter()
                 .position(|&b| b == b'/' || b == b'?')
                 .map_or(bytes.len(), |p| authority_start + p);
-            let authority = &bytes[authority_start..authority_end];
-            if authority.is_empty() {
-                return Err(TargetError::NoHost);
-            }
-            if memchr::memchr(b'@', authority).is_some() {
-                return Err(TargetError::UserInfo);
-            }
+            check_authority(&bytes[authority_start..authority_end])?;
             authority_end
         }
     };
@@ -75,6 +71,70 @@ pub fn split(method: &Method, target: &str) -> Result<Target, TargetError> {
         path: path_start..path_end,
         query: (path_end < bytes.len()).then(|| path_end + 1..bytes.len()),
     })
+}
+
+/// An authority is `host[:port]` (RFC 3986 3.2, RFC 9110 4.2): a registered name or IPv4
+/// address (unreserved and sub-delimiter characters, percent-encoded bytes) or an IPv6 literal
+/// in brackets, and a port of at most 65535. The gateway routes by path and body and never uses
+/// it, but a target a server would read differently is refused rather than passed over.
+fn check_authority(authority: &[u8]) -> Result<(), TargetError> {
+    if memchr::memchr(b'@', authority).is_some() {
+        return Err(TargetError::UserInfo);
+    }
+    let (host_ok, host_len, rest) = match authority.first() {
+        Some(b'[') => {
+            let close = memchr::memchr(b']', authority).ok_or(TargetError::BadAuthority)?;
+            let literal = &authority[1..close];
+            let ok = !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            (ok, close + 1, &authority[close + 1..])
+        }
+        _ => {
+            let end = memchr::memchr(b':', authority).unwrap_or(authority.len());
+            let host = &authority[..end];
+            (reg_name(host), end, &authority[end..])
+        }
+    };
+    if host_len == 0 {
+        return Err(TargetError::NoHost);
+    }
+    let port_ok = match rest.split_first() {
+        None => true,
+        // Digits only (`parse` would take a sign), empty allowed (RFC 3986 3.2.3).
+        Some((b':', port)) => {
+            port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+        }
+        Some(_) => false,
+    };
+    if host_ok && port_ok {
+        Ok(())
+    } else {
+        Err(TargetError::BadAuthority)
+    }
+}
+
+/// A registered name or IPv4 address: unreserved and sub-delimiter characters, and `%` with
+/// two hexadecimal digits.
+fn reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The length of an `http://` or `https://` prefix (any case), if `target` starts with one.
@@ -144,6 +204,12 @@ mod tests {
             Some("a=b"),
         );
         ok("http://gw", "", None);
+        ok("http://gw:/v1/models", "/v1/models", None);
+        ok("http://gw:65535/v1/models", "/v1/models", None);
+        ok("http://10.0.0.1:80/v1/models", "/v1/models", None);
+        ok("http://[::1]:8080/v1/models", "/v1/models", None);
+        ok("http://[::ffff:10.0.0.1]/v1/models", "/v1/models", None);
+        ok("http://my-gw.example_1%41~/v1/models", "/v1/models", None);
         ok("http://gw?q=1", "", Some("q=1"));
         ok("http://gw/x?u=https://a/b", "/x", Some("u=https://a/b"));
         for (bad, err) in [
@@ -156,6 +222,19 @@ mod tests {
             ("http:///v1/chat/completions", TargetError::NoHost),
             ("https://?x", TargetError::NoHost),
             ("http://user:pw@gw/v1/models", TargetError::UserInfo),
+            ("http://:80/v1/models", TargetError::NoHost),
+            (
+                "http://gw:99999999999999/v1/models",
+                TargetError::BadAuthority,
+            ),
+            ("http://gw:65536/v1/models", TargetError::BadAuthority),
+            ("http://gw:8x/v1/models", TargetError::BadAuthority),
+            ("http://[::1/v1/models", TargetError::BadAuthority),
+            ("http://[]/v1/models", TargetError::BadAuthority),
+            ("http://[::1]x/v1/models", TargetError::BadAuthority),
+            ("http://g\"w/v1/models", TargetError::BadAuthority),
+            ("http://g%zzw/v1/models", TargetError::BadAuthority),
+            ("http://g%4/v1/models", TargetError::BadAuthority),
             ("/v1/models#frag", TargetError::Fragment),
             ("/v1/mod\u{e9}ls", TargetError::NotAscii),
         ] {

@@ -170,7 +170,22 @@ impl ResponseHead {
                 self.values("transfer-encoding")
             )));
         }
+        // HTTP/1.0 has no chunked coding: such framing is faulty (RFC 9112 6.1).
+        if self.codings.present() && self.has_body() && resp.version != Some(1) {
+            return Err(UpstreamError::Malformed(
+                "Transfer-Encoding on an HTTP/1.0 response".into(),
+            ));
+        }
         Ok(Some(len))
+    }
+
+    /// Whether the server's framing leaves doubt about where this response ends, so its
+    /// connection is not reused: both Transfer-Encoding and Content-Length (read by the former,
+    /// RFC 9112 6.3), or a 204 announcing a body it may not have (RFC 9112 6.1, 6.2).
+    fn framing_in_doubt(&self) -> bool {
+        (self.content_length.is_some() && self.codings.present())
+            || (self.status == 204
+                && (self.codings.present() || self.content_length.is_some_and(|n| n > 0)))
     }
 
     /// Whether the response has a body (by its status; the gateway forwards no HEAD request).
@@ -309,11 +324,7 @@ impl UpstreamConn {
                         _ => {}
                     }
                     self.framing = self.head.framing();
-                    // A response with both Transfer-Encoding and Content-Length is read by the
-                    // former, and its connection is not reused (RFC 9112 6.3).
-                    let ambiguous =
-                        self.head.content_length.is_some() && self.head.codings.present();
-                    self.keepalive = !self.head.close && !ambiguous;
+                    self.keepalive = !self.head.close && !self.head.framing_in_doubt();
                     return Ok(());
                 }
                 None if self.buf.len() >= MAX_HEAD_BYTES => {
@@ -482,6 +493,26 @@ mod tests {
         assert_eq!(h.body_length(), Some(0));
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n").unwrap();
         assert!(matches!(h.framing(), Framing::Chunked(_)));
+        assert!(!h.framing_in_doubt());
+        // HTTP/1.0 has no chunked coding.
+        let err = head("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").err();
+        assert!(err.unwrap().to_string().contains("HTTP/1.0"));
+        // A 204 that announces a body, or both framings: read, then not reused.
+        for raw in [
+            "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            let h = head(raw).unwrap();
+            assert!(h.framing_in_doubt(), "{raw}");
+        }
+        for raw in [
+            "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            assert!(!head(raw).unwrap().framing_in_doubt(), "{raw}");
+        }
         let mut out = Vec::new();
         head("HTTP/1.1 200 OK\r\nconnection: x-hop\r\nx-hop: 1\r\nkeep-alive: 5\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n")
             .unwrap()
