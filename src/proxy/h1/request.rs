@@ -1,8 +1,8 @@
 //! A client's request head, parsed once with `httparse` into offsets over its own copy of the
 //! bytes (no header map is built: the few headers the gateway reads are found by a scan).
 
+use super::fields::{self, Codings};
 use super::target::{self, TargetError};
-use super::Codings;
 use http::Method;
 use std::ops::Range;
 
@@ -79,7 +79,7 @@ impl RequestHead {
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
             Err(e) => return Err(HeadError::Malformed(e.to_string())),
         };
-        let at = |s: &[u8]| super::offsets(buf, s);
+        let at = |s: &[u8]| fields::offsets(buf, s);
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         self.headers.clear();
@@ -118,9 +118,9 @@ impl RequestHead {
                 hosts += 1;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 self.connection.push(at(value));
-                if super::listed_in(value, b"close") {
+                if fields::listed_in(value, b"close") {
                     close = true;
-                } else if !self.http11 && super::listed_in(value, b"keep-alive") {
+                } else if !self.http11 && fields::listed_in(value, b"keep-alive") {
                     close = false;
                 }
             } else if name.eq_ignore_ascii_case(b"expect") {
@@ -189,7 +189,7 @@ impl RequestHead {
     pub fn connection_lists(&self, name: &[u8]) -> bool {
         self.connection
             .iter()
-            .any(|v| super::listed_in(&self.raw[v.clone()], name))
+            .any(|v| fields::listed_in(&self.raw[v.clone()], name))
     }
 
     pub fn is_head(&self) -> bool {

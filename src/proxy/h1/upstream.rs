@@ -2,7 +2,7 @@
 //! `httparse`, the body handed out in place from the read buffer (decoded when chunked).
 
 use super::chunked::{ChunkError, Chunked, Step};
-use super::Codings;
+use super::fields::{self, Codings};
 use bytes::{Buf, BytesMut};
 use pingora::protocols::Stream;
 use std::io;
@@ -94,7 +94,7 @@ impl ResponseHead {
                 || self
                     .connection
                     .iter()
-                    .any(|c| super::listed_in(&self.raw[c.clone()], name))
+                    .any(|c| fields::listed_in(&self.raw[c.clone()], name))
             {
                 continue;
             }
@@ -122,7 +122,7 @@ impl ResponseHead {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(UpstreamError::Malformed(e.to_string())),
         };
-        let at = |s: &[u8]| super::offsets(buf, s);
+        let at = |s: &[u8]| fields::offsets(buf, s);
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         self.headers.clear();
@@ -153,7 +153,7 @@ impl ResponseHead {
             } else if name.eq_ignore_ascii_case(b"connection") {
                 self.connection.push(at(value));
                 // (An HTTP/1.0 server's connection is never reused.)
-                if super::listed_in(value, b"close") {
+                if fields::listed_in(value, b"close") {
                     self.close = true;
                 }
             } else if name.eq_ignore_ascii_case(b"content-type") {
