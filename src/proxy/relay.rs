@@ -6,7 +6,7 @@ use super::app::ProxyApp;
 use super::errors::ProxyError;
 use super::exchange::Exchange;
 use super::forward::{Attempt, RequestCtx};
-use super::h1::{pool, UpstreamConn};
+use super::h1::{pool, UpstreamConn, UpstreamError};
 use crate::health::Source;
 use crate::routing::Member;
 use crate::telemetry::sse::SseScanner;
@@ -20,11 +20,11 @@ use std::time::Instant;
 const COPY_BYTES: usize = 16 * 1024;
 
 /// How the body relay ended.
-#[derive(PartialEq, Eq)]
 enum End {
     Complete,
     ClientGone,
-    UpstreamFailed,
+    /// The server's response failed, for this reason.
+    UpstreamFailed(UpstreamError),
 }
 
 /// How the body is framed towards the client.
@@ -86,8 +86,6 @@ impl ProxyApp {
         let mut tail = UsageTail::default();
         let read_timeout = self.settings.read_timeout;
         let mut end = End::Complete;
-        // Why the server's response failed, when it did.
-        let mut failure = None;
         // Something reached the client (after that, a failure can only cut the response).
         let mut sent_any = false;
         loop {
@@ -119,8 +117,7 @@ impl ProxyApp {
                 Err(e) => {
                     tracing::warn!(server = %backend.id, error = %e, "upstream failed mid-response");
                     backend.record_failure(policy, Source::Passive, "failed mid-response");
-                    failure = Some(e);
-                    end = End::UpstreamFailed;
+                    end = End::UpstreamFailed(e);
                     break;
                 }
             };
@@ -164,7 +161,7 @@ impl ProxyApp {
             }
             sent_any = true;
         }
-        if end == End::Complete {
+        if matches!(end, End::Complete) {
             if out == Out::Chunked && !head_only {
                 ex.conn.out.extend_from_slice(b"0\r\n\r\n");
             }
@@ -172,11 +169,11 @@ impl ProxyApp {
                 end = End::ClientGone;
             }
         }
-        if end != End::Complete {
+        if !matches!(end, End::Complete) {
             ex.keepalive = false;
             ex.conn.out.clear();
         }
-        if let (Some(e), false) = (&failure, sent_any) {
+        if let (End::UpstreamFailed(e), false) = (&end, sent_any) {
             // Nothing reached the client yet: it gets a 502 (or 504) instead of a cut
             // connection.
             let err = ProxyError::upstream(e, &member.model);
@@ -213,7 +210,11 @@ impl ProxyApp {
             m.prompt_tokens.inc_by(u.prompt_tokens);
             m.completion_tokens.inc_by(u.completion_tokens);
         }
-        let sent = if end == End::ClientGone { 499 } else { status };
+        let sent = if matches!(end, End::ClientGone) {
+            499
+        } else {
+            status
+        };
         ctx.record(
             &self.gw,
             &member.model,
@@ -223,7 +224,7 @@ impl ProxyApp {
             usage,
         );
 
-        if end == End::Complete && up.reusable() {
+        if matches!(end, End::Complete) && up.reusable() {
             let s = &self.settings;
             pool::put(peer, up, s.pool_size, s.pool_idle_timeout);
         } else {
