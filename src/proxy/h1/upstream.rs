@@ -160,21 +160,23 @@ impl ResponseHead {
                 self.event_stream = value.starts_with(b"text/event-stream");
             }
         }
-        // A body under another coding than chunked (`gzip, chunked`, `identity`, ...) cannot
-        // be relayed: decoding only the chunking would hand the client a still-encoded body
-        // with nothing saying so (the gateway never sends TE, so the server had no leave to
-        // use one either).
-        if self.codings.present() && !self.codings.only_chunked() && self.has_body() {
-            return Err(UpstreamError::Malformed(format!(
-                "unsupported Transfer-Encoding `{}` (only chunked is relayed)",
-                self.values("transfer-encoding")
-            )));
-        }
-        // HTTP/1.0 has no chunked coding: such framing is faulty (RFC 9112 6.1).
-        if self.codings.present() && self.has_body() && resp.version != Some(1) {
-            return Err(UpstreamError::Malformed(
-                "Transfer-Encoding on an HTTP/1.0 response".into(),
-            ));
+        if self.codings.present() && self.has_body() {
+            // A body under another coding than chunked (`gzip, chunked`, `identity`, ...)
+            // cannot be relayed: decoding only the chunking would hand the client a
+            // still-encoded body with nothing saying so (the gateway never sends TE, so the
+            // server had no leave to use one either).
+            if !self.codings.only_chunked() {
+                return Err(UpstreamError::Malformed(format!(
+                    "unsupported Transfer-Encoding `{}` (only chunked is relayed)",
+                    self.values("transfer-encoding")
+                )));
+            }
+            // HTTP/1.0 has no chunked coding: such framing is faulty (RFC 9112 6.1).
+            if resp.version != Some(1) {
+                return Err(UpstreamError::Malformed(
+                    "Transfer-Encoding on an HTTP/1.0 response".into(),
+                ));
+            }
         }
         Ok(Some(len))
     }
