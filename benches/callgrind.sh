@@ -59,8 +59,7 @@ measure() {
   local out="$work/cg-$name"
   valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$@" 2>"$work/$name-valgrind.log" &
   local pid=$!; pids+=($pid)
-  for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
-  wait_port "$port"
+  wait_port "$port" 600 # valgrind starts slowly
   load "$port" "$WARMUP"
   callgrind_control -z "$pid" >/dev/null 2>&1
   load "$port" "$REQUESTS"
