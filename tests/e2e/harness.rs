@@ -81,6 +81,17 @@ impl Gateway {
     }
 
     async fn launch(extra: &str, env: &[(&str, &str)], capture: bool) -> Gateway {
+        // A port free when chosen can be taken (by another test's server) before the gateway
+        // binds it: the gateway then exits, or something else answers. Try fresh ports.
+        for _ in 0..3 {
+            if let Some(gw) = Self::try_launch(extra, env, capture).await {
+                return gw;
+            }
+        }
+        panic!("the gateway did not start on three sets of free ports");
+    }
+
+    async fn try_launch(extra: &str, env: &[(&str, &str)], capture: bool) -> Option<Gateway> {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = test_config(proxy, admin, extra);
@@ -107,32 +118,45 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn infergate");
-        let gw = Gateway {
+        let mut gw = Gateway {
             child,
             proxy,
             admin,
             _dir: dir,
         };
-        gw.wait_ready().await;
-        gw
+        gw.wait_ready().await.then_some(gw)
     }
 
-    async fn wait_ready(&self) {
+    /// Whether this gateway (not another server that took one of its ports) answers on both.
+    async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
+        let ours = |r: Result<reqwest::Response, reqwest::Error>| async move {
+            match r {
+                Ok(r) => r.text().await.is_ok_and(|t| t == r#"{"status":"ok"}"#),
+                Err(_) => false,
+            }
+        };
         loop {
-            let admin_ok = client
-                .get(format!("http://{}/health", self.admin))
-                .send()
-                .await
-                .is_ok();
-            let proxy_ok = client
-                .get(format!("http://{}/health", self.proxy))
-                .send()
-                .await
-                .is_ok();
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
+            let admin_ok = ours(
+                client
+                    .get(format!("http://{}/health", self.admin))
+                    .send()
+                    .await,
+            )
+            .await;
+            let proxy_ok = ours(
+                client
+                    .get(format!("http://{}/health", self.proxy))
+                    .send()
+                    .await,
+            )
+            .await;
             if admin_ok && proxy_ok {
-                return;
+                return true;
             }
             assert!(Instant::now() < deadline, "gateway did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
