@@ -42,6 +42,19 @@ pub struct Gateway {
     pub usage: crate::usage::UsageRecorder,
     /// Per-key rpm/tpm counts.
     pub limiter: crate::identity::RateLimiter,
+    /// Routes to the engines this instance runs for managed models (`lifecycle`).
+    pub managed: std::sync::Mutex<Vec<ManagedRoute>>,
+    /// The registry routes of the last rebuild (a managed engine's route changes the table
+    /// without reading the store again).
+    registry_applied: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+/// A route to an engine the gateway runs: its served name, base URL and own API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedRoute {
+    pub model: String,
+    pub url: String,
+    pub key: String,
 }
 
 impl Gateway {
@@ -99,8 +112,18 @@ impl Gateway {
             identity: crate::identity::IdentityService::new(store.clone()),
             usage: Default::default(),
             limiter: Default::default(),
+            managed: Default::default(),
+            registry_applied: Default::default(),
             store,
         }))
+    }
+
+    /// The registry routes the table was last built with.
+    pub fn last_registry(&self) -> Vec<(String, String)> {
+        self.registry_applied
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// The config's (model, server URL) routes.
@@ -115,12 +138,16 @@ impl Gateway {
             .collect()
     }
 
-    /// Rebuild the routing table from the config, `registry` routes and the discovered models,
+    /// Rebuild the routing table from the config, `registry` routes, managed engines and the
+    /// discovered models,
     /// keeping the live state (health, in-flight counts) of servers that stay. Servers only in
     /// the registry are vLLM servers without an API key. Resolves new hosts (blocking: call from
     /// a blocking task); a server that cannot be resolved is left out (and named in the
     /// result) rather than failing the whole table.
     pub fn apply_registry(&self, registry: &[(String, String)]) -> Vec<BackendError> {
+        if let Ok(mut applied) = self.registry_applied.lock() {
+            *applied = registry.to_vec();
+        }
         let current = self.table.load_full();
         let settings = PeerSettings {
             connect_timeout: Duration::from_millis(self.config.proxy.connect_timeout_ms),
@@ -135,8 +162,18 @@ impl Gateway {
                     .collect()
             })
             .unwrap_or_default();
+        let managed: Vec<ManagedRoute> = self.managed.lock().map(|m| m.clone()).unwrap_or_default();
+        let managed_routes: Vec<(String, String)> = managed
+            .iter()
+            .map(|r| (r.model.clone(), r.url.clone()))
+            .collect();
         let mut models: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for (model, url) in self.config_routes().iter().chain(registry) {
+        for (model, url) in self
+            .config_routes()
+            .iter()
+            .chain(registry)
+            .chain(&managed_routes)
+        {
             let list = models.entry(url.clone()).or_default();
             if !list.contains(model) {
                 list.push(model.clone());
@@ -150,11 +187,22 @@ impl Gateway {
                 }
             }
         }
+        // A managed engine's backend is kept only while it has that engine's key (a later
+        // engine may get the same port, never the same key).
+        let key_of = |url: &str| managed.iter().find(|r| r.url == url).map(|r| &r.key);
+        let same_key = |b: &Backend| match key_of(&b.id) {
+            None => true,
+            Some(key) => b
+                .auth_header
+                .as_ref()
+                .is_some_and(|h| h.as_bytes() == format!("Bearer {key}").as_bytes()),
+        };
         let unchanged = current.backends().len() == models.len()
             && current.backends().iter().all(|b| {
-                models
-                    .get(&*b.id)
-                    .is_some_and(|m| current.models_of(&b.id) == m.as_slice())
+                same_key(b)
+                    && models
+                        .get(&*b.id)
+                        .is_some_and(|m| current.models_of(&b.id) == m.as_slice())
             });
         if unchanged {
             return Vec::new();
@@ -162,7 +210,11 @@ impl Gateway {
         let mut routes = Vec::with_capacity(models.len());
         let mut failed = Vec::new();
         for (url, list) in models {
-            let backend = match current.backends().iter().find(|b| *b.id == *url) {
+            let backend = match current
+                .backends()
+                .iter()
+                .find(|b| *b.id == *url && same_key(b))
+            {
                 Some(b) => b.clone(),
                 None => {
                     let cfg = crate::config::ServerConfig {
@@ -171,7 +223,11 @@ impl Gateway {
                         models: list.clone(),
                         api_key_env: None,
                     };
-                    match Backend::from_config(&cfg, settings, &self.metrics) {
+                    let key = managed
+                        .iter()
+                        .find(|r| r.url == url)
+                        .map(|r| (r.key.clone(), "a managed engine's key"));
+                    match Backend::with_key(&cfg, key, settings, &self.metrics) {
                         Ok(b) => Arc::new(b),
                         Err(e) => {
                             tracing::warn!(server = %url, error = %e, "server left out of the routing table");

@@ -4,7 +4,8 @@
 //! One folder per concern: `config` (the TOML schema), `proxy` (the data plane), `routing`
 //! (model pools, affinity and selection), `upstream` (servers), `health` (probes and passive
 //! failures), `store` (shared state), `telemetry` (metrics, TTFT and usage), `admin` (the admin
-//! listener), `identity` (organizations, users, API keys), `pods` (pod providers), `mock` (a
+//! listener), `identity` (organizations, users, API keys), `lifecycle` (managed models: their
+//! records, and the engines the gateway runs for them), `pods` (pod providers), `mock` (a
 //! mock vLLM server for tests, benchmarks and the demo), `serve` (process assembly).
 
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod gateway;
 pub mod health;
 pub mod identity;
+pub mod lifecycle;
 pub mod mock;
 pub mod pods;
 pub mod proxy;

@@ -58,6 +58,26 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Require this bearer (like vLLM's --api-key), read from the environment only.
+        #[arg(
+            long = "api-key-from-env",
+            env = "INFERGATE_MOCK_API_KEY",
+            hide_env_values = true
+        )]
+        api_key: Option<String>,
+        /// `/health` answers 503 for this long after start (a model loading).
+        #[arg(long, default_value_t = 0)]
+        load_ms: u64,
+        /// Exit with status 1 this long after start (an engine crashing); 0: never.
+        #[arg(long, default_value_t = 0)]
+        exit_after_ms: u64,
+    },
+    /// A stand-in for `vllm serve` (the demo's managed model): takes vLLM's command line,
+    /// serves the mock under the served name, with the key in VLLM_API_KEY.
+    #[command(hide = true)]
+    MockEngine {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
     },
 }
 
@@ -108,8 +128,14 @@ fn main() -> anyhow::Result<()> {
                 return infergate::serve::run(cfg).context("infergate failed to start");
             }
             start_demo_backends(&mut cfg)?;
-            infergate::serve::run_with(cfg, print_demo_key).context("infergate failed to start")
+            demo_runner(&mut cfg)?;
+            infergate::serve::run_with(cfg, |gw| {
+                print_demo_key(gw);
+                create_demo_model(gw);
+            })
+            .context("infergate failed to start")
         }
+        Command::MockEngine { argv } => mock_engine(&argv),
         Command::Mock {
             listen,
             models,
@@ -118,6 +144,9 @@ fn main() -> anyhow::Result<()> {
             itl_ms,
             tokens,
             threads,
+            api_key,
+            load_ms,
+            exit_after_ms,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.max(1))
@@ -130,13 +159,34 @@ fn main() -> anyhow::Result<()> {
                     ttft: Duration::from_millis(ttft_ms),
                     itl: Duration::from_millis(itl_ms),
                     default_tokens: tokens,
-                    api_key: None,
+                    api_key,
                 };
                 let server = MockServer::start(listen, cfg)
                     .await
                     .context("mock cannot listen")?;
                 tracing::info!(addr = %server.addr, "mock vLLM server listening");
-                tokio::signal::ctrl_c().await?;
+                if load_ms > 0 {
+                    server.state.set_healthy(false);
+                    let state = server.state.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(load_ms)).await;
+                        state.set_healthy(true);
+                        tracing::info!("mock model loaded");
+                    });
+                }
+                let crash = async {
+                    if exit_after_ms == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(exit_after_ms)).await;
+                };
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => r?,
+                    _ = crash => {
+                        tracing::error!("mock engine crashing as asked (--exit-after-ms)");
+                        std::process::exit(1);
+                    }
+                }
                 Ok(())
             })
         }
@@ -168,6 +218,97 @@ fn print_demo_key(gw: &std::sync::Arc<infergate::gateway::Gateway>) {
             );
         }
         Err(e) => tracing::error!(error = %e, "the demo key could not be created"),
+    }
+}
+
+/// Serve the mock as vLLM would serve `argv` (`[serve] <model> --host H --port P
+/// --served-model-name S ...`; other flags are accepted and ignored).
+fn mock_engine(argv: &[String]) -> anyhow::Result<()> {
+    let mut args = argv.iter().skip_while(|a| *a == "serve");
+    let model = args.next().context("no model argument")?.clone();
+    let (mut host, mut port, mut served) = ("127.0.0.1".to_string(), 8000u16, model.clone());
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--host" => host = args.next().context("--host needs a value")?.clone(),
+            "--port" => port = args.next().context("--port needs a value")?.parse()?,
+            "--served-model-name" => {
+                served = args
+                    .next()
+                    .context("--served-model-name needs a value")?
+                    .clone()
+            }
+            _ => {}
+        }
+    }
+    tracing::info!("vLLM API server version 0.0.0-infergate-mock");
+    tracing::info!("args: model='{model}' served_model_name=['{served}']");
+    let listen: SocketAddr = format!("{host}:{port}").parse()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let cfg = MockConfig {
+            name: "mock-engine".into(),
+            models: vec![served],
+            api_key: std::env::var("VLLM_API_KEY").ok(),
+            ..MockConfig::default()
+        };
+        let server = MockServer::start(listen, cfg)
+            .await
+            .context("mock engine cannot listen")?;
+        tracing::info!(addr = %server.addr, "Model loading took 0.00 GiB and 0.00 seconds");
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })
+}
+
+/// The demo's managed model: the process runner with this binary's mock engine as `vllm`, and
+/// a models directory under the temporary directory (unless the config has its own runner).
+fn demo_runner(cfg: &mut Config) -> anyhow::Result<()> {
+    if cfg.runner.kind != infergate::config::RunnerKind::None {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join("infergate-demo-models");
+    std::fs::create_dir_all(dir.join("demo-managed"))?;
+    std::fs::write(
+        dir.join("demo-managed/README.txt"),
+        "The demo's managed model: its engine is infergate's mock, which needs no weights.\n",
+    )?;
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    cfg.runner.kind = infergate::config::RunnerKind::Process;
+    cfg.runner.models_dir = dir;
+    cfg.runner.vllm.command = vec![exe, "mock-engine".into()];
+    cfg.runner.vllm.startup_timeout_secs = 30;
+    Ok(())
+}
+
+/// The demo's managed model record (stopped: start it through the admin API).
+fn create_demo_model(gw: &std::sync::Arc<infergate::gateway::Gateway>) {
+    let models = infergate::lifecycle::ModelService::new(
+        gw.store.clone(),
+        gw.config.runner.models_dir.clone(),
+    );
+    let spec = infergate::lifecycle::ModelSpec {
+        name: "Demo managed model".into(),
+        served_model_name: "demo-managed".into(),
+        local_path: Some("demo-managed".into()),
+        ..Default::default()
+    };
+    let created = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(models.create(spec)).map_err(|e| e.to_string()));
+    match created {
+        Ok(m) => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout(),
+                "demo managed model {} (stopped): curl -X POST -H \"Authorization: Bearer $OPENAI_API_KEY\" localhost:9090/admin/models/{}/start",
+                m.id, m.id
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "the demo's managed model was not created"),
     }
 }
 

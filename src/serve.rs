@@ -22,6 +22,8 @@ pub enum ServeError {
     Probe(#[from] crate::health::ProbeSetupError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminSetupError),
+    #[error("cannot start the model lifecycle thread: {0}")]
+    Lifecycle(std::io::Error),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         addr: String,
@@ -82,8 +84,16 @@ pub fn run_with(
 
     let mut health = background_service("health", HealthChecker::new(gw.clone())?);
     health.threads = Some(1);
-    let mut admin = background_service("admin", AdminService::new(gw.clone(), admin_listener)?);
+    let life = crate::lifecycle::Lifecycle::new(gw.clone()).map_err(ServeError::Lifecycle)?;
+    let mut admin = background_service(
+        "admin",
+        AdminService::new(gw.clone(), life.clone(), admin_listener)?,
+    );
     admin.threads = Some(cfg.admin.threads);
+    // Managed engines are spawned and watched on this service's one thread.
+    let mut lifecycle =
+        background_service("lifecycle", crate::lifecycle::LifecycleService { life });
+    lifecycle.threads = Some(1);
 
     tracing::info!(
         proxy = %cfg.proxy.listen,
@@ -94,6 +104,7 @@ pub fn run_with(
     server.add_service(proxy);
     server.add_service(health);
     server.add_service(admin);
+    server.add_service(lifecycle);
     let mut demand = background_service(
         "demand",
         crate::telemetry::demand::DemandService { gw: gw.clone() },

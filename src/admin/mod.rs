@@ -10,7 +10,9 @@ mod demand;
 pub mod error;
 mod identity_views;
 mod keys;
+mod model_lifecycle;
 mod model_registry;
+mod models;
 mod openapi;
 mod orgs;
 pub mod page;
@@ -47,6 +49,8 @@ pub struct AdminState {
     pub prober: crate::health::HealthChecker,
     /// Usage queries hold their records in memory: at most two run at once.
     pub usage_scans: tokio::sync::Semaphore,
+    /// Managed models: records and the engines this instance runs.
+    pub life: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// Why the admin service could not be set up.
@@ -61,13 +65,17 @@ pub enum AdminSetupError {
 }
 
 impl AdminState {
-    pub fn new(gw: Arc<Gateway>) -> Result<Self, AdminSetupError> {
+    pub fn new(
+        gw: Arc<Gateway>,
+        life: Arc<crate::lifecycle::Lifecycle>,
+    ) -> Result<Self, AdminSetupError> {
         Ok(Self {
             creds: Credentials::from_env_and_config(&gw.config.admin)?,
             pods: Pods::from_config(&gw.config.pods)?,
             client: crate::health::server_client(&gw.config)?,
             prober: crate::health::HealthChecker::new(gw.clone())?,
             usage_scans: tokio::sync::Semaphore::new(2),
+            life,
             gw,
         })
     }
@@ -91,9 +99,13 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    pub fn new(gw: Arc<Gateway>, listener: std::net::TcpListener) -> Result<Self, AdminSetupError> {
+    pub fn new(
+        gw: Arc<Gateway>,
+        life: Arc<crate::lifecycle::Lifecycle>,
+        listener: std::net::TcpListener,
+    ) -> Result<Self, AdminSetupError> {
         Ok(Self {
-            state: Arc::new(AdminState::new(gw)?),
+            state: Arc::new(AdminState::new(gw, life)?),
             listener: Mutex::new(Some(listener)),
         })
     }
@@ -136,6 +148,17 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .route("/usage/export", get(usage::export))
         .route("/upstreams", get(upstreams::get))
         .route("/upstreams/refresh-health", post(upstreams::refresh_health))
+        .route("/models", get(models::list).post(models::create))
+        .route(
+            "/models/{id}",
+            get(models::get).patch(models::patch).delete(models::delete),
+        )
+        .route("/models/{id}/start", post(model_lifecycle::start))
+        .route("/models/{id}/stop", post(model_lifecycle::stop))
+        .route("/models/{id}/apply", post(model_lifecycle::apply))
+        .route("/models/{id}/readiness", get(model_lifecycle::readiness))
+        .route("/models/{id}/test", post(model_lifecycle::test))
+        .route("/models/{id}/logs", get(model_lifecycle::logs))
         .route(
             "/models/registry",
             get(model_registry::list)

@@ -19,8 +19,9 @@ use std::sync::Arc;
 pub struct Route {
     pub model: String,
     pub url: String,
-    /// Where it comes from: "config" (the file; not removable here), "registry" (this API), or
-    /// "discovery" (the server's own /v1/models, on a registry refresh).
+    /// Where it comes from: "config" (the file; not removable here), "registry" (this API),
+    /// "discovery" (the server's own /v1/models, on a registry refresh), or "lifecycle" (an
+    /// engine this instance runs for a managed model; it goes when the model stops).
     pub source: String,
 }
 
@@ -81,6 +82,11 @@ pub async fn list(
     }
     for r in s.gw.config_routes() {
         routes.insert(r, "config");
+    }
+    if let Ok(managed) = s.gw.managed.lock() {
+        for r in managed.iter() {
+            routes.insert((r.model.clone(), r.url.clone()), "lifecycle");
+        }
     }
     let all: Vec<Route> = routes
         .into_iter()

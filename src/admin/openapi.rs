@@ -2,8 +2,8 @@
 //! (`GET /admin/openapi.json`, unauthenticated).
 
 use super::{
-    affinity, demand, error, identity_views, keys, model_registry, orgs, pods, registry, servers,
-    upstreams, usage, users,
+    affinity, demand, error, identity_views, keys, model_lifecycle, model_registry, models, orgs,
+    pods, registry, servers, upstreams, usage, users,
 };
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -30,6 +30,9 @@ x-error-id headers."
         upstreams::get, upstreams::refresh_health,
         usage::list, usage::aggregate, usage::series, usage::latency, usage::ttft, usage::export,
         model_registry::list, model_registry::add, model_registry::remove,
+        models::list, models::get, models::create, models::patch, models::delete,
+        model_lifecycle::start, model_lifecycle::stop, model_lifecycle::apply,
+        model_lifecycle::readiness, model_lifecycle::logs, model_lifecycle::test,
     ),
     components(schemas(
         error::ErrorBody,
@@ -46,6 +49,11 @@ x-error-id headers."
         usage::RecordView, usage::RecordList, usage::Aggregate, usage::SeriesBucket, usage::Series, usage::LatencyReport,
         crate::usage::query::ModelTotals, crate::usage::query::Percentiles,
         model_registry::Route, model_registry::RouteList, model_registry::RouteBody, model_registry::RouteChange,
+        models::ModelView, models::ModelList, models::ModelDeleted,
+        model_lifecycle::ApplyResult, model_lifecycle::Readiness, model_lifecycle::Logs,
+        crate::lifecycle::TestResult, crate::lifecycle::diagnose::Finding, crate::lifecycle::diagnose::Summary,
+        crate::lifecycle::ModelSpec, crate::lifecycle::ModelState, crate::lifecycle::EngineType, crate::lifecycle::Task,
+        crate::lifecycle::EngineArg, crate::lifecycle::ArgType, crate::lifecycle::EnvVar,
     )),
     modifiers(&Security),
 )]

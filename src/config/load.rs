@@ -190,6 +190,7 @@ impl Validator<'_> {
         }
         self.check_admin(c);
         self.check_pods(c);
+        self.check_runner(c);
         match self.errors {
             Some(e) => Err(e),
             None => Ok(()),
@@ -216,6 +217,37 @@ impl Validator<'_> {
                 self.fail(
                     &[Key("admin"), Key("credentials"), Index(i), Key("roles")],
                     "role names must be 1 to 64 characters".into(),
+                );
+            }
+        }
+    }
+
+    fn check_runner(&mut self, c: &Config) {
+        use Seg::*;
+        let r = &c.runner;
+        if r.port_min == 0 || r.port_min > r.port_max {
+            self.fail(
+                &[Key("runner"), Key("port_min")],
+                "must be at least 1 and at most port_max".into(),
+            );
+        }
+        if r.log_lines == 0 {
+            self.fail(
+                &[Key("runner"), Key("log_lines")],
+                "must be at least 1".into(),
+            );
+        }
+        for (name, engine) in [("vllm", &r.vllm), ("llamacpp", &r.llamacpp)] {
+            if engine.command.first().is_none_or(|p| p.is_empty()) {
+                self.fail(
+                    &[Key("runner"), Key(name), Key("command")],
+                    "must name the engine's program".into(),
+                );
+            }
+            if engine.startup_timeout_secs == 0 {
+                self.fail(
+                    &[Key("runner"), Key(name), Key("startup_timeout_secs")],
+                    "must be at least 1".into(),
                 );
             }
         }

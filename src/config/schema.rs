@@ -16,7 +16,90 @@ pub struct Config {
     pub pods: PodsConfig,
     pub auth: AuthConfig,
     pub usage: UsageConfig,
+    pub runner: RunnerConfig,
     pub servers: Vec<ServerConfig>,
+}
+
+/// How managed models' engines are run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerKind {
+    /// No engines are run: model records can be kept, lifecycle calls answer 409.
+    #[default]
+    None,
+    /// Engines run as child processes of the gateway.
+    Process,
+    /// Engines run as Docker containers (Docker Engine API on its unix socket).
+    Docker,
+}
+
+/// `[runner]`: managed models (the model lifecycle endpoints).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerConfig {
+    pub kind: RunnerKind,
+    /// Where model files live; a model's `local_path` is relative to it and may not leave it.
+    pub models_dir: std::path::PathBuf,
+    /// This instance's node name (models started here belong to it); empty: the host name.
+    pub node: String,
+    /// Loopback ports handed to engines (inclusive).
+    pub port_min: u16,
+    pub port_max: u16,
+    /// After SIGTERM, an engine's process group gets this long before SIGKILL.
+    pub stop_grace_secs: u64,
+    /// Lines of output kept per model (logs and diagnosis).
+    pub log_lines: usize,
+    /// Variables of the gateway's environment engines get besides the usual ones (process
+    /// runner).
+    pub pass_env: Vec<String>,
+    /// The Docker Engine API socket (docker runner).
+    pub docker_socket: std::path::PathBuf,
+    pub vllm: EngineRunnerConfig,
+    pub llamacpp: EngineRunnerConfig,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            kind: RunnerKind::None,
+            models_dir: "/var/lib/infergate/models".into(),
+            node: String::new(),
+            port_min: 20000,
+            port_max: 20999,
+            stop_grace_secs: 15,
+            log_lines: 5000,
+            pass_env: Vec::new(),
+            docker_socket: "/var/run/docker.sock".into(),
+            vllm: EngineRunnerConfig {
+                command: vec!["vllm".into(), "serve".into()],
+                docker_entrypoint: None,
+                image: "vllm/vllm-openai:latest".into(),
+                startup_timeout_secs: 600,
+            },
+            llamacpp: EngineRunnerConfig {
+                command: vec!["llama-server".into()],
+                docker_entrypoint: None,
+                image: "ghcr.io/ggml-org/llama.cpp:server-cuda".into(),
+                startup_timeout_secs: 300,
+            },
+        }
+    }
+}
+
+/// `[runner.vllm]`, `[runner.llamacpp]`: how one engine is run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineRunnerConfig {
+    /// The program and its first arguments (process runner); the model's flags follow.
+    pub command: Vec<String>,
+    /// The container's entrypoint (docker runner; empty: the image's own); the model's flags
+    /// are its command. Unset: `["vllm", "serve"]` for vLLM, the image's own for llama.cpp.
+    #[serde(default)]
+    pub docker_entrypoint: Option<Vec<String>>,
+    /// The default image (docker runner); a model's `engine_image` overrides it.
+    pub image: String,
+    /// Default wait from start to ready; a model's `startup_timeout_sec` overrides it.
+    pub startup_timeout_secs: u64,
 }
 
 /// `[usage]`: per-request usage records.

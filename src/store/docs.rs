@@ -1,4 +1,5 @@
-//! Identity records (organizations, users, API keys) as JSON documents by id, with an optional
+//! Identity records (organizations, users, API keys) and managed models as JSON documents by id,
+//! with an optional
 //! unique name per document. The embedded store keeps them in memory; the Valkey store in one
 //! hash per collection (see `valkey/docs.rs`).
 
@@ -12,16 +13,29 @@ pub enum Collection {
     Orgs,
     Users,
     Keys,
+    /// Managed models' configurations (`lifecycle`).
+    Models,
+    /// Managed models' states, apart from their configurations so that neither write undoes
+    /// the other.
+    ModelStates,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 3] = [Collection::Orgs, Collection::Users, Collection::Keys];
+    pub const ALL: [Collection; 5] = [
+        Collection::Orgs,
+        Collection::Users,
+        Collection::Keys,
+        Collection::Models,
+        Collection::ModelStates,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Collection::Orgs => "orgs",
             Collection::Users => "users",
             Collection::Keys => "keys",
+            Collection::Models => "models",
+            Collection::ModelStates => "model_states",
         }
     }
 }

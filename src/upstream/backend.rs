@@ -60,15 +60,32 @@ impl Backend {
         settings: PeerSettings,
         metrics: &Metrics,
     ) -> Result<Self, BackendError> {
+        let key = match &cfg.api_key_env {
+            None => None,
+            Some(var) => Some((
+                std::env::var(var)
+                    .map_err(|_| BackendError::MissingKey(var.clone(), cfg.url.clone()))?,
+                var.as_str(),
+            )),
+        };
+        Self::with_key(cfg, key, settings, metrics)
+    }
+
+    /// Build with the server's API key given (and where it came from, for errors) rather than
+    /// read from `api_key_env`: the key of an engine the gateway runs itself.
+    pub fn with_key(
+        cfg: &ServerConfig,
+        key: Option<(String, &str)>,
+        settings: PeerSettings,
+        metrics: &Metrics,
+    ) -> Result<Self, BackendError> {
         let url = ServerUrl::parse(&cfg.url)?;
         let addr = resolve_blocking(&url)?;
-        let auth_header = match &cfg.api_key_env {
+        let auth_header = match key {
             None => None,
-            Some(var) => {
-                let key = std::env::var(var)
-                    .map_err(|_| BackendError::MissingKey(var.clone(), cfg.url.clone()))?;
+            Some((key, source)) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
-                    .map_err(|_| BackendError::BadKey(var.clone()))?;
+                    .map_err(|_| BackendError::BadKey(source.to_string()))?;
                 v.set_sensitive(true);
                 Some(v)
             }

@@ -446,3 +446,48 @@ pub async fn fresh_minute(need: u64) {
         tokio::time::sleep(Duration::from_millis(left + 100)).await;
     }
 }
+
+/// The two prefixes the admin API is served under.
+pub const PREFIXES: [&str; 2] = ["/api/ai/v1/admin", "/admin"];
+
+/// Every error answer has the body and the x-error / x-error-id headers; returns the id.
+pub async fn assert_error(
+    r: reqwest::Response,
+    status: u16,
+    error: &str,
+) -> (String, serde_json::Value) {
+    assert_eq!(r.status().as_u16(), status, "status of {}", r.url());
+    let x_error = r.headers()["x-error"].to_str().unwrap().to_string();
+    let id = r.headers()["x-error-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "x-error-id is 32 hex digits");
+    let body: serde_json::Value = r.json().await.unwrap();
+    if let Some(e) = body.get("error") {
+        assert_eq!(e, error, "body error");
+    }
+    assert_eq!(x_error, error, "x-error names the error");
+    (id, body)
+}
+
+/// An admin API call with the admin bearer: (status, JSON body); every error carries an
+/// x-error-id.
+pub async fn admin_call(
+    gw: &Gateway,
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = gw.admin(c, method, path);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    if status >= 400 {
+        assert!(
+            r.headers().get("x-error-id").is_some(),
+            "errors carry x-error-id"
+        );
+    }
+    (status, r.json().await.unwrap_or_default())
+}

@@ -6,28 +6,7 @@ use reqwest::{Client, Method};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// POST/PATCH/DELETE an admin path with the admin bearer; (status, body).
-async fn admin(
-    gw: &Gateway,
-    c: &Client,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = gw.admin(c, method, path);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    if status >= 400 {
-        assert!(
-            r.headers().get("x-error-id").is_some(),
-            "errors carry x-error-id"
-        );
-    }
-    (status, r.json().await.unwrap_or_default())
-}
+use crate::harness::admin_call as admin;
 
 async fn create_key(gw: &Gateway, c: &Client, body: Value) -> (String, Value) {
     let (status, k) = admin(gw, c, Method::POST, "/admin/keys", Some(body)).await;

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real gateway process in front of real mock vLLM servers on loopback.
 
+mod fake_docker;
 mod fake_runpod;
 mod harness;
 mod wire;
@@ -10,7 +11,9 @@ mod errors;
 mod health;
 mod http1;
 mod identity;
+mod lifecycle;
 mod limits;
+mod models;
 mod routing;
 mod smuggling;
 mod streaming;
