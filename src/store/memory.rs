@@ -35,6 +35,8 @@ pub struct MemoryStore {
     on_touch: Option<TouchSink>,
     /// Identity documents (only used when this is the store, not a cache under Valkey).
     docs: super::docs::MemoryDocs,
+    /// Heartbeats, messages and replies of the one node this store serves.
+    nodes: super::nodes::MemoryNodes,
     /// Registry routes (same).
     registry: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     registry_tx: tokio::sync::watch::Sender<u64>,
@@ -69,6 +71,7 @@ impl MemoryStore {
             counts: Default::default(),
             on_touch: None,
             docs: Default::default(),
+            nodes: Default::default(),
             registry: Default::default(),
             registry_tx: tokio::sync::watch::channel(0).0,
             usage: Default::default(),
@@ -224,6 +227,31 @@ impl Store for MemoryStore {
 
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.docs.changes()
+    }
+
+    async fn node_beat(&self, node: &str, info: &[u8]) -> Result<(), StoreError> {
+        self.nodes.beat(node, info)
+    }
+
+    async fn node_beats(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.nodes.beats()
+    }
+
+    async fn node_send(&self, node: &str, body: &[u8]) -> Result<(), StoreError> {
+        self.nodes.deliver(node, body);
+        Ok(())
+    }
+
+    fn node_inbox(&self) -> tokio::sync::broadcast::Receiver<super::NodeMessage> {
+        self.nodes.inbox()
+    }
+
+    async fn reply_put(&self, id: &str, body: &[u8]) -> Result<(), StoreError> {
+        self.nodes.reply_put(id, body)
+    }
+
+    async fn reply_take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.nodes.reply_take(id)
     }
 
     async fn registry(&self) -> Result<Vec<(String, String)>, StoreError> {

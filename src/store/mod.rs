@@ -7,10 +7,12 @@
 
 pub mod docs;
 mod memory;
+pub mod nodes;
 pub mod valkey;
 
 pub use docs::{Collection, Put};
 pub use memory::{Entry, MemoryStore, UsageLimits};
+pub use nodes::NodeMessage;
 
 use crate::config::Provider;
 use crate::health::HealthSnapshot;
@@ -117,6 +119,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Changes whenever documents may have changed, on any instance (within a second).
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Record that `node` is alive, with what it says of itself (a lifecycle heartbeat).
+    async fn node_beat(&self, node: &str, info: &[u8]) -> Result<(), StoreError>;
+
+    /// The last heartbeat of every node, as (node, info).
+    async fn node_beats(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Send a message to `node` (whichever instance it is); it arrives within a second.
+    async fn node_send(&self, node: &str, body: &[u8]) -> Result<(), StoreError>;
+
+    /// The messages sent to any node, as they arrive (each receiver keeps its node's).
+    fn node_inbox(&self) -> tokio::sync::broadcast::Receiver<NodeMessage>;
+
+    /// Leave the reply to message `id` for its sender (kept for [`nodes::REPLY_TTL`]).
+    async fn reply_put(&self, id: &str, body: &[u8]) -> Result<(), StoreError>;
+
+    /// Take the reply to message `id`, if it came.
+    async fn reply_take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Append usage records (a flush of the recorder); they are kept for the retention.
     async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError>;

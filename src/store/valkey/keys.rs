@@ -89,6 +89,16 @@ impl Keys {
         format!("{}:usage:{}", self.prefix, hour)
     }
 
+    /// HASH node -> JSON heartbeat of every lifecycle node: `<p>:nodes`.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// STRING reply to one node message, expiring: `<p>:reply:<message id>`.
+    pub fn reply(&self, id: &str) -> String {
+        format!("{}:reply:{}", self.prefix, id)
+    }
+
     /// STRING marker whose absence means Valkey lost its data: `<p>:epoch`.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

@@ -15,6 +15,7 @@ mod conn;
 mod demand;
 mod docs;
 mod keys;
+mod nodes;
 mod registry;
 mod sync;
 mod usage;
@@ -87,6 +88,8 @@ pub struct ValkeyStore {
     pub(crate) registry_tx: tokio::sync::watch::Sender<u64>,
     /// Bumped when identity documents changed (here or, by an event, on another instance).
     pub(crate) docs_tx: tokio::sync::watch::Sender<u64>,
+    /// Messages for lifecycle nodes, as they arrive on the event stream.
+    pub(crate) nodes: super::nodes::MemoryNodes,
     pub(crate) docs_put: redis::Script,
     pub(crate) docs_delete: redis::Script,
     /// This process's id in per-instance keys.
@@ -125,6 +128,7 @@ impl ValkeyStore {
             instance: format!("{:016x}", rand::random::<u64>()),
             registry_tx: tokio::sync::watch::channel(0).0,
             docs_tx: tokio::sync::watch::channel(0).0,
+            nodes: Default::default(),
             docs_put: redis::Script::new(docs::PUT),
             docs_delete: redis::Script::new(docs::DELETE),
             claim: redis::Script::new(CLAIM),
@@ -327,6 +331,30 @@ impl Store for ValkeyStore {
 
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.docs_tx.subscribe()
+    }
+
+    async fn node_beat(&self, node: &str, info: &[u8]) -> Result<(), StoreError> {
+        nodes::beat(self, node, info).await
+    }
+
+    async fn node_beats(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        nodes::beats(self).await
+    }
+
+    async fn node_send(&self, node: &str, body: &[u8]) -> Result<(), StoreError> {
+        nodes::send(self, node, body).await
+    }
+
+    fn node_inbox(&self) -> tokio::sync::broadcast::Receiver<super::NodeMessage> {
+        self.nodes.inbox()
+    }
+
+    async fn reply_put(&self, id: &str, body: &[u8]) -> Result<(), StoreError> {
+        nodes::reply_put(self, id, body).await
+    }
+
+    async fn reply_take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        nodes::reply_take(self, id).await
     }
 
     async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError> {

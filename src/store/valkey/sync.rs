@@ -163,6 +163,11 @@ async fn apply_events(store: &ValkeyStore, after: &str) -> Result<String, StoreE
                 Some("docs") => {
                     store.docs_tx.send_modify(|v| *v += 1);
                 }
+                Some("node") => {
+                    if let (Some(node), Some(body)) = (field("node"), field("body")) {
+                        store.nodes.deliver(&node, body.as_bytes());
+                    }
+                }
                 _ => {}
             }
             last = e.id.clone();
