@@ -1,11 +1,12 @@
 //! Running managed models (spec 000 "Models"): `POST /admin/models/{id}/start`, `stop`,
-//! `apply`; `GET /admin/models/{id}/readiness` and `logs`.
+//! `apply`, `test`; `GET /admin/models/{id}/readiness` and `logs`. Any instance answers: a call
+//! is carried out by the node that owns the model (503 when that node cannot be reached).
 
 use super::error::{ApiError, ErrorBody};
 use super::models::ModelView;
 use super::page::param;
 use super::{AdminState, PathId};
-use crate::lifecycle::{LifecycleError, ModelState, Probe, TestResult};
+use crate::lifecycle::{LifecycleError, Logs, Readiness, TestResult};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -22,6 +23,9 @@ impl From<LifecycleError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "model state conflict").detail(d)
             }
             LifecycleError::Unstartable(d) => ApiError::bad_request("model cannot start", d),
+            LifecycleError::NodeUnavailable(d) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model node unavailable").detail(d)
+            }
             LifecycleError::Model(e) => e.into(),
         }
     }
@@ -30,7 +34,7 @@ impl From<LifecycleError> for ApiError {
 /// Start a model's engine. Answers 202 once the engine process is spawned: `starting` (then
 /// `loading`, `running`, or `failed` with the reason), or `failed` when it could not be run.
 #[utoipa::path(post, path = "/admin/models/{id}/start", tag = "Models", params(("id" = String, Path)),
-    responses((status = 202, body = ModelView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = ModelView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn start(
     State(s): State<Arc<AdminState>>,
@@ -44,7 +48,7 @@ pub async fn start(
 /// Stop a model's engine: it leaves the routing table at once, then gets SIGTERM (SIGKILL after
 /// `[runner] stop_grace_secs`). Answers 202 in `stopping` (or `stopped`).
 #[utoipa::path(post, path = "/admin/models/{id}/stop", tag = "Models", params(("id" = String, Path)),
-    responses((status = 202, body = ModelView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = ModelView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn stop(
     State(s): State<Arc<AdminState>>,
@@ -66,7 +70,7 @@ pub struct ApplyResult {
 /// Apply a model's saved configuration: a running model is restarted with it (202), a stopped
 /// one is only checked (200). PATCH then apply is how a change reaches a running engine.
 #[utoipa::path(post, path = "/admin/models/{id}/apply", tag = "Models", params(("id" = String, Path)),
-    responses((status = 200, body = ApplyResult), (status = 202, body = ApplyResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = ApplyResult), (status = 202, body = ApplyResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn apply(
     State(s): State<Arc<AdminState>>,
@@ -87,54 +91,22 @@ pub async fn apply(
     ))
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Readiness {
-    /// `ready`, `loading`, `stopped` or `failed`.
-    pub status: &'static str,
-    pub detail: Option<String>,
-}
-
 /// Whether a model serves: decided from its engine's `GET /health` and `GET /v1/models` (never
 /// from an inference, so embedding models are judged right). An unknown model is a 404.
 #[utoipa::path(get, path = "/admin/models/{id}/readiness", tag = "Models", params(("id" = String, Path)),
-    responses((status = 200, body = Readiness), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Readiness), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn readiness(
     State(s): State<Arc<AdminState>>,
     PathId(id): PathId,
 ) -> Result<Json<Readiness>, ApiError> {
-    let model = s.life.models.get(&id).await?;
-    let (status, detail) = match model.state {
-        ModelState::Stopped => ("stopped", None),
-        ModelState::Stopping => ("stopped", Some("stopping".to_string())),
-        ModelState::Failed => ("failed", model.state_detail),
-        ModelState::Starting | ModelState::Loading => (
-            "loading",
-            Some(
-                model
-                    .state_detail
-                    .unwrap_or_else(|| model.state.as_str().into()),
-            ),
-        ),
-        ModelState::Running => match s.life.probe_model(&id).await {
-            Some(Probe::Ready) => ("ready", None),
-            Some(Probe::Loading(why)) => ("loading", Some(why)),
-            Some(Probe::Down) => ("failed", Some("the engine does not answer".into())),
-            None if model.node.as_deref() == Some(s.life.node.as_str()) => (
-                "failed",
-                Some("no engine runs for it on this node (the gateway restarted?)".into()),
-            ),
-            // Another node runs it: its record says it is running.
-            None => ("ready", model.node.map(|n| format!("running on node {n}"))),
-        },
-    };
-    Ok(Json(Readiness { status, detail }))
+    Ok(Json(s.life.readiness(&id).await?))
 }
 
 /// Send one small request to the model's own engine: a chat completion, or an embedding for
 /// `embed` models. 409 when it is not running.
 #[utoipa::path(post, path = "/admin/models/{id}/test", tag = "Models", params(("id" = String, Path)),
-    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn test(
     State(s): State<Arc<AdminState>>,
@@ -143,26 +115,12 @@ pub async fn test(
     Ok(Json(s.life.test(&id).await?))
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Logs {
-    pub state: ModelState,
-    /// The engine's last output lines, oldest first (with the gateway's own notes, prefixed
-    /// `infergate:`).
-    pub lines: Vec<String>,
-    /// With `diagnose=true`: every known problem found in the whole kept log, most severe first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diagnosis: Option<Vec<crate::lifecycle::diagnose::Finding>>,
-    /// With `diagnose=true`: what the engine reported of its startup.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub summary: Option<crate::lifecycle::diagnose::Summary>,
-}
-
-/// The last `tail` lines (default 200) a model's engine wrote on this node; `diagnose=true`
-/// adds what the whole kept log says about its startup.
+/// The last `tail` lines (default 200) a model's engine wrote, read on the node it runs (or last
+/// ran) on; `diagnose=true` adds what the whole kept log says about its startup.
 #[utoipa::path(get, path = "/admin/models/{id}/logs", tag = "Models",
     params(("id" = String, Path), ("tail" = Option<u64>, Query, description = "Lines (default 200)"),
         ("diagnose" = Option<bool>, Query, description = "Add diagnosis and summary")),
-    responses((status = 200, body = Logs), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Logs), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn logs(
     State(s): State<Arc<AdminState>>,
@@ -179,26 +137,5 @@ pub async fn logs(
         })?,
     };
     let diagnose = super::page::flag(q.as_deref(), "diagnose")?;
-    let model = s.life.models.get(&id).await?;
-    let (diagnosis, summary) = if diagnose {
-        let all = s.life.log_tail(&id, usize::MAX);
-        // Up to a few MiB through every pattern: off the async threads.
-        let read = tokio::task::spawn_blocking(move || {
-            (
-                crate::lifecycle::diagnose::diagnose(&all),
-                crate::lifecycle::diagnose::summarize(&all),
-            )
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-        (Some(read.0), Some(read.1))
-    } else {
-        (None, None)
-    };
-    Ok(Json(Logs {
-        state: model.state,
-        lines: s.life.log_tail(&id, tail),
-        diagnosis,
-        summary,
-    }))
+    Ok(Json(s.life.logs(&id, tail, diagnose).await?))
 }

@@ -23,6 +23,8 @@ pub struct ModelView {
     pub state: ModelState,
     /// Why the model failed, or what it is doing, when there is something to say.
     pub state_detail: Option<String>,
+    /// The node its engine runs (or last ran) on; `node` is the one it is pinned to.
+    pub runs_on: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -34,6 +36,7 @@ impl From<ModelRecord> for ModelView {
             spec: m.spec,
             state: m.state,
             state_detail: m.state_detail,
+            runs_on: m.node,
             created_at: iso(m.created_ms),
             updated_at: iso(m.updated_ms),
         }

@@ -50,7 +50,7 @@ x-error-id headers."
         crate::usage::query::ModelTotals, crate::usage::query::Percentiles,
         model_registry::Route, model_registry::RouteList, model_registry::RouteBody, model_registry::RouteChange,
         models::ModelView, models::ModelList, models::ModelDeleted,
-        model_lifecycle::ApplyResult, model_lifecycle::Readiness, model_lifecycle::Logs,
+        model_lifecycle::ApplyResult, crate::lifecycle::Readiness, crate::lifecycle::ReadinessStatus, crate::lifecycle::Logs,
         crate::lifecycle::TestResult, crate::lifecycle::diagnose::Finding, crate::lifecycle::diagnose::Summary,
         crate::lifecycle::ModelSpec, crate::lifecycle::ModelState, crate::lifecycle::EngineType, crate::lifecycle::Task,
         crate::lifecycle::EngineArg, crate::lifecycle::ArgType, crate::lifecycle::EnvVar,

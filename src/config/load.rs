@@ -231,6 +231,19 @@ impl Validator<'_> {
                 "must be at least 1 and at most port_max".into(),
             );
         }
+        if r.node_lost_secs < 5 {
+            // Heartbeats come every 2 s: fewer than two missed must not lose a node.
+            self.fail(
+                &[Key("runner"), Key("node_lost_secs")],
+                "must be at least 5 (heartbeats come every 2 s)".into(),
+            );
+        }
+        if !r.node.is_empty() && !crate::lifecycle::validate::node_name(&r.node) {
+            self.fail(
+                &[Key("runner"), Key("node")],
+                "1 to 255 letters, digits and . _ : -".into(),
+            );
+        }
         if r.log_lines == 0 {
             self.fail(
                 &[Key("runner"), Key("log_lines")],

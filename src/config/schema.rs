@@ -33,6 +33,16 @@ pub enum RunnerKind {
     Docker,
 }
 
+impl RunnerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerKind::None => "none",
+            RunnerKind::Process => "process",
+            RunnerKind::Docker => "docker",
+        }
+    }
+}
+
 /// `[runner]`: managed models (the model lifecycle endpoints).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +57,9 @@ pub struct RunnerConfig {
     pub port_max: u16,
     /// After SIGTERM, an engine's process group gets this long before SIGKILL.
     pub stop_grace_secs: u64,
+    /// A node that has sent no heartbeat for this long is lost: its active models are marked
+    /// failed.
+    pub node_lost_secs: u64,
     /// Lines of output kept per model (logs and diagnosis).
     pub log_lines: usize,
     /// Variables of the gateway's environment engines get besides the usual ones (process
@@ -67,6 +80,7 @@ impl Default for RunnerConfig {
             port_min: 20000,
             port_max: 20999,
             stop_grace_secs: 15,
+            node_lost_secs: 10,
             log_lines: 5000,
             pass_env: Vec::new(),
             docker_socket: "/var/run/docker.sock".into(),

@@ -4,25 +4,25 @@
 //! Patterns and fixes follow `shared/notes/cortex-models-system.md` §6.
 
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 
 /// One known problem found in a log.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Finding {
     pub title: String,
     pub message: String,
     pub fixes: Vec<String>,
     /// `error`, `warning` or `info`.
-    pub severity: &'static str,
+    pub severity: String,
     /// `memory`, `args`, `model`, `network`, `multi_gpu`, `system`, `warning` or `info`.
-    pub error_type: &'static str,
+    pub error_type: String,
     /// The log line it was found in.
     pub line: String,
 }
 
 /// What a vLLM startup log reports, where it does.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     pub engine_version: Option<String>,
     pub model_path: Option<String>,
@@ -166,14 +166,14 @@ pub fn diagnose(lines: &[String]) -> Vec<Finding> {
                     title: p.title.into(),
                     message,
                     fixes: p.fixes.iter().map(|f| (*f).into()).collect(),
-                    severity: p.severity,
-                    error_type: p.error_type,
+                    severity: p.severity.into(),
+                    error_type: p.error_type.into(),
                     line: line.chars().take(500).collect(),
                 })
             })
         })
         .collect();
-    found.sort_by_key(|f| rank(f.severity));
+    found.sort_by_key(|f| rank(&f.severity));
     found
 }
 

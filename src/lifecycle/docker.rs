@@ -11,14 +11,19 @@ use super::record::{EngineType, ModelRecord};
 use super::weights::Resolved;
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The label naming the model a container runs.
+pub const MODEL_LABEL: &str = "infergate.model";
+/// The label naming the node that runs it.
+pub const NODE_LABEL: &str = "infergate.node";
 use tokio_stream::StreamExt;
 
 /// The engine's port inside its container.
@@ -108,8 +113,8 @@ pub fn create_body(c: &ContainerSpec<'_>) -> (EngineCommand, ContainerCreateBody
         env: Some(cmd.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         exposed_ports: Some(vec![port_key]),
         labels: Some(HashMap::from([
-            ("infergate.model".to_string(), c.model.id.clone()),
-            ("infergate.node".to_string(), c.node.to_string()),
+            (MODEL_LABEL.to_string(), c.model.id.clone()),
+            (NODE_LABEL.to_string(), c.node.to_string()),
             (
                 "infergate.served".to_string(),
                 c.model.spec.served_model_name.clone(),
@@ -134,6 +139,34 @@ pub fn connect(socket: &Path) -> Result<Docker, String> {
         .map_err(|e| format!("cannot reach Docker at {}: {e}", socket.display()))
 }
 
+/// Remove a container, running or not (nothing to remove is not an error).
+pub async fn remove(docker: &Docker, name: &str) {
+    let force = RemoveContainerOptionsBuilder::new().force(true).build();
+    let _ = docker.remove_container(name, Some(force)).await;
+}
+
+/// The containers labelled as this node's engines, as (model id, container name), running or
+/// not.
+pub async fn labelled(docker: &Docker, node: &str) -> Result<Vec<(String, String)>, String> {
+    let filters = HashMap::from([("label", vec![format!("{NODE_LABEL}={node}")])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let found = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| format!("cannot list containers: {e}"))?;
+    Ok(found
+        .into_iter()
+        .filter_map(|c| {
+            let model = c.labels?.get(MODEL_LABEL)?.clone();
+            let name = c.names?.first()?.trim_start_matches('/').to_string();
+            Some((model, name))
+        })
+        .collect())
+}
+
 /// Create and start the container (pulling its image when the engine does not have it), and
 /// follow its output into `logs`.
 pub async fn start(
@@ -143,8 +176,7 @@ pub async fn start(
     logs: &Arc<LogRing>,
 ) -> Result<EngineContainer, String> {
     // A container of the same name left by an earlier run goes first.
-    let force = RemoveContainerOptionsBuilder::new().force(true).build();
-    let _ = docker.remove_container(name, Some(force)).await;
+    remove(docker, name).await;
     let options = CreateContainerOptionsBuilder::new().name(name).build();
     let created = match docker
         .create_container(Some(options.clone()), body.clone())
@@ -221,8 +253,7 @@ impl EngineContainer {
     }
 
     pub async fn remove(&self) {
-        let force = RemoveContainerOptionsBuilder::new().force(true).build();
-        let _ = self.docker.remove_container(&self.name, Some(force)).await;
+        remove(&self.docker, &self.name).await;
     }
 }
 

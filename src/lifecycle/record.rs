@@ -59,6 +59,14 @@ impl ModelState {
         }
     }
 
+    /// An engine runs (or is being started or stopped) for the model, on its node.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            ModelState::Starting | ModelState::Loading | ModelState::Running | ModelState::Stopping
+        )
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         [
             ModelState::Stopped,
@@ -148,6 +156,11 @@ pub struct ModelSpec {
     /// runner's, 600 s for vLLM and 300 s for llama.cpp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_timeout_sec: Option<u64>,
+    /// The gateway node that runs this model (the `[runner] node` of one instance): starts and
+    /// applies sent to any instance are carried out there. Absent: the instance that receives
+    /// the start runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Extra flags, after the ones the gateway builds.
     #[serde(default)]
     pub engine_args: Vec<EngineArg>,

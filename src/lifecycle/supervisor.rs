@@ -8,8 +8,11 @@
 use super::command::{self, Listen};
 use super::docker;
 use super::logs::LogRing;
+use super::probe::{self, Probe, TestResult};
 use super::process::{self, EngineProcess};
 use super::record::{EngineType, ModelRecord, ModelState};
+use super::remote::{self, Op};
+use super::report::{Logs, Readiness, ReadinessStatus};
 use super::service::{ModelError, ModelService};
 use super::weights;
 use crate::config::{RunnerConfig, RunnerKind};
@@ -17,7 +20,7 @@ use crate::gateway::{Gateway, ManagedRoute};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -40,6 +43,9 @@ pub enum LifecycleError {
     /// The model cannot be started as configured (400).
     #[error("{0}")]
     Unstartable(String),
+    /// The node that owns the model cannot be reached (503).
+    #[error("{0}")]
+    NodeUnavailable(String),
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -47,7 +53,7 @@ pub enum LifecycleError {
 type Result<T> = std::result::Result<T, LifecycleError>;
 
 /// One engine this instance runs.
-struct Engine {
+pub(super) struct Engine {
     port: u16,
     key: String,
     served: String,
@@ -56,6 +62,8 @@ struct Engine {
     task: Option<JoinHandle<()>>,
     /// A stop was asked for: a restart pending from an apply does not happen.
     halt: bool,
+    /// The state its watcher last recorded.
+    pub(super) state: ModelState,
 }
 
 /// How an engine is to be run.
@@ -113,42 +121,15 @@ enum Stop {
     Restart,
 }
 
-/// The outcome of a model test.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct TestResult {
-    pub success: bool,
-    /// `chat` or `embeddings`.
-    pub test_type: &'static str,
-    /// The request sent.
-    #[schema(value_type = Object)]
-    pub request: serde_json::Value,
-    /// The engine's answer, when it succeeded.
-    #[schema(value_type = Option<Object>)]
-    pub response: Option<serde_json::Value>,
-    /// What went wrong (status and the start of the answer, or the connection error).
-    pub error: Option<String>,
-    pub latency_ms: u64,
-}
-
-/// What a readiness probe found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
-    /// Nothing answers on the port yet.
-    Down,
-    /// The server answers but is not ready; why.
-    Loading(String),
-    Ready,
-}
-
 /// The managed engines of one gateway instance.
 pub struct Lifecycle {
-    gw: Arc<Gateway>,
+    pub(super) gw: Arc<Gateway>,
     pub models: ModelService,
-    runner: RunnerConfig,
+    pub(super) runner: RunnerConfig,
     /// This instance's node name.
     pub node: String,
-    client: reqwest::Client,
-    engines: Mutex<HashMap<String, Engine>>,
+    pub(super) client: reqwest::Client,
+    pub(super) engines: Mutex<HashMap<String, Engine>>,
     logs: Mutex<HashMap<String, Arc<LogRing>>>,
     /// One lock per model: start, stop, apply and delete of one model on this node run one at
     /// a time.
@@ -235,7 +216,16 @@ impl Lifecycle {
         });
         life.runtime
             .spawn(Self::restart_loop(Arc::downgrade(&life), restart_ids));
+        life.runtime.spawn(Self::serve(
+            Arc::downgrade(&life),
+            life.gw.store.node_inbox(),
+        ));
         Ok(life)
+    }
+
+    /// The Docker Engine API client, with the docker runner.
+    pub(super) fn docker(&self) -> Option<&bollard::Docker> {
+        self.docker.as_ref()
     }
 
     fn runner_ready(&self) -> Result<()> {
@@ -254,33 +244,74 @@ impl Lifecycle {
     }
 
     /// The lock that serializes lifecycle calls on one model.
-    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.ops
             .lock()
             .map(|mut ops| ops.entry(id.to_string()).or_default().clone())
             .unwrap_or_default()
     }
 
-    /// The other node a model is active on, if it is (its engine is theirs to start or stop).
-    fn elsewhere(&self, m: &ModelRecord) -> Option<String> {
-        let active = matches!(
-            m.state,
-            ModelState::Starting | ModelState::Loading | ModelState::Running | ModelState::Stopping
-        );
-        m.node
-            .as_ref()
-            .filter(|n| active && **n != self.node)
-            .cloned()
+    /// The other node that carries out `op` on `m`, if another does: the node its engine runs
+    /// on while it is active (its logs: the node it last ran on), else the node it is pinned to
+    /// (`node`) for a start or an apply, else this one.
+    pub fn owner(&self, m: &ModelRecord, op: &Op) -> Option<String> {
+        let other = |n: &String| (*n != self.node).then(|| n.clone());
+        match op {
+            Op::Logs { .. } => m.node.as_ref().and_then(other),
+            _ if m.state.is_active() => m.node.as_ref().and_then(other),
+            Op::Start | Op::Apply => m.spec.node.as_ref().and_then(other),
+            _ => None,
+        }
     }
 
-    /// A model this node may act on: a runner is configured, and no other node runs it.
-    async fn here(&self, id: &str) -> Result<ModelRecord> {
+    /// A model this node may carry out `op` on: a runner is configured, and no other node owns
+    /// it (a command that arrives after its model moved is refused, never sent on).
+    async fn here(&self, id: &str, op: &Op) -> Result<ModelRecord> {
         self.runner_ready()?;
         let model = self.models.get(id).await?;
-        match self.elsewhere(&model) {
-            Some(node) => Err(Self::not_here(node)),
+        match self.owner(&model, op) {
+            Some(node) => Err(LifecycleError::Conflict(format!(
+                "the model belongs to node {node} now: send this again"
+            ))),
             None => Ok(model),
         }
+    }
+
+    /// Whether `node` sent a heartbeat recently enough to be asked.
+    async fn alive(&self, node: &str) -> Result<()> {
+        let beats = self.gw.store.node_beats().await.map_err(|e| {
+            LifecycleError::NodeUnavailable(format!(
+                "the model belongs to node {node}, and the store cannot be read: {e}"
+            ))
+        })?;
+        let lost = Duration::from_secs(self.runner.node_lost_secs);
+        match super::nodes::last_seen(&beats, node) {
+            Some(ago) if ago < lost => Ok(()),
+            Some(ago) => Err(LifecycleError::NodeUnavailable(format!(
+                "the model belongs to node {node}, which has sent no heartbeat for {} s",
+                ago.as_secs()
+            ))),
+            None => Err(LifecycleError::NodeUnavailable(format!(
+                "the model belongs to node {node}, which is not running (no heartbeat)"
+            ))),
+        }
+    }
+
+    /// Carry out `op` on `node` and return its answer.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        node: &str,
+        id: &str,
+        op: Op,
+    ) -> Result<T> {
+        self.alive(node).await?;
+        remote::call(self.gw.store.as_ref(), &self.node, node, id, op).await
+    }
+
+    /// The node other than this one that carries out `op` on model `id`, if one does.
+    async fn route_call(&self, id: &str, op: &Op) -> Result<Option<String>> {
+        let model = self.models.get(id).await?;
+        Ok(self.owner(&model, op))
     }
 
     /// A model's configuration checked again (links may have changed since it was saved), with
@@ -297,22 +328,24 @@ impl Lifecycle {
             .map_err(LifecycleError::Unstartable)
     }
 
-    fn not_here(node: String) -> LifecycleError {
-        LifecycleError::Conflict(format!(
-            "the model runs on node {node}: send this to that instance"
-        ))
+    /// Start a stopped (or failed) model, on the node it is pinned to or else this one:
+    /// answers once its engine process is spawned, in `starting` (or `failed`, when the
+    /// engine could not be run at all).
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<ModelRecord> {
+        match self.route_call(id, &Op::Start).await? {
+            Some(node) => self.send(&node, id, Op::Start).await,
+            None => self.start_here(id).await,
+        }
     }
 
-    /// Start a stopped (or failed) model: answers once its engine process is spawned, in
-    /// `starting` (or `failed`, when the engine could not be run at all).
-    pub async fn start(self: &Arc<Self>, id: &str) -> Result<ModelRecord> {
+    async fn start_here(self: &Arc<Self>, id: &str) -> Result<ModelRecord> {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         self.start_locked(id).await
     }
 
     async fn start_locked(self: &Arc<Self>, id: &str) -> Result<ModelRecord> {
-        let model = self.here(id).await?;
+        let model = self.here(id, &Op::Start).await?;
         if self.engines.lock().is_ok_and(|e| e.contains_key(id)) {
             return Err(LifecycleError::Conflict(format!(
                 "the model is already {} on this node: stop it first, or apply to restart it",
@@ -436,6 +469,7 @@ impl Lifecycle {
                         stop: Some(stop),
                         task: None,
                         halt: false,
+                        state: ModelState::Starting,
                     },
                 );
                 return Ok(port);
@@ -469,9 +503,16 @@ impl Lifecycle {
     /// Stop a model: answers at once in `stopping` when its engine runs here (it is unrouted
     /// first, then SIGTERM, SIGKILL after the grace period), or `stopped`.
     pub async fn stop(&self, id: &str) -> Result<ModelRecord> {
+        match self.route_call(id, &Op::Stop).await? {
+            Some(node) => self.send(&node, id, Op::Stop).await,
+            None => self.stop_here(id).await,
+        }
+    }
+
+    async fn stop_here(&self, id: &str) -> Result<ModelRecord> {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
-        let model = self.here(id).await?;
+        let model = self.here(id, &Op::Stop).await?;
         match self.ask_stop(id, Stop::Halt) {
             Some(_) => self.set(id, ModelState::Stopping, None).await,
             None if model.state != ModelState::Stopped => {
@@ -501,9 +542,16 @@ impl Lifecycle {
     /// `stopping`; it then starts again), a stopped one is only checked. `true` when a restart
     /// was begun.
     pub async fn apply(self: &Arc<Self>, id: &str) -> Result<(bool, ModelRecord)> {
+        match self.route_call(id, &Op::Apply).await? {
+            Some(node) => self.send(&node, id, Op::Apply).await,
+            None => self.apply_here(id).await,
+        }
+    }
+
+    async fn apply_here(self: &Arc<Self>, id: &str) -> Result<(bool, ModelRecord)> {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
-        let model = self.here(id).await?;
+        let model = self.here(id, &Op::Apply).await?;
         self.startable(&model).await?;
         match self.ask_stop(id, Stop::Restart) {
             None => Ok((false, model)),
@@ -520,11 +568,20 @@ impl Lifecycle {
 
     /// Delete a model: its engine is stopped (and unrouted) first, then its record.
     pub async fn delete(&self, id: &str) -> Result<ModelRecord> {
+        match self.route_call(id, &Op::Delete).await? {
+            Some(node) => self.send(&node, id, Op::Delete).await,
+            None => self.delete_here(id).await,
+        }
+    }
+
+    async fn delete_here(&self, id: &str) -> Result<ModelRecord> {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         let model = self.models.get(id).await?;
-        if let Some(node) = self.elsewhere(&model) {
-            return Err(Self::not_here(node));
+        if let Some(node) = self.owner(&model, &Op::Delete) {
+            return Err(LifecycleError::Conflict(format!(
+                "the model belongs to node {node} now: send this again"
+            )));
         }
         self.stop_and_wait(id).await;
         if let Ok(mut logs) = self.logs.lock() {
@@ -554,7 +611,7 @@ impl Lifecycle {
             let e = engines.get(id)?;
             (e.port, e.key.clone(), e.served.clone())
         };
-        Some(self.probe(port, &key, &served).await)
+        Some(probe::probe(&self.client, port, &key, &served).await)
     }
 
     /// The base URL and key of a model's engine on this node.
@@ -564,135 +621,155 @@ impl Lifecycle {
         Some((format!("http://127.0.0.1:{}", e.port), e.key.clone()))
     }
 
-    /// Send one small request to a running model's own engine (not through the routing table):
-    /// a chat completion, or an embedding for `embed` models.
+    /// Send one small request to a running model's own engine (not through the routing
+    /// table), on the node that runs it: a chat completion, or an embedding for `embed` models.
     pub async fn test(&self, id: &str) -> Result<TestResult> {
-        self.runner_ready()?;
-        let model = self.models.get(id).await?;
+        match self.route_call(id, &Op::Test).await? {
+            Some(node) => self.send(&node, id, Op::Test).await,
+            None => self.test_here(id).await,
+        }
+    }
+
+    async fn test_here(&self, id: &str) -> Result<TestResult> {
+        let model = self.here(id, &Op::Test).await?;
         let Some((base, key)) = self
             .endpoint(id)
             .filter(|_| model.state == ModelState::Running)
         else {
-            let place = match &model.node {
-                Some(n) if *n != self.node && model.state == ModelState::Running => {
-                    format!(" on this node (it runs on {n})")
-                }
-                _ => String::new(),
-            };
             return Err(LifecycleError::Conflict(format!(
-                "the model is not running{place} (state: {})",
+                "the model is not running (state: {})",
                 model.state.as_str()
             )));
         };
-        let served = &model.spec.served_model_name;
-        let (test_type, path, request) = match model.spec.task {
-            super::record::Task::Embed => (
-                "embeddings",
-                "/v1/embeddings",
-                serde_json::json!({"model": served, "input": "test"}),
+        Ok(probe::test(&self.client, &base, &key, &model).await)
+    }
+
+    /// Whether a model serves: its engine probed by the node that runs it, or its record.
+    pub async fn readiness(&self, id: &str) -> Result<Readiness> {
+        match self.route_call(id, &Op::Readiness).await? {
+            Some(node) => self.send(&node, id, Op::Readiness).await,
+            None => self.readiness_here(id).await,
+        }
+    }
+
+    async fn readiness_here(&self, id: &str) -> Result<Readiness> {
+        let model = self.models.get(id).await?;
+        let (status, detail) = match model.state {
+            ModelState::Stopped => (ReadinessStatus::Stopped, None),
+            ModelState::Stopping => (ReadinessStatus::Stopped, Some("stopping".to_string())),
+            ModelState::Failed => (ReadinessStatus::Failed, model.state_detail),
+            ModelState::Starting | ModelState::Loading => (
+                ReadinessStatus::Loading,
+                Some(
+                    model
+                        .state_detail
+                        .unwrap_or_else(|| model.state.as_str().into()),
+                ),
             ),
-            super::record::Task::Generate => (
-                "chat",
-                "/v1/chat/completions",
-                serde_json::json!({"model": served, "max_tokens": 16,
-                    "messages": [{"role": "user", "content": "Hello"}]}),
-            ),
-        };
-        let started = Instant::now();
-        let sent = self
-            .client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&key)
-            .timeout(Duration::from_secs(120))
-            .json(&request)
-            .send()
-            .await;
-        let outcome = match sent {
-            Err(e) => Err(format!("{path}: {e}")),
-            Ok(r) => {
-                let status = r.status();
-                let body = r.bytes().await.unwrap_or_default();
-                let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
-                let answered = json.as_ref().is_some_and(|v| match test_type {
-                    "embeddings" => v["data"][0]["embedding"].is_array(),
-                    _ => v["choices"].as_array().is_some_and(|c| !c.is_empty()),
-                });
-                match (status.is_success() && answered, json) {
-                    (true, Some(v)) => Ok(v),
-                    (_, json) => {
-                        let text = json.map_or_else(
-                            || String::from_utf8_lossy(&body).into_owned(),
-                            |v| v.to_string(),
-                        );
-                        Err(format!(
-                            "{path} answered {}: {}",
-                            status.as_u16(),
-                            text.chars().take(500).collect::<String>()
-                        ))
-                    }
-                }
-            }
-        };
-        let latency_ms = started.elapsed().as_millis() as u64;
-        Ok(match outcome {
-            Ok(response) => TestResult {
-                success: true,
-                test_type,
-                request,
-                response: Some(response),
-                error: None,
-                latency_ms,
+            ModelState::Running => match self.probe_model(id).await {
+                Some(Probe::Ready) => (ReadinessStatus::Ready, None),
+                Some(Probe::Loading(why)) => (ReadinessStatus::Loading, Some(why)),
+                Some(Probe::Down) => (
+                    ReadinessStatus::Failed,
+                    Some("the engine does not answer".into()),
+                ),
+                None => (
+                    ReadinessStatus::Failed,
+                    Some("no engine runs for it on its node (the gateway restarted?)".into()),
+                ),
             },
-            Err(error) => TestResult {
-                success: false,
-                test_type,
-                request,
-                response: None,
-                error: Some(error),
-                latency_ms,
-            },
+        };
+        Ok(Readiness { status, detail })
+    }
+
+    /// The last `tail` lines a model's engine wrote, from the node it runs (or last ran) on;
+    /// with `diagnose`, what the whole kept log says about its startup.
+    pub async fn logs(&self, id: &str, tail: usize, diagnose: bool) -> Result<Logs> {
+        let op = Op::Logs { tail, diagnose };
+        match self.route_call(id, &op).await? {
+            Some(node) => self.send(&node, id, op).await,
+            None => self.logs_here(id, tail, diagnose).await,
+        }
+    }
+
+    async fn logs_here(&self, id: &str, tail: usize, diagnose: bool) -> Result<Logs> {
+        let model = self.models.get(id).await?;
+        let (diagnosis, summary) = if diagnose {
+            let all = self.log_tail(id, usize::MAX);
+            // Up to a few MiB through every pattern: off the async threads.
+            let read = tokio::task::spawn_blocking(move || {
+                (
+                    super::diagnose::diagnose(&all),
+                    super::diagnose::summarize(&all),
+                )
+            })
+            .await
+            .map_err(|e| LifecycleError::NodeUnavailable(e.to_string()))?;
+            (Some(read.0), Some(read.1))
+        } else {
+            (None, None)
+        };
+        Ok(Logs {
+            state: model.state,
+            node: model.node,
+            lines: self.log_tail(id, tail),
+            diagnosis,
+            summary,
         })
     }
 
-    /// `GET /health` answers 200 and `GET /v1/models` lists the served name (so embedding
-    /// models are judged as well as chat models; no inference is run).
-    async fn probe(&self, port: u16, key: &str, served: &str) -> Probe {
-        let base = format!("http://127.0.0.1:{port}");
-        let health = self
-            .client
-            .get(format!("{base}/health"))
-            .bearer_auth(key)
-            .send()
-            .await;
-        match health {
-            Err(e) if e.is_connect() => return Probe::Down,
-            Err(e) => return Probe::Loading(format!("GET /health: {e}")),
-            Ok(r) if !r.status().is_success() => {
-                return Probe::Loading(format!("GET /health answers {}", r.status().as_u16()))
+    /// Carry out the commands other instances send to this node, each in a task of its own.
+    async fn serve(
+        me: std::sync::Weak<Self>,
+        mut inbox: tokio::sync::broadcast::Receiver<crate::store::NodeMessage>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let msg = match inbox.recv().await {
+                Ok(m) => m,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "lifecycle commands missed (their senders time out)"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let Some(me) = me.upgrade() else { return };
+            if msg.node != me.node {
+                continue;
             }
-            Ok(_) => {}
+            let cmd: remote::Command = match serde_json::from_slice(&msg.body) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable lifecycle command ignored");
+                    continue;
+                }
+            };
+            if crate::telemetry::now_ms() > cmd.deadline_ms {
+                tracing::warn!(model = %cmd.model, from = %cmd.from, "a lifecycle command arrived after its sender stopped waiting: not carried out");
+                continue;
+            }
+            tokio::spawn(me.execute(cmd));
         }
-        let listed = match self
-            .client
-            .get(format!("{base}/v1/models"))
-            .bearer_auth(key)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
-            Ok(r) => {
-                return Probe::Loading(format!("GET /v1/models answers {}", r.status().as_u16()))
-            }
-            Err(e) => return Probe::Loading(format!("GET /v1/models: {e}")),
+    }
+
+    /// Carry out one command from another instance and leave the answer for it.
+    async fn execute(self: Arc<Self>, cmd: remote::Command) {
+        tracing::info!(model = %cmd.model, from = %cmd.from, op = ?cmd.op, "lifecycle command from another instance");
+        let id = cmd.model.as_str();
+        let reply = match cmd.op {
+            Op::Start => remote::reply(self.start_here(id).await),
+            Op::Stop => remote::reply(self.stop_here(id).await),
+            Op::Apply => remote::reply(self.apply_here(id).await),
+            Op::Delete => remote::reply(self.delete_here(id).await),
+            Op::Readiness => remote::reply(self.readiness_here(id).await),
+            Op::Test => remote::reply(self.test_here(id).await),
+            Op::Logs { tail, diagnose } => remote::reply(self.logs_here(id, tail, diagnose).await),
         };
-        let serves = listed
-            .as_ref()
-            .and_then(|v| v["data"].as_array())
-            .is_some_and(|d| d.iter().any(|m| m["id"] == served));
-        if serves {
-            Probe::Ready
-        } else {
-            Probe::Loading(format!("GET /v1/models does not list {served:?} yet"))
+        if let Err(e) = self.gw.store.reply_put(&cmd.id, &reply).await {
+            tracing::warn!(model = %cmd.model, error = %e, "the answer to a lifecycle command was not left");
         }
     }
 
@@ -716,15 +793,28 @@ impl Lifecycle {
             let _ = spawned.send(());
             return self.finish(&id, ModelState::Stopped, None, how).await;
         }
+        let mut spawned = Some(spawned);
         let launched = match (launch, &self.docker) {
             (Launch::Process(cmd), _) => {
                 process::spawn(&cmd, &logs, self.models.models_dir(), &self.runner.pass_env)
                     .map(Running::Process)
                     .map_err(|e| format!("cannot run {}: {e}", cmd.argv[0]))
             }
-            (Launch::Container { name, body }, Some(d)) => docker::start(d, &name, *body, &logs)
-                .await
-                .map(Running::Container),
+            (Launch::Container { name, body }, Some(d)) => {
+                // Creating a container may first pull a large image: the start is answered
+                // now (`starting`), and a stop meanwhile is obeyed.
+                if let Some(tx) = spawned.take() {
+                    let _ = tx.send(());
+                }
+                tokio::select! {
+                    made = docker::start(d, &name, *body, &logs) => made.map(Running::Container),
+                    how = &mut stop => {
+                        docker::remove(d, &name).await;
+                        let how = how.unwrap_or(Stop::Halt);
+                        return self.finish(&id, ModelState::Stopped, None, how).await;
+                    }
+                }
+            }
             (Launch::Container { .. }, None) => Err("no docker client".to_string()),
         };
         let proc = match launched {
@@ -733,11 +823,15 @@ impl Lifecycle {
                 logs.push(&format!("infergate: {detail}"));
                 self.finish(&id, ModelState::Failed, Some(detail), Stop::Halt)
                     .await;
-                let _ = spawned.send(());
+                if let Some(tx) = spawned.take() {
+                    let _ = tx.send(());
+                }
                 return;
             }
         };
-        let _ = spawned.send(());
+        if let Some(tx) = spawned.take() {
+            let _ = tx.send(());
+        }
         let (end, detail, how) = self.watch(&model, port, &key, proc, &mut stop).await;
         if let Some(d) = &detail {
             tracing::warn!(model = %id, detail = %d, "managed model failed");
@@ -819,7 +913,7 @@ impl Lifecycle {
             // behind it.
             let probe = async {
                 tick.tick().await;
-                self.probe(port, key, served).await
+                probe::probe(&self.client, port, key, served).await
             };
             tokio::select! {
                 how = proc.wait() => {
@@ -895,7 +989,12 @@ impl Lifecycle {
     }
 
     /// Record a state (failures to write are logged: the engine's fate does not depend on it).
-    async fn set(&self, id: &str, state: ModelState, detail: Option<String>) {
+    pub(super) async fn set(&self, id: &str, state: ModelState, detail: Option<String>) {
+        if let Ok(mut engines) = self.engines.lock() {
+            if let Some(e) = engines.get_mut(id) {
+                e.state = state;
+            }
+        }
         if let Err(e) = self
             .models
             .set_state(id, state, detail, Some(&self.node))
@@ -903,37 +1002,6 @@ impl Lifecycle {
         {
             tracing::warn!(model = %id, state = state.as_str(), error = %e, "model state not recorded");
         }
-    }
-
-    /// At start-up: a record of this node that says its engine runs, while none does (the
-    /// gateway restarted), is marked failed.
-    /// `false` when the store could not be read (try again later).
-    pub async fn reconcile(&self) -> bool {
-        let Ok(models) = self.models.list(&Default::default()).await else {
-            return false;
-        };
-        for m in models {
-            let active = matches!(
-                m.state,
-                ModelState::Starting
-                    | ModelState::Loading
-                    | ModelState::Running
-                    | ModelState::Stopping
-            );
-            let ours = m.node.as_deref() == Some(self.node.as_str());
-            let runs = self.engines.lock().is_ok_and(|e| e.contains_key(&m.id));
-            if active && ours && !runs {
-                self.set(
-                    &m.id,
-                    ModelState::Failed,
-                    Some(
-                        "its engine is not running (the gateway restarted): start it again".into(),
-                    ),
-                )
-                .await;
-            }
-        }
-        true
     }
 
     /// Stop every engine of this instance, all at once (gateway shutdown).
@@ -949,26 +1017,5 @@ impl Lifecycle {
             stops.spawn(async move { me.stop_and_wait(&id).await });
         }
         while stops.join_next().await.is_some() {}
-    }
-}
-
-/// Reconciles records with this node's engines at start, and stops every engine (gracefully,
-/// and unrouted first) when the gateway shuts down.
-pub struct LifecycleService {
-    pub life: Arc<Lifecycle>,
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for LifecycleService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        // Until the store answers (it may be down when the gateway starts).
-        while !self.life.reconcile().await {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return self.life.stop_all().await,
-            }
-        }
-        let _ = shutdown.changed().await;
-        self.life.stop_all().await;
     }
 }

@@ -99,6 +99,13 @@ fn names(spec: &ModelSpec, p: &mut Problems) {
             "an environment variable name",
         );
     }
+    if let Some(node) = &spec.node {
+        p.check(
+            node_name(node),
+            "node",
+            "a node name: 1 to 255 letters, digits and . _ : -",
+        );
+    }
     if let Some(secs) = spec.startup_timeout_sec {
         p.check(
             (1..=MAX_STARTUP_SECS).contains(&secs),
@@ -106,6 +113,13 @@ fn names(spec: &ModelSpec, p: &mut Problems) {
             "1 to 86400 seconds",
         );
     }
+}
+
+/// A `[runner] node` name (by default `host:port`).
+pub fn node_name(s: &str) -> bool {
+    (1..=MAX_NAME).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 /// Where the weights come from: a Hub repository or a path in the models directory.
@@ -426,7 +440,8 @@ mod tests {
             serde_json::json!({"name":"Qwen 7B","served_model_name":"qwen-7b","local_path":"qwen",
                 "dtype":"bfloat16","tp_size":2,"gpu_memory_utilization":0.85,"max_model_len":32768,
                 "enable_prefix_caching":false,"engine_args":[{"flag":"--max-logprobs","type":"int","value":5}],
-                "engine_env":[{"key":"NCCL_P2P_DISABLE","value":"1"}],"selected_gpus":[0,1]}),
+                "engine_env":[{"key":"NCCL_P2P_DISABLE","value":"1"}],"selected_gpus":[0,1],
+                "node":"gpu-1.example:8080"}),
             serde_json::json!({"name":"m","served_model_name":"org/m","repo_id":"Qwen/Qwen2.5-7B-Instruct",
                 "tokenizer":"Qwen/Qwen2.5-7B-Instruct","hf_token_env":"HF_READ_TOKEN"}),
             serde_json::json!({"name":"g","served_model_name":"g","engine_type":"llamacpp",
@@ -446,7 +461,7 @@ mod tests {
             {"flag":"--download-dir","type":"string","value":"/root/.cache"}],
             "engine_env":[{"key":"VLLM_API_KEY","value":"k"},{"key":"LD_PRELOAD","value":"/x.so"},
             {"key":"1X","value":""},{"key":"A","value":""},{"key":"A","value":""}],
-            "ngl":3,"gpu_memory_utilization":1.5,"tp_size":0}));
+            "ngl":3,"gpu_memory_utilization":1.5,"tp_size":0,"node":"gpu 1"}));
         for part in [
             "name: 1 to 255",
             "served_model_name: 1 to 255",
@@ -463,6 +478,7 @@ mod tests {
             "ngl: an option of llamacpp models only",
             "gpu_memory_utilization: a fraction",
             "tp_size: must be at least 1",
+            "node: a node name",
         ] {
             assert!(all.contains(part), "{part} missing from: {all}");
         }

@@ -1,5 +1,5 @@
-//! A fake Docker Engine API on a unix socket, enough of it for the docker runner: create (404
-//! for an image not pulled yet), pull, start, wait, logs, stop, remove. It records every
+//! A fake Docker Engine API on a unix socket, enough of it for the docker runner: list (by
+//! label), create (404 for an image not pulled yet), pull, start, wait, logs, stop, remove. It records every
 //! container-create body, and "runs" a container by running infergate's mock on the host port
 //! the container publishes, with the key its environment carries.
 
@@ -45,6 +45,7 @@ impl FakeDocker {
         let state = Arc::new(DockerState::default());
         // With or without an API version prefix (`/v1.53/...`).
         let api = Router::new()
+            .route("/containers/json", get(list))
             .route("/containers/create", post(create))
             .route("/containers/{name}", delete(remove))
             .route("/containers/{name}/start", post(start))
@@ -65,6 +66,45 @@ impl FakeDocker {
             _dir: dir,
         }
     }
+}
+
+impl FakeDocker {
+    /// A container that exists before the gateway starts (left by an earlier run), not running.
+    pub fn plant(&self, name: &str, labels: Value) {
+        self.state.containers.lock().unwrap().insert(
+            name.to_string(),
+            Container {
+                body: json!({"Image": "vllm/vllm-openai:latest", "Labels": labels}),
+                child: None,
+            },
+        );
+    }
+}
+
+/// `GET /containers/json?all=true&filters={"label":["k=v"]}`: the containers carrying every
+/// label asked for.
+async fn list(State(st): S, Query(q): Query<HashMap<String, String>>) -> Response {
+    let filters: Value = q
+        .get("filters")
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or_default();
+    let wanted: Vec<(String, String)> = filters["label"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str()?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let containers = st.containers.lock().unwrap();
+    let found: Vec<Value> = containers
+        .iter()
+        .filter(|(_, c)| wanted.iter().all(|(k, v)| c.body["Labels"][k] == v.as_str()))
+        .map(|(name, c)| {
+            json!({"Id": name, "Names": [format!("/{name}")], "Image": c.body["Image"],
+                "Labels": c.body["Labels"], "State": if c.child.is_some() { "running" } else { "created" }})
+        })
+        .collect();
+    Json(found).into_response()
 }
 
 fn no_such(what: &str) -> Response {

@@ -213,6 +213,14 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// SIGKILL the gateway (no graceful shutdown), and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();

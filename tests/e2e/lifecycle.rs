@@ -13,6 +13,11 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// A gateway with the process runner, the fake engines, and a models directory holding `qwen/`
 /// and `g/model.gguf`.
 async fn gateway_with_runner() -> (Gateway, tempfile::TempDir) {
+    runner_gateway("", "").await
+}
+
+/// Like [`gateway_with_runner`], with more `[runner]` keys and more configuration after it.
+pub async fn runner_gateway(runner_extra: &str, extra: &str) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir_all(models.join("qwen")).unwrap();
@@ -21,7 +26,7 @@ async fn gateway_with_runner() -> (Gateway, tempfile::TempDir) {
     // Engine ports below the ephemeral range, in a stretch of their own for this gateway.
     let base = 20000 + free_port() % 9000;
     let config = format!(
-        "[runner]\nkind = \"process\"\nmodels_dir = {models:?}\nport_min = {base}\nport_max = {}\nstop_grace_secs = 3\npass_env = [\"INFERGATE_BIN\"]\n\
+        "{extra}\n[runner]\nkind = \"process\"\nmodels_dir = {models:?}\nport_min = {base}\nport_max = {}\nstop_grace_secs = 3\npass_env = [\"INFERGATE_BIN\"]\n{runner_extra}\n\
          [runner.vllm]\ncommand = [\"{FIXTURES}/fake-vllm\", \"serve\"]\nimage = \"unused\"\nstartup_timeout_secs = 30\n\
          [runner.llamacpp]\ncommand = [\"{FIXTURES}/fake-llama-server\"]\nimage = \"unused\"\nstartup_timeout_secs = 30\n",
         base + 40,
@@ -35,7 +40,7 @@ async fn gateway_with_runner() -> (Gateway, tempfile::TempDir) {
     (gw, dir)
 }
 
-async fn call(
+pub async fn call(
     gw: &Gateway,
     c: &Client,
     method: Method,
@@ -45,13 +50,13 @@ async fn call(
     admin_call(gw, c, method, &format!("/admin{path}"), body).await
 }
 
-async fn create(gw: &Gateway, c: &Client, body: Value) -> String {
+pub async fn create(gw: &Gateway, c: &Client, body: Value) -> String {
     let (status, m) = call(gw, c, Method::POST, "/models", Some(body)).await;
     assert_eq!(status, 201, "{m}");
     m["id"].as_str().unwrap().to_string()
 }
 
-fn vllm(served: &str, env: &[(&str, &str)]) -> Value {
+pub fn vllm(served: &str, env: &[(&str, &str)]) -> Value {
     let env: Vec<Value> = env
         .iter()
         .map(|(k, v)| json!({"key": k, "value": v}))
@@ -61,7 +66,7 @@ fn vllm(served: &str, env: &[(&str, &str)]) -> Value {
 }
 
 /// Poll the model until its state is `want` (panics after 20 s), noting every state seen.
-async fn until_state(gw: &Gateway, c: &Client, id: &str, want: &str) -> (Value, Vec<String>) {
+pub async fn until_state(gw: &Gateway, c: &Client, id: &str, want: &str) -> (Value, Vec<String>) {
     let mut seen: Vec<String> = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -82,7 +87,7 @@ async fn until_state(gw: &Gateway, c: &Client, id: &str, want: &str) -> (Value, 
 }
 
 /// The pid the fake engine printed last (it execs the mock, so the mock keeps it).
-async fn engine_pid(gw: &Gateway, c: &Client, id: &str) -> u32 {
+pub async fn engine_pid(gw: &Gateway, c: &Client, id: &str) -> u32 {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = logs(gw, c, id).await;
@@ -101,7 +106,7 @@ async fn engine_pid(gw: &Gateway, c: &Client, id: &str) -> u32 {
 }
 
 /// Whether a process is gone (or a zombie no one reaped yet).
-fn gone(pid: u32) -> bool {
+pub fn gone(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat
         .rsplit(')')
@@ -113,14 +118,14 @@ fn gone(pid: u32) -> bool {
     matches!(state, None | Some('Z') | Some('X'))
 }
 
-async fn eventually_gone(pid: u32) {
+pub async fn eventually_gone(pid: u32) {
     assert!(
         eventually(Duration::from_secs(10), || async move { gone(pid) }).await,
         "engine process {pid} is still there"
     );
 }
 
-async fn logs(gw: &Gateway, c: &Client, id: &str) -> String {
+pub async fn logs(gw: &Gateway, c: &Client, id: &str) -> String {
     let (status, l) = call(
         gw,
         c,
@@ -500,8 +505,18 @@ async fn the_docker_runner_creates_a_loopback_container_with_its_key_and_removes
     let models = dir.path().join("models");
     std::fs::create_dir_all(models.join("qwen")).unwrap();
     let base = 20000 + free_port() % 9000;
+    // Left by an earlier run of this node (a killed gateway): removed at start. Another node's
+    // container is not this node's to touch.
+    fake.plant(
+        "infergate-model-mdl_orphan",
+        json!({"infergate.model": "mdl_orphan", "infergate.node": "box-1"}),
+    );
+    fake.plant(
+        "infergate-model-mdl_theirs",
+        json!({"infergate.model": "mdl_theirs", "infergate.node": "box-2"}),
+    );
     let gw = Gateway::start(&format!(
-        "[runner]\nkind = \"docker\"\ndocker_socket = {:?}\nmodels_dir = {:?}\nport_min = {base}\nport_max = {}\nstop_grace_secs = 2\n\
+        "[runner]\nkind = \"docker\"\nnode = \"box-1\"\ndocker_socket = {:?}\nmodels_dir = {:?}\nport_min = {base}\nport_max = {}\nstop_grace_secs = 2\n\
          [runner.vllm]\ncommand = [\"unused\"]\nimage = \"missing/vllm:test\"\nstartup_timeout_secs = 30\n",
         fake.socket.to_str().unwrap(),
         models.to_str().unwrap(),
@@ -509,6 +524,29 @@ async fn the_docker_runner_creates_a_loopback_container_with_its_key_and_removes
     ))
     .await;
     let c = Client::new();
+    let state = fake.state.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let state = state.clone();
+            async move {
+                state
+                    .removed
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n == "infergate-model-mdl_orphan")
+            }
+        })
+        .await,
+        "the orphan container was not removed"
+    );
+    assert!(!fake
+        .state
+        .removed
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|n| n.contains("mdl_theirs")));
     let id = create(&gw, &c, vllm("boxed", &[("NCCL_P2P_DISABLE", "1")])).await;
     let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
     assert_eq!(status, 202, "{m}");

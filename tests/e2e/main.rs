@@ -12,6 +12,7 @@ mod health;
 mod http1;
 mod identity;
 mod lifecycle;
+mod lifecycle_nodes;
 mod limits;
 mod models;
 mod routing;

@@ -1,0 +1,206 @@
+//! Every node keeps the records of its models true to what runs, and every instance watches
+//! the others: each node sends a heartbeat every [`BEAT_EVERY`]; a model whose node has sent
+//! none for `[runner] node_lost_secs` is marked failed ("node lost"); a record of this node that
+//! says its engine runs while none does is marked failed; and a node that comes back (its
+//! engines still running) puts its records right again.
+
+use super::record::{ModelRecord, ModelState};
+use super::supervisor::Lifecycle;
+use crate::telemetry::now_ms;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a node says it is alive and checks the records against its engines.
+pub const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// How a lost node's models are marked (and recognised when it comes back).
+const NODE_LOST: &str = "node lost";
+
+/// What a node says of itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Beat {
+    /// Unix ms of this heartbeat.
+    pub at_ms: u64,
+    /// Unix ms the instance started.
+    pub started_ms: u64,
+    /// `none`, `process` or `docker`.
+    pub runner: String,
+    /// Engines it runs.
+    pub engines: usize,
+    pub version: String,
+}
+
+/// How long ago `node` sent its last heartbeat (`None`: never, or unreadable).
+pub fn last_seen(beats: &[(String, Vec<u8>)], node: &str) -> Option<Duration> {
+    let (_, info) = beats.iter().find(|(n, _)| n == node)?;
+    let beat: Beat = serde_json::from_slice(info).ok()?;
+    Some(Duration::from_millis(now_ms().saturating_sub(beat.at_ms)))
+}
+
+impl Lifecycle {
+    /// Say this node is alive.
+    async fn beat(&self, started_ms: u64) {
+        let beat = Beat {
+            at_ms: now_ms(),
+            started_ms,
+            runner: self.runner.kind.as_str().into(),
+            engines: self.engines.lock().map(|e| e.len()).unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let body = serde_json::to_vec(&beat).unwrap_or_default();
+        if let Err(e) = self.gw.store.node_beat(&self.node, &body).await {
+            tracing::debug!(error = %e, "heartbeat not recorded");
+        }
+    }
+
+    /// Check every record against what runs. `restarted`: this instance has just started, so
+    /// none of its engines can be running. `false` when the store could not be read.
+    pub async fn reconcile(&self, restarted: bool) -> bool {
+        let (Ok(models), Ok(beats)) = (
+            self.models.list(&Default::default()).await,
+            self.gw.store.node_beats().await,
+        ) else {
+            return false;
+        };
+        self.remove_orphans().await;
+        let lost_after = Duration::from_secs(self.runner.node_lost_secs);
+        for m in models {
+            match m.node.as_deref() {
+                Some(n) if n == self.node => self.check_own(&m, restarted).await,
+                Some(n) if m.state.is_active() => {
+                    let seen = last_seen(&beats, n);
+                    let quiet = Duration::from_millis(now_ms().saturating_sub(m.updated_ms));
+                    if seen.is_none_or(|ago| ago >= lost_after) && quiet >= lost_after {
+                        self.mark_lost(&m, n, seen).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// A record of this node: failed when it says an engine runs and none does; put right
+    /// when another instance marked it lost while its engine ran on.
+    async fn check_own(&self, listed: &ModelRecord, restarted: bool) {
+        let id = &listed.id;
+        let running_here = || {
+            self.engines
+                .lock()
+                .ok()
+                .and_then(|e| e.get(id).map(|e| e.state))
+        };
+        if let Some(state) = running_here() {
+            let lost = listed.state == ModelState::Failed
+                && listed
+                    .state_detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with(NODE_LOST));
+            if lost {
+                tracing::info!(model = %id, state = state.as_str(), "this node is back: its model's record is put right");
+                self.set(id, state, None).await;
+            }
+            return;
+        }
+        if !listed.state.is_active() {
+            return;
+        }
+        // Under the model's lock, so that no start, stop or apply runs between the look at
+        // the engines and the write; and read again: an engine that just ended recorded its
+        // end before it left the table.
+        let lock = self.op_lock(id);
+        let _serial = lock.lock().await;
+        if running_here().is_some() {
+            return;
+        }
+        let Ok(now) = self.models.get(id).await else {
+            return;
+        };
+        if now.state.is_active() && now.node.as_deref() == Some(self.node.as_str()) {
+            let why = if restarted {
+                "its engine is not running (the gateway restarted): start it again"
+            } else {
+                "its engine is no longer running on its node: start it again"
+            };
+            self.set(id, ModelState::Failed, Some(why.into())).await;
+        }
+    }
+
+    /// Remove the containers labelled as this node's engines that no engine of this instance
+    /// owns (left by a gateway that was killed, or by a record deleted meanwhile).
+    async fn remove_orphans(&self) {
+        let Some(docker) = self.docker() else { return };
+        let labelled = match super::docker::labelled(docker, &self.node).await {
+            Ok(l) => l,
+            Err(e) => return tracing::debug!(error = %e, "orphan containers not checked"),
+        };
+        for (model, name) in labelled {
+            let ours = self.engines.lock().is_ok_and(|e| e.contains_key(&model));
+            if ours {
+                continue;
+            }
+            // Under the model's lock: a start of it may be creating this very container.
+            let lock = self.op_lock(&model);
+            let _serial = lock.lock().await;
+            if self.engines.lock().is_ok_and(|e| e.contains_key(&model)) {
+                continue;
+            }
+            tracing::warn!(model = %model, container = %name, "removing a container no engine of this node owns");
+            super::docker::remove(docker, &name).await;
+        }
+    }
+
+    /// Mark a model of a node that stopped sending heartbeats as failed.
+    async fn mark_lost(&self, listed: &ModelRecord, node: &str, seen: Option<Duration>) {
+        // Read again: its node may have written since the list.
+        let Ok(now) = self.models.get(&listed.id).await else {
+            return;
+        };
+        if !now.state.is_active() || now.node.as_deref() != Some(node) {
+            return;
+        }
+        let since = match seen {
+            Some(ago) => format!("no heartbeat for {} s", ago.as_secs()),
+            None => "no heartbeat".to_string(),
+        };
+        let detail = format!("{NODE_LOST}: {node} ({since}); its engine may still run there");
+        tracing::warn!(model = %listed.id, node, "{detail}");
+        if let Err(e) = self
+            .models
+            .set_state(&listed.id, ModelState::Failed, Some(detail), None)
+            .await
+        {
+            tracing::warn!(model = %listed.id, error = %e, "lost model not marked");
+        }
+    }
+}
+
+/// Sends this node's heartbeats and reconciles records with engines (at start, until the
+/// store answers, then every [`BEAT_EVERY`]), and stops every engine (gracefully, and unrouted
+/// first) when the gateway shuts down.
+pub struct LifecycleService {
+    pub life: Arc<Lifecycle>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for LifecycleService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let started_ms = now_ms();
+        let mut restarted = true;
+        let mut tick = tokio::time::interval(BEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.life.beat(started_ms).await;
+                    // The first pass that reads the store is the one after the restart.
+                    if self.life.reconcile(restarted).await {
+                        restarted = false;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.life.stop_all().await;
+    }
+}

@@ -1,0 +1,167 @@
+//! Managed models with several gateway instances on one Valkey (a real `redis-server`): each
+//! model runs on one node, a call sent to any instance is carried out by that node, and a node
+//! that dies leaves its models failed.
+
+use crate::harness::*;
+use crate::lifecycle::{
+    call, create, engine_pid, eventually_gone, logs, runner_gateway, until_state, vllm,
+};
+use reqwest::{Client, Method};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Two instances with the process runner on one Valkey, nodes `node-a` and `node-b`.
+async fn two_nodes(redis: &Redis) -> ((Gateway, tempfile::TempDir), (Gateway, tempfile::TempDir)) {
+    let store = format!("[store]\nurl = {:?}\nprefix = \"nodes\"\n", redis.url());
+    let a = runner_gateway("node = \"node-a\"\nnode_lost_secs = 5\n", &store).await;
+    let b = runner_gateway("node = \"node-b\"\nnode_lost_secs = 5\n", &store).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_call_to_any_instance_is_carried_out_by_the_models_node() {
+    let redis = Redis::start().await;
+    let ((a, _da), (b, _db)) = two_nodes(&redis).await;
+    let c = Client::new();
+
+    // Pinned to node-b, created and started through node-a.
+    let mut body = vllm("pinned", &[]);
+    body["node"] = json!("node-b");
+    let id = create(&a, &c, body).await;
+    let started = Instant::now();
+    let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
+    let took = started.elapsed();
+    assert_eq!(status, 202, "{m}");
+    assert_eq!(m["runs_on"], "node-b", "{m}");
+    assert_eq!(m["state"], "starting", "{m}");
+    // Sent through Valkey, spawned there, answered back: within a second.
+    assert!(took < Duration::from_secs(1), "the start took {took:?}");
+    until_state(&a, &c, &id, "running").await;
+
+    // node-b runs it: its engine is node-b's child, routed by node-b with the engine's key.
+    let text = logs(&a, &c, &id).await;
+    assert!(text.contains("infergate: starting on node-b"), "{text}");
+    let pid = engine_pid(&a, &c, &id).await;
+    let r = b.chat(&c, &chat_body("pinned")).await;
+    assert_eq!(r.status(), 200);
+    // Readiness and a test asked of node-a are probed and sent by node-b.
+    let (status, r) = call(
+        &a,
+        &c,
+        Method::GET,
+        &format!("/models/{id}/readiness"),
+        None,
+    )
+    .await;
+    assert_eq!((status, r["status"].as_str()), (200, Some("ready")), "{r}");
+    let (status, t) = call(&a, &c, Method::POST, &format!("/models/{id}/test"), None).await;
+    assert_eq!((status, t["success"].as_bool()), (200, Some(true)), "{t}");
+    // The same logs through either instance.
+    let (_, la) = call(
+        &a,
+        &c,
+        Method::GET,
+        &format!("/models/{id}/logs?tail=5"),
+        None,
+    )
+    .await;
+    let (_, lb) = call(
+        &b,
+        &c,
+        Method::GET,
+        &format!("/models/{id}/logs?tail=5"),
+        None,
+    )
+    .await;
+    assert_eq!(la["lines"], lb["lines"]);
+    assert_eq!(la["node"], "node-b");
+
+    // A stop through node-a stops node-b's engine.
+    let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/stop"), None).await;
+    assert_eq!(status, 202, "{m}");
+    until_state(&b, &c, &id, "stopped").await;
+    eventually_gone(pid).await;
+
+    // An unpinned model runs where it was started; node-a carries out a delete for node-b.
+    let other = create(&b, &c, vllm("unpinned", &[])).await;
+    let (status, m) = call(
+        &b,
+        &c,
+        Method::POST,
+        &format!("/models/{other}/start"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, m["runs_on"].as_str()),
+        (202, Some("node-b")),
+        "{m}"
+    );
+    until_state(&a, &c, &other, "running").await;
+    let pid = engine_pid(&a, &c, &other).await;
+    let (status, d) = call(&a, &c, Method::DELETE, &format!("/models/{other}"), None).await;
+    assert_eq!(status, 200, "{d}");
+    eventually_gone(pid).await;
+    let (status, _) = call(&b, &c, Method::GET, &format!("/models/{other}"), None).await;
+    assert_eq!(status, 404);
+    // And the loopback engine left node-b's routing table with it.
+    let r = b.chat(&c, &chat_body("unpinned")).await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn a_node_that_dies_leaves_its_models_failed_and_calls_for_it_answer_503() {
+    let redis = Redis::start().await;
+    let ((a, _da), (mut b, _db)) = two_nodes(&redis).await;
+    let c = Client::new();
+    let mut body = vllm("orphaned", &[]);
+    body["node"] = json!("node-b");
+    let id = create(&a, &c, body).await;
+    let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
+    assert_eq!(status, 202, "{m}");
+    until_state(&a, &c, &id, "running").await;
+    let pid = engine_pid(&a, &c, &id).await;
+
+    // SIGKILL: no shutdown runs. Its engine dies with it (parent-death signal).
+    let killed = Instant::now();
+    b.kill();
+    eventually_gone(pid).await;
+    // Within node_lost_secs (5) and a heartbeat period or two, node-a marks it failed.
+    let (m, _) = until_state(&a, &c, &id, "failed").await;
+    let after = killed.elapsed();
+    assert!(after < Duration::from_secs(10), "marked after {after:?}");
+    let detail = m["state_detail"].as_str().unwrap();
+    assert!(detail.starts_with("node lost: node-b"), "{detail}");
+
+    // A call for the dead node is refused at once, not left waiting.
+    let t = Instant::now();
+    let (status, e) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
+    assert_eq!(status, 503, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(e["error"], "model node unavailable", "{e}");
+    let detail = e["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("node-b") && detail.contains("heartbeat"),
+        "{detail}"
+    );
+
+    // Pinned elsewhere no more: node-a may run it.
+    let (status, m) = call(
+        &a,
+        &c,
+        Method::PATCH,
+        &format!("/models/{id}"),
+        Some(json!({"node": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{m}");
+    let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
+    assert_eq!(
+        (status, m["runs_on"].as_str()),
+        (202, Some("node-a")),
+        "{m}"
+    );
+    until_state(&a, &c, &id, "running").await;
+    let r = a.chat(&c, &chat_body("orphaned")).await;
+    assert_eq!(r.status(), 200);
+}
