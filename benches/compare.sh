@@ -8,8 +8,9 @@
 # With WITH_VALKEY=1 a second infergate shares state through a local redis-server (Valkey
 # protocol) and the Valkey commands per proxied request are reported. With WITH_AUTH=1 another
 # infergate requires an API key (sent by oha) and records usage, compared with the plain one
-# (keys and usage off).
-# Usage: benches/compare.sh            (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0 WITH_AUTH=0)
+# (keys and usage off). With WITH_MANAGED=1 another infergate also runs ten managed models (mock
+# engines started through the admin API, all running) and is compared with the plain one.
+# Usage: benches/compare.sh  (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0 WITH_AUTH=0 WITH_MANAGED=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -17,6 +18,7 @@ CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
 WITH_VALKEY=${WITH_VALKEY:-0}
 WITH_AUTH=${WITH_AUTH:-0}
+WITH_MANAGED=${WITH_MANAGED:-0}
 BIN=target/release/infergate
 [ -x "$BIN" ] || cargo build --release
 source benches/lib.sh
@@ -40,6 +42,13 @@ AUTH_TOKEN=""
 if [ "$WITH_AUTH" = 1 ]; then
   start_keyed_gateway
   extra_targets="$extra_targets infergate-auth:$GWA:$GWA_PID"
+fi
+if [ "$WITH_MANAGED" = 1 ]; then
+  GWM=$(free_port); ADMINM=$(free_port)
+  start_managed_gateway infergate-managed "$GWM" "$ADMINM"; GWM_PID=$STARTED
+  wait_port "$ADMINM"; wait_port "$GWM"
+  start_managed_models "$ADMINM" 10
+  extra_targets="$extra_targets infergate-managed:$GWM:$GWM_PID"
 fi
 start_nginx
 wait_port "$MOCK"; wait_port "$GW"; sleep 0.5
@@ -68,6 +77,7 @@ PY
 # Warm-up, then alternate.
 DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX" >/dev/null; DURATION=2s run warm-gw "$GW" >/dev/null
 if [ "$WITH_AUTH" = 1 ]; then DURATION=2s run infergate-auth-warm "$GWA" "$GWA_PID" >/dev/null; fi
+if [ "$WITH_MANAGED" = 1 ]; then DURATION=2s run infergate-managed-warm "$GWM" "$GWM_PID" >/dev/null; fi
 : >"$work/results"
 for r in $(seq "$ROUNDS"); do
   # Alternate the order from round to round, so that no target always runs last.
@@ -90,7 +100,7 @@ print(f"non-streaming chat, 16 tokens, {sys.argv[3]} connections, {sys.argv[2]} 
 print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | req/s vs nginx | p99 vs nginx |")
 print("|---|---|---|---|---|---|---|")
 n = med["nginx"]
-for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth"):
+for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth", "infergate-managed"):
     if name not in med: continue
     r = med[name]
     cpu = f"{r[3]:.1f}" if name != "direct" else "-"
@@ -111,6 +121,19 @@ PY
   recorded=$(curl -sf "http://127.0.0.1:$ADMINA/admin/usage?limit=1&from=0" -H 'Authorization: Bearer bench:bench-secret' | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' || echo "?")
   served=$(python3 -c "import json,glob; print(sum(sum(json.load(open(f)).get('statusCodeDistribution',{}).values()) for f in glob.glob('$work/infergate-auth-*.json')))")
   echo "usage records written by the keyed gateway: $recorded (requests it answered, warm-up included: $served)"
+fi
+
+if [ "$WITH_MANAGED" = 1 ]; then
+  python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, cpu = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p99)))
+m = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in rows.items()}
+e, g = m["infergate"], m["infergate-managed"]
+print(f"ten managed models running vs none: req/s {g[0]/e[0]:.2f}x, p99 {g[1]/e[1]:.2f}x")
+PY
 fi
 
 if [ "$WITH_VALKEY" = 1 ]; then

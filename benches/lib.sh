@@ -104,3 +104,49 @@ start_nginx() {
 }
 
 BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
+
+# A gateway that also runs managed models (the process runner, with this binary's mock engine as
+# `vllm`): start_managed_gateway NAME PORT ADMIN; sets STARTED. Its engines inherit its core.
+start_managed_gateway() {
+  mkdir -p "$work/models/m"
+  local base=$((20000 + RANDOM % 9000))
+  { gateway_config "$2" "$3" "memory://"; cat <<TOML
+[runner]
+kind = "process"
+models_dir = "$work/models"
+port_min = $base
+port_max = $((base + 199))
+stop_grace_secs = 2
+[runner.vllm]
+command = ["$PWD/$BIN", "mock-engine"]
+startup_timeout_secs = 60
+TOML
+  } >"$work/$1.toml"
+  INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
+    taskset -c 0 "$BIN" serve --config "$work/$1.toml" 2>"$work/$1.log" &
+  STARTED=$!; pids+=($STARTED)
+}
+
+# admin ADMIN_PORT METHOD PATH [JSON]: one admin API call, its body on stdout.
+admin() {
+  curl -sf -X "$2" "http://127.0.0.1:$1/admin$3" -H 'Authorization: Bearer bench:bench-secret' \
+    -H 'content-type: application/json' ${4:+-d "$4"}
+}
+
+# start_managed_models ADMIN_PORT N: create and start N managed models (served as managed-1..N),
+# then wait until every one runs.
+start_managed_models() {
+  for i in $(seq "$2"); do
+    local id
+    id=$(admin "$1" POST /models "{\"name\":\"managed-$i\",\"served_model_name\":\"managed-$i\",\"local_path\":\"m\"}" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    admin "$1" POST "/models/$id/start" >/dev/null
+  done
+  for _ in $(seq 600); do
+    local running
+    running=$(admin "$1" GET "/models?state=running&limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
+    [ "$running" = "$2" ] && return 0
+    sleep 0.1
+  done
+  echo "the managed models did not all reach running" >&2; exit 1
+}

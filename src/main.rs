@@ -222,7 +222,8 @@ fn print_demo_key(gw: &std::sync::Arc<infergate::gateway::Gateway>) {
 }
 
 /// Serve the mock as vLLM would serve `argv` (`[serve] <model> --host H --port P
-/// --served-model-name S ...`; other flags are accepted and ignored).
+/// --served-model-name S ...`; other flags are accepted and ignored). `INFERGATE_MOCK_LOAD_MS`
+/// in its environment makes it load that long (`/health` 503) before it is ready.
 fn mock_engine(argv: &[String]) -> anyhow::Result<()> {
     let mut args = argv.iter().skip_while(|a| *a == "serve");
     let model = args.next().context("no model argument")?.clone();
@@ -256,7 +257,17 @@ fn mock_engine(argv: &[String]) -> anyhow::Result<()> {
         let server = MockServer::start(listen, cfg)
             .await
             .context("mock engine cannot listen")?;
-        tracing::info!(addr = %server.addr, "Model loading took 0.00 GiB and 0.00 seconds");
+        // A model that takes this long to load: `/health` answers 503 until then.
+        let load_ms: u64 = std::env::var("INFERGATE_MOCK_LOAD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if load_ms > 0 {
+            server.state.set_healthy(false);
+            tokio::time::sleep(Duration::from_millis(load_ms)).await;
+            server.state.set_healthy(true);
+        }
+        tracing::info!(addr = %server.addr, "Model loading took 0.00 GiB and {:.2} seconds", load_ms as f64 / 1000.0);
         tokio::signal::ctrl_c().await?;
         Ok(())
     })

@@ -31,7 +31,8 @@ const OWNED_FLAGS: [&str; 22] = [
 ];
 
 /// Environment variables the gateway sets itself or that carry secrets it manages.
-const OWNED_ENV: [&str; 7] = [
+const OWNED_ENV: [&str; 8] = [
+    "INFERGATE_ENGINE",
     "CUDA_VISIBLE_DEVICES",
     "NVIDIA_VISIBLE_DEVICES",
     "HF_TOKEN",

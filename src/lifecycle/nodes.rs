@@ -39,7 +39,7 @@ pub fn last_seen(beats: &[(String, Vec<u8>)], node: &str) -> Option<Duration> {
 
 impl Lifecycle {
     /// Say this node is alive.
-    async fn beat(&self, started_ms: u64) {
+    pub(super) async fn beat(&self, started_ms: u64) {
         let beat = Beat {
             at_ms: now_ms(),
             started_ms,
@@ -63,6 +63,7 @@ impl Lifecycle {
             return false;
         };
         self.remove_orphans().await;
+        self.kill_leftovers();
         let lost_after = Duration::from_secs(self.runner.node_lost_secs);
         for m in models {
             match m.node.as_deref() {
@@ -147,6 +148,22 @@ impl Lifecycle {
             }
             tracing::warn!(model = %model, container = %name, "removing a container no engine of this node owns");
             super::docker::remove(docker, &name).await;
+        }
+    }
+
+    /// Kill the processes marked as this node's engines that no engine of this instance owns:
+    /// workers that left their engine's process group, or what an engine forked before the
+    /// gateway was killed outright (the engine itself dies with the gateway).
+    fn kill_leftovers(&self) {
+        if self.runner.kind != crate::config::RunnerKind::Process {
+            return;
+        }
+        for (pid, model) in super::process::marked(&self.node) {
+            let ours = self.engines.lock().is_ok_and(|e| e.contains_key(&model));
+            if !ours {
+                tracing::warn!(pid, model = %model, "killing a process of an engine that no longer runs");
+                super::process::kill(pid);
+            }
         }
     }
 

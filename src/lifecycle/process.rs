@@ -34,6 +34,10 @@ const PASSED: [&str; 12] = [
 const PASSED_PREFIXES: [&str; 5] = ["LC_", "CUDA_", "NVIDIA_", "NCCL_", "VLLM_"];
 /// Longest output line kept whole.
 const MAX_LINE: usize = 4096;
+/// Set in every engine's environment to `<model id>@<node>`, inherited by every process it
+/// forks: how a node finds processes of its engines that outlived them (workers that left the
+/// group, or an engine's children when the gateway was killed outright).
+pub const MARKER: &str = "INFERGATE_ENGINE";
 
 fn passed(name: &str, extra: &[String]) -> bool {
     PASSED.contains(&name)
@@ -185,6 +189,35 @@ impl Drop for EngineProcess {
     }
 }
 
+/// The processes marked as engines of `node` (see [`MARKER`]), as (pid, model id). Processes
+/// whose environment cannot be read (another user's) are not ours.
+pub fn marked(node: &str) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    let prefix = format!("{MARKER}=");
+    let suffix = format!("@{node}");
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        if pid == me {
+            return None;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let model = environ.split(|&b| b == 0).find_map(|var| {
+            let value = std::str::from_utf8(var).ok()?.strip_prefix(&prefix)?;
+            value.strip_suffix(&suffix).map(str::to_string)
+        })?;
+        Some((pid, model))
+    })
+    .collect()
+}
+
+/// SIGKILL one process (gone already is not an error).
+pub fn kill(pid: i32) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
 /// How an exit reads in a state detail: `exited with code 1`, `killed by signal 9`.
 pub fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -222,6 +255,34 @@ mod tests {
         let mut lines = logs.tail(10);
         lines.sort();
         assert_eq!(lines, ["hello", "oops"]);
+    }
+
+    #[tokio::test]
+    async fn marked_processes_are_found_by_node() {
+        let logs = Arc::new(LogRing::new(100, 1 << 20));
+        let node = format!("test-{}", std::process::id());
+        let mut cmd = sh("sleep 30");
+        cmd.env.push((MARKER.into(), format!("mdl_x@{node}")));
+        let mut p = spawn(&cmd, &logs, std::path::Path::new("/"), &[]).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The shell and the sleep it forked both carry the mark.
+        let found = marked(&node);
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|(_, m)| m == "mdl_x"), "{found:?}");
+        assert!(marked(&format!("{node}-other")).is_empty());
+        for (pid, _) in &found {
+            kill(*pid);
+        }
+        assert!(p.wait().await.is_ok());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left: Vec<_> = marked(&node)
+            .into_iter()
+            .filter(|(pid, _)| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                !stat.contains(") Z")
+            })
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[tokio::test]

@@ -220,6 +220,16 @@ impl Lifecycle {
             Arc::downgrade(&life),
             life.gw.store.node_inbox(),
         ));
+        // The first heartbeat before the admin API serves: a call another instance sends to
+        // this node as soon as it is up finds it alive. (Waited for briefly: a store that is
+        // down does not hold up the start.)
+        let (beaten, first_beat) = std::sync::mpsc::channel();
+        let me = life.clone();
+        life.runtime.spawn(async move {
+            me.beat(crate::telemetry::now_ms()).await;
+            let _ = beaten.send(());
+        });
+        let _ = first_beat.recv_timeout(Duration::from_secs(2));
         Ok(life)
     }
 
@@ -409,13 +419,15 @@ impl Lifecycle {
                     port,
                     api_key: &key,
                 };
-                let cmd = command::build(
+                let mut cmd = command::build(
                     &resolved.spec,
                     &engine.command,
                     &resolved.weights,
                     &listen,
                     hf_token.as_deref(),
                 );
+                cmd.env
+                    .push((process::MARKER.into(), format!("{id}@{}", self.node)));
                 let shown = command::shell_line(&cmd.argv);
                 (Launch::Process(cmd), shown)
             }

@@ -4,35 +4,56 @@
 
 use crate::harness::*;
 use crate::lifecycle::{
-    call, create, engine_pid, eventually_gone, logs, runner_gateway, until_state, vllm,
+    call, create, engine_pid, eventually_gone, gone, logs, runner_gateway, until_state, vllm,
 };
 use reqwest::{Client, Method};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-/// Two instances with the process runner on one Valkey, nodes `node-a` and `node-b`.
+/// The names of the two nodes: `node-a-<redis port>` and `node-b-<redis port>`.
+fn names(redis: &Redis) -> (String, String) {
+    let url = redis.url();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    (format!("node-a-{port}"), format!("node-b-{port}"))
+}
+
+/// Two instances with the process runner on one Valkey, named by [`names`].
 async fn two_nodes(redis: &Redis) -> ((Gateway, tempfile::TempDir), (Gateway, tempfile::TempDir)) {
+    let (na, nb) = names(redis);
     let store = format!("[store]\nurl = {:?}\nprefix = \"nodes\"\n", redis.url());
-    let a = runner_gateway("node = \"node-a\"\nnode_lost_secs = 5\n", &store).await;
-    let b = runner_gateway("node = \"node-b\"\nnode_lost_secs = 5\n", &store).await;
+    // Node names are unique per host (tests run side by side, and a node kills the processes
+    // of its engines that it does not know).
+    let a = runner_gateway(&node(&na), &store).await;
+    let b = runner_gateway(&node(&nb), &store).await;
     (a, b)
+}
+
+/// `[runner]` keys of a node named `name`.
+fn node(name: &str) -> String {
+    format!("node = \"{name}\"\nnode_lost_secs = 5\n")
 }
 
 #[tokio::test]
 async fn a_call_to_any_instance_is_carried_out_by_the_models_node() {
     let redis = Redis::start().await;
     let ((a, _da), (b, _db)) = two_nodes(&redis).await;
+    let (_, nb) = names(&redis);
     let c = Client::new();
 
     // Pinned to node-b, created and started through node-a.
     let mut body = vllm("pinned", &[]);
-    body["node"] = json!("node-b");
+    body["node"] = json!(nb);
     let id = create(&a, &c, body).await;
     let started = Instant::now();
     let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
     let took = started.elapsed();
     assert_eq!(status, 202, "{m}");
-    assert_eq!(m["runs_on"], "node-b", "{m}");
+    assert_eq!(m["runs_on"], nb.as_str(), "{m}");
     assert_eq!(m["state"], "starting", "{m}");
     // Sent through Valkey, spawned there, answered back: within a second.
     assert!(took < Duration::from_secs(1), "the start took {took:?}");
@@ -40,7 +61,10 @@ async fn a_call_to_any_instance_is_carried_out_by_the_models_node() {
 
     // node-b runs it: its engine is node-b's child, routed by node-b with the engine's key.
     let text = logs(&a, &c, &id).await;
-    assert!(text.contains("infergate: starting on node-b"), "{text}");
+    assert!(
+        text.contains(&format!("infergate: starting on {nb}")),
+        "{text}"
+    );
     let pid = engine_pid(&a, &c, &id).await;
     let r = b.chat(&c, &chat_body("pinned")).await;
     assert_eq!(r.status(), 200);
@@ -74,7 +98,7 @@ async fn a_call_to_any_instance_is_carried_out_by_the_models_node() {
     )
     .await;
     assert_eq!(la["lines"], lb["lines"]);
-    assert_eq!(la["node"], "node-b");
+    assert_eq!(la["node"], nb.as_str());
 
     // A stop through node-a stops node-b's engine.
     let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/stop"), None).await;
@@ -94,7 +118,7 @@ async fn a_call_to_any_instance_is_carried_out_by_the_models_node() {
     .await;
     assert_eq!(
         (status, m["runs_on"].as_str()),
-        (202, Some("node-b")),
+        (202, Some(nb.as_str())),
         "{m}"
     );
     until_state(&a, &c, &other, "running").await;
@@ -113,9 +137,10 @@ async fn a_call_to_any_instance_is_carried_out_by_the_models_node() {
 async fn a_node_that_dies_leaves_its_models_failed_and_calls_for_it_answer_503() {
     let redis = Redis::start().await;
     let ((a, _da), (mut b, _db)) = two_nodes(&redis).await;
+    let (na, nb) = names(&redis);
     let c = Client::new();
     let mut body = vllm("orphaned", &[]);
-    body["node"] = json!("node-b");
+    body["node"] = json!(nb);
     let id = create(&a, &c, body).await;
     let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
     assert_eq!(status, 202, "{m}");
@@ -131,7 +156,7 @@ async fn a_node_that_dies_leaves_its_models_failed_and_calls_for_it_answer_503()
     let after = killed.elapsed();
     assert!(after < Duration::from_secs(10), "marked after {after:?}");
     let detail = m["state_detail"].as_str().unwrap();
-    assert!(detail.starts_with("node lost: node-b"), "{detail}");
+    assert!(detail.starts_with(&format!("node lost: {nb}")), "{detail}");
 
     // A call for the dead node is refused at once, not left waiting.
     let t = Instant::now();
@@ -141,7 +166,7 @@ async fn a_node_that_dies_leaves_its_models_failed_and_calls_for_it_answer_503()
     assert_eq!(e["error"], "model node unavailable", "{e}");
     let detail = e["detail"].as_str().unwrap();
     assert!(
-        detail.contains("node-b") && detail.contains("heartbeat"),
+        detail.contains(&nb) && detail.contains("heartbeat"),
         "{detail}"
     );
 
@@ -158,10 +183,64 @@ async fn a_node_that_dies_leaves_its_models_failed_and_calls_for_it_answer_503()
     let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
     assert_eq!(
         (status, m["runs_on"].as_str()),
-        (202, Some("node-a")),
+        (202, Some(na.as_str())),
         "{m}"
     );
     until_state(&a, &c, &id, "running").await;
     let r = a.chat(&c, &chat_body("orphaned")).await;
     assert_eq!(r.status(), 200);
+}
+
+/// The pid of the worker a `forks` fake engine left in a session of its own.
+async fn worker_pid(gw: &Gateway, c: &Client, id: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = logs(gw, c, id).await;
+        let pid = text.lines().rev().find_map(|l| {
+            l.strip_prefix("fake-vllm worker ")
+                .and_then(|p| p.trim().parse().ok())
+        });
+        match pid {
+            Some(pid) => return pid,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            None => panic!("no worker in {text}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_engine_process_outlives_its_engine_or_its_gateway() {
+    let name = format!("leftovers-{}", free_port());
+    let (mut gw, _dir) = runner_gateway(&node(&name), "").await;
+    let c = Client::new();
+    let id = create(&gw, &c, vllm("forker", &[("FAKE_ENGINE_MODE", "forks")])).await;
+    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
+    assert_eq!(status, 202, "{m}");
+    until_state(&gw, &c, &id, "running").await;
+    let worker = worker_pid(&gw, &c, &id).await;
+    assert!(!gone(worker));
+
+    // A stop ends the engine's process group; the worker that left it goes at the next check.
+    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/stop"), None).await;
+    assert_eq!(status, 202, "{m}");
+    until_state(&gw, &c, &id, "stopped").await;
+    eventually_gone(worker).await;
+
+    // The gateway killed outright: the engine dies with it (parent-death signal), its worker
+    // does not, until the node's next gateway finds it by its mark.
+    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
+    assert_eq!(status, 202, "{m}");
+    until_state(&gw, &c, &id, "running").await;
+    let engine = engine_pid(&gw, &c, &id).await;
+    let worker = worker_pid(&gw, &c, &id).await;
+    gw.kill();
+    eventually_gone(engine).await;
+    assert!(
+        !gone(worker),
+        "the worker went with the gateway: nothing left to prove"
+    );
+    let (_next, _next_dir) = runner_gateway(&node(&name), "").await;
+    eventually_gone(worker).await;
 }
