@@ -388,6 +388,29 @@ mod tests {
     }
 
     #[test]
+    fn an_engine_table_keeps_the_defaults_it_leaves_out() {
+        let c = parse_str("[runner.vllm]\ncommand = [\"/opt/vllm\", \"serve\"]\n[runner.llamacpp]\nimage = \"x:1\"\ndocker_entrypoint = []\n").unwrap();
+        assert_eq!(c.runner.vllm.command, ["/opt/vllm", "serve"]);
+        assert_eq!(c.runner.vllm.image, "vllm/vllm-openai:latest");
+        assert_eq!(c.runner.vllm.startup_timeout_secs, 600);
+        assert_eq!(c.runner.vllm.docker_entrypoint, None);
+        assert_eq!(c.runner.llamacpp.command, ["llama-server"]);
+        assert_eq!(c.runner.llamacpp.image, "x:1");
+        assert_eq!(c.runner.llamacpp.docker_entrypoint, Some(vec![]));
+        let err = parse_str("[runner.vllm]\nimg = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("img") && err.contains("line 2"), "{err}");
+        let c = parse_str("[runner]\nnode = \"gpu 1\"\nnode_lost_secs = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            c.contains("runner.node") && c.contains("runner.node_lost_secs"),
+            "{c}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let err = parse_str("[proxy]\nlisten = \"0.0.0.0:1\"\nthreds = 2\n")
             .unwrap_err()

@@ -67,7 +67,10 @@ pub struct RunnerConfig {
     pub pass_env: Vec<String>,
     /// The Docker Engine API socket (docker runner).
     pub docker_socket: std::path::PathBuf,
+    /// Keys left out keep the engine's defaults.
+    #[serde(deserialize_with = "EngineRunnerConfig::vllm_over_defaults")]
     pub vllm: EngineRunnerConfig,
+    #[serde(deserialize_with = "EngineRunnerConfig::llamacpp_over_defaults")]
     pub llamacpp: EngineRunnerConfig,
 }
 
@@ -84,36 +87,88 @@ impl Default for RunnerConfig {
             log_lines: 5000,
             pass_env: Vec::new(),
             docker_socket: "/var/run/docker.sock".into(),
-            vllm: EngineRunnerConfig {
-                command: vec!["vllm".into(), "serve".into()],
-                docker_entrypoint: None,
-                image: "vllm/vllm-openai:latest".into(),
-                startup_timeout_secs: 600,
-            },
-            llamacpp: EngineRunnerConfig {
-                command: vec!["llama-server".into()],
-                docker_entrypoint: None,
-                image: "ghcr.io/ggml-org/llama.cpp:server-cuda".into(),
-                startup_timeout_secs: 300,
-            },
+            vllm: EngineRunnerConfig::vllm(),
+            llamacpp: EngineRunnerConfig::llamacpp(),
         }
     }
 }
 
 /// `[runner.vllm]`, `[runner.llamacpp]`: how one engine is run.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct EngineRunnerConfig {
     /// The program and its first arguments (process runner); the model's flags follow.
     pub command: Vec<String>,
     /// The container's entrypoint (docker runner; empty: the image's own); the model's flags
     /// are its command. Unset: `["vllm", "serve"]` for vLLM, the image's own for llama.cpp.
-    #[serde(default)]
     pub docker_entrypoint: Option<Vec<String>>,
     /// The default image (docker runner); a model's `engine_image` overrides it.
     pub image: String,
     /// Default wait from start to ready; a model's `startup_timeout_sec` overrides it.
     pub startup_timeout_secs: u64,
+}
+
+/// `[runner.<engine>]` as written: what it leaves out keeps the engine's default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineRunnerKeys {
+    command: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    docker_entrypoint: Option<Option<Vec<String>>>,
+    image: Option<String>,
+    startup_timeout_secs: Option<u64>,
+}
+
+/// A key that is present (`Some`), as opposed to left out (`None`, by `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+impl EngineRunnerConfig {
+    pub fn vllm() -> Self {
+        Self {
+            command: vec!["vllm".into(), "serve".into()],
+            docker_entrypoint: None,
+            image: "vllm/vllm-openai:latest".into(),
+            startup_timeout_secs: 600,
+        }
+    }
+
+    pub fn llamacpp() -> Self {
+        Self {
+            command: vec!["llama-server".into()],
+            docker_entrypoint: None,
+            image: "ghcr.io/ggml-org/llama.cpp:server-cuda".into(),
+            startup_timeout_secs: 300,
+        }
+    }
+
+    fn over(mut self, keys: EngineRunnerKeys) -> Self {
+        if let Some(c) = keys.command {
+            self.command = c;
+        }
+        if let Some(e) = keys.docker_entrypoint {
+            self.docker_entrypoint = e;
+        }
+        if let Some(i) = keys.image {
+            self.image = i;
+        }
+        if let Some(t) = keys.startup_timeout_secs {
+            self.startup_timeout_secs = t;
+        }
+        self
+    }
+
+    fn vllm_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EngineRunnerKeys::deserialize(d).map(|k| Self::vllm().over(k))
+    }
+
+    fn llamacpp_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EngineRunnerKeys::deserialize(d).map(|k| Self::llamacpp().over(k))
+    }
 }
 
 /// `[usage]`: per-request usage records.
