@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How soon a managed model takes traffic once its engine is ready (issue 11): STARTS times, a
-# model whose engine loads for LOAD_MS (its /health answers 503 until then) is started; from the
+# model whose engine loads for LOAD_MS + 37 ms x i (its /health answers 503 until then; the steps
+# move the moment it is ready against the gateway's probe period) is started; from the
 # first 200 of the engine's own /health (polled directly, every 2 ms) to the first chat
 # completion answered 200 through the gateway (polled alongside). Prints every figure, the
 # median and the maximum. The gateway runs on core 0, this script on core 1.
@@ -44,7 +45,7 @@ gaps = []
 for i in range(starts):
     served = f"loading-{i}"
     m = api("POST", "/models", {"name": served, "served_model_name": served, "local_path": "m",
-        "engine_env": [{"key": "INFERGATE_MOCK_LOAD_MS", "value": load_ms}]})
+        "engine_env": [{"key": "INFERGATE_MOCK_LOAD_MS", "value": str(int(load_ms) + 37 * i)}]})
     api("POST", f"/models/{m['id']}/start")
     port = None
     while port is None:
@@ -62,7 +63,7 @@ for i in range(starts):
         time.sleep(0.002)
     gaps.append((routed - healthy) * 1e3)
     api("DELETE", f"/models/{m['id']}")
-print(f"first routed request after the engine's first /health 200, {starts} starts, engine loading {load_ms} ms")
+print(f"first routed request after the engine's first /health 200, {starts} starts, engine loading {load_ms} ms + 37 ms x i")
 print("each (ms):", " ".join(f"{g:.0f}" for g in gaps))
 print(f"median {statistics.median(gaps):.0f} ms, max {max(gaps):.0f} ms")
 PY

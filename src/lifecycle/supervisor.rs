@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 /// The detail of a model an apply is restarting.
 const RESTARTING: &str = "restarting to apply its configuration";
 /// How often a starting engine is probed.
-const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// Bytes of output kept per model, on top of the line bound.
 const LOG_BYTES: usize = 4 << 20;
 
@@ -920,6 +920,7 @@ impl Lifecycle {
         let url = format!("http://127.0.0.1:{port}/v1");
         let mut state = ModelState::Starting;
         let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             // The probe is one branch among the others: an exit or a stop is never kept waiting
             // behind it.
