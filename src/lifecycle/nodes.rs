@@ -63,7 +63,7 @@ impl Lifecycle {
             return false;
         };
         self.remove_orphans().await;
-        self.kill_leftovers();
+        self.kill_leftovers().await;
         let lost_after = Duration::from_secs(self.runner.node_lost_secs);
         for m in models {
             match m.node.as_deref() {
@@ -154,11 +154,16 @@ impl Lifecycle {
     /// Kill the processes marked as this node's engines that no engine of this instance owns:
     /// workers that left their engine's process group, or what an engine forked before the
     /// gateway was killed outright (the engine itself dies with the gateway).
-    fn kill_leftovers(&self) {
+    async fn kill_leftovers(&self) {
         if self.runner.kind != crate::config::RunnerKind::Process {
             return;
         }
-        for (pid, model) in super::process::marked(&self.node) {
+        // Reading /proc is blocking file I/O: off the async threads.
+        let node = self.node.clone();
+        let marked = tokio::task::spawn_blocking(move || super::process::marked(&node))
+            .await
+            .unwrap_or_default();
+        for (pid, model) in marked {
             let ours = self.engines.lock().is_ok_and(|e| e.contains_key(&model));
             if !ours {
                 tracing::warn!(pid, model = %model, "killing a process of an engine that no longer runs");
