@@ -107,46 +107,33 @@ for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth
     print(f"| {name} | {r[0]:.0f} | {r[1]:.2f} | {r[2]:.2f} | {cpu} | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.2f}x |")
 PY
 
-if [ "$WITH_AUTH" = 1 ]; then
-  python3 - "$work/results" <<'PY'
+# ratio TARGET LABEL: TARGET's median req/s and p99 against the plain infergate's.
+ratio() {
+  python3 - "$work/results" "$1" "$2" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     name, rps, p50, p99, cpu = line.split()
     rows.setdefault(name, []).append((float(rps), float(p99)))
 m = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in rows.items()}
-e, a = m["infergate"], m["infergate-auth"]
-print(f"keys required + usage recorded vs both off: req/s {a[0]/e[0]:.2f}x, p99 {a[1]/e[1]:.2f}x")
+e, x = m["infergate"], m[sys.argv[2]]
+print(f"{sys.argv[3]}: req/s {x[0]/e[0]:.2f}x, p99 {x[1]/e[1]:.2f}x")
 PY
+}
+
+if [ "$WITH_AUTH" = 1 ]; then
+  ratio infergate-auth "keys required + usage recorded vs both off"
   recorded=$(curl -sf "http://127.0.0.1:$ADMINA/admin/usage?limit=1&from=0" -H 'Authorization: Bearer bench:bench-secret' | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' || echo "?")
   served=$(python3 -c "import json,glob; print(sum(sum(json.load(open(f)).get('statusCodeDistribution',{}).values()) for f in glob.glob('$work/infergate-auth-*.json')))")
   echo "usage records written by the keyed gateway: $recorded (requests it answered, warm-up included: $served)"
 fi
 
 if [ "$WITH_MANAGED" = 1 ]; then
-  python3 - "$work/results" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    name, rps, p50, p99, cpu = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p99)))
-m = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in rows.items()}
-e, g = m["infergate"], m["infergate-managed"]
-print(f"ten managed models running vs none: req/s {g[0]/e[0]:.2f}x, p99 {g[1]/e[1]:.2f}x")
-PY
+  ratio infergate-managed "ten managed models running vs none"
 fi
 
 if [ "$WITH_VALKEY" = 1 ]; then
-  python3 - "$work/results" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    name, rps, p50, p99, cpu = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p99)))
-m = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in rows.items()}
-e, v = m["infergate"], m["infergate-valkey"]
-print(f"valkey store vs embedded store: req/s {v[0]/e[0]:.2f}x, p99 {v[1]/e[1]:.2f}x")
-PY
+  ratio infergate-valkey "valkey store vs embedded store"
   cmds=$(redis-cli -p "$VK" INFO stats | awk -F: '/total_commands_processed/ {print $2}' | tr -d '\r')
   served=$(awk '$1=="infergate-valkey"' "$work/results" | wc -l)
   total=$(python3 -c "import json,glob; print(sum(sum(json.load(open(f)).get('statusCodeDistribution',{}).values()) for f in glob.glob('$work/infergate-valkey-*.json')))")

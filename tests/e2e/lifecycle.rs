@@ -65,6 +65,19 @@ pub fn vllm(served: &str, env: &[(&str, &str)]) -> Value {
         "max_model_len": 4096, "engine_env": env})
 }
 
+/// Start a model: 202, with the model as the start left it.
+pub async fn start(gw: &Gateway, c: &Client, id: &str) -> Value {
+    let (status, m) = call(gw, c, Method::POST, &format!("/models/{id}/start"), None).await;
+    assert_eq!(status, 202, "{m}");
+    m
+}
+
+/// Start a model and wait until it runs.
+pub async fn start_running(gw: &Gateway, c: &Client, id: &str) -> Value {
+    start(gw, c, id).await;
+    until_state(gw, c, id, "running").await.0
+}
+
 /// Poll the model until its state is `want` (panics after 20 s), noting every state seen.
 pub async fn until_state(gw: &Gateway, c: &Client, id: &str, want: &str) -> (Value, Vec<String>) {
     let mut seen: Vec<String> = Vec::new();
@@ -160,8 +173,7 @@ async fn a_managed_model_starts_loads_runs_is_routed_with_its_key_and_stops() {
     // Not routed before it runs.
     assert_eq!(gw.chat(&c, &chat_body("managed-qwen")).await.status(), 404);
 
-    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-    assert_eq!(status, 202, "{m}");
+    let m = start(&gw, &c, &id).await;
     // It claims no more than is true: spawned, perhaps already answering, never running yet.
     assert!(
         ["starting", "loading"].contains(&m["state"].as_str().unwrap()),
@@ -292,8 +304,7 @@ async fn a_failed_start_is_explained_and_a_crash_or_a_timeout_fails_the_model() 
     slow["startup_timeout_sec"] = json!(2);
     let slow = create(&gw, &c, slow).await;
     for id in [&oom, &crash, &slow] {
-        let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-        assert_eq!(status, 202, "{m}");
+        start(&gw, &c, id).await;
     }
 
     let (m, _) = until_state(&gw, &c, &oom, "failed").await;
@@ -348,8 +359,7 @@ async fn a_failed_start_is_explained_and_a_crash_or_a_timeout_fails_the_model() 
     assert!(detail.contains("not ready within 2 s"), "{detail}");
     eventually_gone(engine_pid(&gw, &c, &slow).await).await;
     // A failed model can be started again (and fails again the same way).
-    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{oom}/start"), None).await;
-    assert_eq!(status, 202, "{m}");
+    start(&gw, &c, &oom).await;
     until_state(&gw, &c, &oom, "failed").await;
 }
 
@@ -373,8 +383,7 @@ async fn apply_restarts_a_running_model_with_its_new_configuration() {
     );
     assert_eq!(r["model"]["state"], "stopped");
 
-    call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-    until_state(&gw, &c, &id, "running").await;
+    start_running(&gw, &c, &id).await;
     let r = gw.chat(&c, &chat_body("g-managed")).await;
     assert_eq!(r.headers()["x-mock-server"], "fake-llama-server");
     let first = logs(&gw, &c, &id).await;
@@ -466,8 +475,7 @@ async fn an_embedding_model_is_judged_ready_and_tested_without_a_chat() {
     let mut body = vllm("embedder", &[]);
     body["task"] = json!("embed");
     let id = create(&gw, &c, body).await;
-    call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-    until_state(&gw, &c, &id, "running").await;
+    start_running(&gw, &c, &id).await;
     assert!(logs(&gw, &c, &id).await.contains("--runner pooling"));
     let (_, t) = call(&gw, &c, Method::POST, &format!("/models/{id}/test"), None).await;
     assert_eq!(
@@ -548,9 +556,7 @@ async fn the_docker_runner_creates_a_loopback_container_with_its_key_and_removes
         .iter()
         .any(|n| n.contains("mdl_theirs")));
     let id = create(&gw, &c, vllm("boxed", &[("NCCL_P2P_DISABLE", "1")])).await;
-    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-    assert_eq!(status, 202, "{m}");
-    until_state(&gw, &c, &id, "running").await;
+    start_running(&gw, &c, &id).await;
     // Routed to the container's published port, with the engine's key.
     let r = gw.chat(&c, &chat_body("boxed")).await;
     assert_eq!(r.status(), 200);

@@ -4,7 +4,8 @@
 
 use crate::harness::*;
 use crate::lifecycle::{
-    call, create, engine_pid, eventually_gone, gone, logs, runner_gateway, until_state, vllm,
+    call, create, engine_pid, eventually_gone, gone, logs, runner_gateway, start_running,
+    until_state, vllm,
 };
 use reqwest::{Client, Method};
 use serde_json::json;
@@ -142,9 +143,7 @@ async fn a_node_that_dies_leaves_its_models_failed_and_calls_for_it_answer_503()
     let mut body = vllm("orphaned", &[]);
     body["node"] = json!(nb);
     let id = create(&a, &c, body).await;
-    let (status, m) = call(&a, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-    assert_eq!(status, 202, "{m}");
-    until_state(&a, &c, &id, "running").await;
+    start_running(&a, &c, &id).await;
     let pid = engine_pid(&a, &c, &id).await;
 
     // SIGKILL: no shutdown runs. Its engine dies with it (parent-death signal).
@@ -216,9 +215,7 @@ async fn no_engine_process_outlives_its_engine_or_its_gateway() {
     let (mut gw, _dir) = runner_gateway(&node(&name), "").await;
     let c = Client::new();
     let id = create(&gw, &c, vllm("forker", &[("FAKE_ENGINE_MODE", "forks")])).await;
-    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-    assert_eq!(status, 202, "{m}");
-    until_state(&gw, &c, &id, "running").await;
+    start_running(&gw, &c, &id).await;
     let worker = worker_pid(&gw, &c, &id).await;
     assert!(!gone(worker));
 
@@ -230,9 +227,7 @@ async fn no_engine_process_outlives_its_engine_or_its_gateway() {
 
     // The gateway killed outright: the engine dies with it (parent-death signal), its worker
     // does not, until the node's next gateway finds it by its mark.
-    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/start"), None).await;
-    assert_eq!(status, 202, "{m}");
-    until_state(&gw, &c, &id, "running").await;
+    start_running(&gw, &c, &id).await;
     let engine = engine_pid(&gw, &c, &id).await;
     let worker = worker_pid(&gw, &c, &id).await;
     gw.kill();
