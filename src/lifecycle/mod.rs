@@ -5,9 +5,11 @@
 //! node's engines (`process` or `docker`), `probe` asks them how they are, `remote` carries a
 //! call to the node that owns a model, and `nodes` keeps records true to what runs.
 
+pub mod beat;
 pub mod command;
 pub mod diagnose;
 pub mod docker;
+pub mod error;
 pub mod guard;
 pub mod logs;
 pub mod nodes;
@@ -29,4 +31,5 @@ pub use record::{
 };
 pub use report::{Logs, Readiness, ReadinessStatus};
 pub use service::{ModelError, ModelFilter, ModelService};
-pub use supervisor::{Lifecycle, LifecycleError};
+pub use error::LifecycleError;
+pub use supervisor::Lifecycle;

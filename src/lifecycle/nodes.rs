@@ -4,38 +4,15 @@
 //! says its engine runs while none does is marked failed; and a node that comes back (its
 //! engines still running) puts its records right again.
 
+use super::beat::{last_seen, Beat, BEAT_EVERY};
 use super::record::{ModelRecord, ModelState};
 use super::supervisor::Lifecycle;
 use crate::telemetry::now_ms;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a node says it is alive and checks the records against its engines.
-pub const BEAT_EVERY: Duration = Duration::from_secs(2);
 /// How a lost node's models are marked (and recognised when it comes back).
 const NODE_LOST: &str = "node lost";
-
-/// What a node says of itself.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Beat {
-    /// Unix ms of this heartbeat.
-    pub at_ms: u64,
-    /// Unix ms the instance started.
-    pub started_ms: u64,
-    /// `none`, `process` or `docker`.
-    pub runner: String,
-    /// Engines it runs.
-    pub engines: usize,
-    pub version: String,
-}
-
-/// How long ago `node` sent its last heartbeat (`None`: never, or unreadable).
-pub fn last_seen(beats: &[(String, Vec<u8>)], node: &str) -> Option<Duration> {
-    let (_, info) = beats.iter().find(|(n, _)| n == node)?;
-    let beat: Beat = serde_json::from_slice(info).ok()?;
-    Some(Duration::from_millis(now_ms().saturating_sub(beat.at_ms)))
-}
 
 impl Lifecycle {
     /// Say this node is alive.

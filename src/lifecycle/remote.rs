@@ -4,7 +4,7 @@
 //! nothing is ever sent.
 
 use super::service::ModelError;
-use super::supervisor::LifecycleError;
+use super::error::LifecycleError;
 use crate::store::Store;
 use crate::telemetry::now_ms;
 use serde::{Deserialize, Serialize};

@@ -13,7 +13,8 @@ use super::process::{self, EngineProcess};
 use super::record::{EngineType, ModelRecord, ModelState};
 use super::remote::{self, Op};
 use super::report::{Logs, Readiness, ReadinessStatus};
-use super::service::{ModelError, ModelService};
+use super::error::{LifecycleError, Result};
+use super::service::ModelService;
 use super::weights;
 use crate::config::{RunnerConfig, RunnerKind};
 use crate::gateway::{Gateway, ManagedRoute};
@@ -31,26 +32,6 @@ const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// Bytes of output kept per model, on top of the line bound.
 const LOG_BYTES: usize = 4 << 20;
 
-/// Why a lifecycle call was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
-    /// No runner is configured (409).
-    #[error("{0}")]
-    NoRunner(String),
-    /// The model's state does not allow it (409).
-    #[error("{0}")]
-    Conflict(String),
-    /// The model cannot be started as configured (400).
-    #[error("{0}")]
-    Unstartable(String),
-    /// The node that owns the model cannot be reached (503).
-    #[error("{0}")]
-    NodeUnavailable(String),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-}
-
-type Result<T> = std::result::Result<T, LifecycleError>;
 
 /// One engine this instance runs.
 pub(super) struct Engine {
@@ -295,7 +276,7 @@ impl Lifecycle {
             ))
         })?;
         let lost = Duration::from_secs(self.runner.node_lost_secs);
-        match super::nodes::last_seen(&beats, node) {
+        match super::beat::last_seen(&beats, node) {
             Some(ago) if ago < lost => Ok(()),
             Some(ago) => Err(LifecycleError::NodeUnavailable(format!(
                 "the model belongs to node {node}, which has sent no heartbeat for {} s",

@@ -1,0 +1,24 @@
+//! Why a lifecycle call was refused, and the status each reason answers with.
+
+use super::service::ModelError;
+
+/// Why a lifecycle call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// No runner is configured (409).
+    #[error("{0}")]
+    NoRunner(String),
+    /// The model's state does not allow it (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The model cannot be started as configured (400).
+    #[error("{0}")]
+    Unstartable(String),
+    /// The node that owns the model cannot be reached (503).
+    #[error("{0}")]
+    NodeUnavailable(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+pub type Result<T> = std::result::Result<T, LifecycleError>;
