@@ -28,4 +28,3 @@ pub fn last_seen(beats: &[(String, Vec<u8>)], node: &str) -> Option<Duration> {
     let beat: Beat = serde_json::from_slice(info).ok()?;
     Some(Duration::from_millis(now_ms().saturating_sub(beat.at_ms)))
 }
-

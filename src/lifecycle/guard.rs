@@ -65,8 +65,8 @@ const CODE_LOADING_ENV: [&str; 7] = [
     "PYTHONSTARTUP",
 ];
 
-/// Flags whose value names a file or folder: it must lie inside the models directory (the
-/// engine starts there, so a relative path is read from it).
+/// Flags whose value names a file or folder: it must lie inside the models directory (a
+/// relative path is resolved there before the engine starts).
 const PATH_FLAGS: [&str; 12] = [
     "--download-dir",
     "--chat-template",
@@ -103,18 +103,29 @@ pub fn forbidden_flag(flag: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether `flag`'s value is a path (held to the models directory).
+/// Whether `flag`'s value is a path (held to the models directory): one of the path flags, or
+/// an abbreviation of one (vLLM's parser accepts unique prefixes).
 pub fn path_flag(flag: &str) -> bool {
-    PATH_FLAGS.contains(&flag.replace('_', "-").as_str())
+    let flag = flag.replace('_', "-");
+    PATH_FLAGS.contains(&flag.as_str())
+        || (flag.starts_with("--")
+            && flag.len() > 2
+            && PATH_FLAGS
+                .iter()
+                .any(|p| p.starts_with("--") && p.starts_with(flag.as_str())))
 }
 
 /// Why `key` may not be set in the engine's environment, if it may not.
 pub fn protected_env(key: &str) -> Option<&'static str> {
-    let llama_arg = key
-        .strip_prefix("LLAMA_ARG_")
-        .is_some_and(|arg| OWNED_LLAMA_ARGS.contains(&arg) || arg.starts_with("SSL"));
-    if OWNED_ENV.contains(&key) || llama_arg {
+    let llama_arg = key.strip_prefix("LLAMA_ARG_");
+    let owned_llama_arg =
+        llama_arg.is_some_and(|arg| OWNED_LLAMA_ARGS.contains(&arg) || arg.starts_with("SSL"));
+    if OWNED_ENV.contains(&key) || owned_llama_arg {
         Some("set by the gateway")
+    } else if llama_arg.is_some() {
+        Some("llama-server reads it as a flag: give the flag in engine_args, where it is checked")
+    } else if key == "HF_ENDPOINT" {
+        Some("would send the model's Hugging Face token to another host")
     } else if CODE_LOADING_ENV.contains(&key) {
         Some("would load code from outside the engine")
     } else {
@@ -147,6 +158,8 @@ mod tests {
             assert!(forbidden_flag(flag).is_none(), "{flag}");
         }
         assert!(path_flag("--download_dir") && path_flag("-md") && !path_flag("--max-model-len"));
+        // vLLM's parser takes a unique prefix for the whole flag.
+        assert!(path_flag("--download-d") && path_flag("--chat-template-f") && !path_flag("--"));
         for key in [
             "VLLM_API_KEY",
             "CUDA_VISIBLE_DEVICES",
@@ -154,13 +167,16 @@ mod tests {
             "LLAMA_ARG_SSL_KEY_FILE",
             "LD_PRELOAD",
             "PYTHONPATH",
+            "LLAMA_ARG_CTX_SIZE",
+            "LLAMA_ARG_MMPROJ",
+            "HF_ENDPOINT",
         ] {
             assert!(protected_env(key).is_some(), "{key}");
         }
         for key in [
             "NCCL_P2P_DISABLE",
             "VLLM_LOGGING_LEVEL",
-            "LLAMA_ARG_CTX_SIZE",
+            "HF_HUB_ENABLE_HF_TRANSFER",
         ] {
             assert!(protected_env(key).is_none(), "{key}");
         }

@@ -24,6 +24,7 @@ pub mod supervisor;
 pub mod validate;
 pub mod weights;
 
+pub use error::LifecycleError;
 pub use nodes::LifecycleService;
 pub use probe::{Probe, TestResult};
 pub use record::{
@@ -31,5 +32,4 @@ pub use record::{
 };
 pub use report::{Logs, Readiness, ReadinessStatus};
 pub use service::{ModelError, ModelFilter, ModelService};
-pub use error::LifecycleError;
 pub use supervisor::Lifecycle;

@@ -1,7 +1,7 @@
 //! An engine run as a child process of the gateway, in a process group of its own (so a stop
 //! reaches the workers it forks), with its stdout and stderr captured line by line into the
 //! model's log ring. Stop is SIGTERM to the group, then SIGKILL after a grace period. It starts
-//! in the models directory with a clean environment: only the variables an engine needs (locale,
+//! in an empty directory of its own (every path it gets is absolute) with a clean environment: only the variables an engine needs (locale,
 //! CUDA, NCCL, Hugging Face caches, vLLM settings, `[runner] pass_env`) pass from the gateway's,
 //! never its own secrets.
 
@@ -211,6 +211,20 @@ pub fn marked(node: &str) -> Vec<(i32, String)> {
         Some((pid, model))
     })
     .collect()
+}
+
+/// An empty working directory of its own for an engine (emptied if an earlier run left one):
+/// a repository id such as `org/name` must never be read as a folder of the models directory
+/// or anywhere else (every path the engine gets is absolute).
+pub fn fresh_workdir(id: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("infergate-engine-{id}"));
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }
 
 /// SIGKILL one process (gone already is not an error).

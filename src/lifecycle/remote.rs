@@ -3,8 +3,8 @@
 //! it out and leaves its answer for the sender. With the embedded store there is one node, and
 //! nothing is ever sent.
 
-use super::service::ModelError;
 use super::error::LifecycleError;
+use super::service::ModelError;
 use crate::store::Store;
 use crate::telemetry::now_ms;
 use serde::{Deserialize, Serialize};

@@ -7,13 +7,13 @@
 
 use super::command::{self, Listen};
 use super::docker;
+use super::error::{LifecycleError, Result};
 use super::logs::LogRing;
 use super::probe::{self, Probe, TestResult};
 use super::process::{self, EngineProcess};
 use super::record::{EngineType, ModelRecord, ModelState};
 use super::remote::{self, Op};
 use super::report::{Logs, Readiness, ReadinessStatus};
-use super::error::{LifecycleError, Result};
 use super::service::ModelService;
 use super::weights;
 use crate::config::{RunnerConfig, RunnerKind};
@@ -31,7 +31,6 @@ const RESTARTING: &str = "restarting to apply its configuration";
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// Bytes of output kept per model, on top of the line bound.
 const LOG_BYTES: usize = 4 << 20;
-
 
 /// One engine this instance runs.
 pub(super) struct Engine {
@@ -788,11 +787,10 @@ impl Lifecycle {
         }
         let mut spawned = Some(spawned);
         let launched = match (launch, &self.docker) {
-            (Launch::Process(cmd), _) => {
-                process::spawn(&cmd, &logs, self.models.models_dir(), &self.runner.pass_env)
-                    .map(Running::Process)
-                    .map_err(|e| format!("cannot run {}: {e}", cmd.argv[0]))
-            }
+            (Launch::Process(cmd), _) => process::fresh_workdir(&id)
+                .and_then(|dir| process::spawn(&cmd, &logs, &dir, &self.runner.pass_env))
+                .map(Running::Process)
+                .map_err(|e| format!("cannot run {}: {e}", cmd.argv[0])),
             (Launch::Container { name, body }, Some(d)) => {
                 // Creating a container may first pull a large image: the start is answered
                 // now (`starting`), and a stop meanwhile is obeyed.

@@ -93,10 +93,12 @@ fn names(spec: &ModelSpec, p: &mut Problems) {
         );
     }
     if let Some(var) = &spec.hf_token_env {
+        // Only a variable meant for Hugging Face: the gateway's other variables (its store's
+        // password, its admin secret) are not an engine's to read.
         p.check(
-            env_name(var),
+            env_name(var) && (var.starts_with("HF_") || var.starts_with("HUGGING_FACE_")),
             "hf_token_env",
-            "an environment variable name",
+            "the name of a variable beginning HF_ or HUGGING_FACE_",
         );
     }
     if let Some(node) = &spec.node {
@@ -361,6 +363,21 @@ fn engine_arg(field: &str, arg: &EngineArg, models_dir: &Path, p: &mut Problems)
         Value::Number(_) => true,
         _ => false,
     };
+    // A value the engine's parser would read as a flag of its own (`["5", "--host", ...]`)
+    // could set what the gateway owns: only negative numbers may start with `-`.
+    let texts: Vec<&str> = match &arg.value {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    for t in texts {
+        if t.starts_with('-') && t.parse::<f64>().is_err() {
+            p.add(
+                field,
+                format!("the value {t:?} of {flag} would be read as a flag"),
+            );
+        }
+    }
     let ok = match arg.kind {
         ArgType::Bool | ArgType::Flag => arg.value.is_boolean(),
         ArgType::Int => arg.value.is_i64() || arg.value.is_u64(),
@@ -458,9 +475,13 @@ mod tests {
             "local_path":"../x","engine_args":[{"flag":"--port","type":"int","value":1},
             {"flag":"--x=1","type":"bool","value":true},{"flag":"--y","type":"int","value":"z"},
             {"flag":"--api_key","type":"string","value":"k"},
-            {"flag":"--download-dir","type":"string","value":"/root/.cache"}],
+            {"flag":"--download-dir","type":"string","value":"/root/.cache"},
+            {"flag":"--max-logprobs","type":"list","value":["5","-1","--host"]},
+            {"flag":"--download-d","type":"string","value":"/etc"}],
             "engine_env":[{"key":"VLLM_API_KEY","value":"k"},{"key":"LD_PRELOAD","value":"/x.so"},
-            {"key":"1X","value":""},{"key":"A","value":""},{"key":"A","value":""}],
+            {"key":"1X","value":""},{"key":"A","value":""},{"key":"A","value":""},
+            {"key":"LLAMA_ARG_MMPROJ","value":"/x"},{"key":"HF_ENDPOINT","value":"http://evil"}],
+            "hf_token_env":"INFERGATE_ADMIN_API_SECRET",
             "ngl":3,"gpu_memory_utilization":1.5,"tp_size":0,"node":"gpu 1"}));
         for part in [
             "name: 1 to 255",
@@ -479,6 +500,11 @@ mod tests {
             "gpu_memory_utilization: a fraction",
             "tp_size: must be at least 1",
             "node: a node name",
+            "engine_args[5]: the value \"--host\" of --max-logprobs would be read as a flag",
+            "engine_args[6]: the path of --download-d must be relative",
+            "engine_env[5]: LLAMA_ARG_MMPROJ is protected (llama-server reads it as a flag",
+            "engine_env[6]: HF_ENDPOINT is protected (would send",
+            "hf_token_env: the name of a variable beginning HF_",
         ] {
             assert!(all.contains(part), "{part} missing from: {all}");
         }

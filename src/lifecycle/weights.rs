@@ -13,8 +13,8 @@ pub struct Resolved {
     /// The engine's model argument: a repository id, or an absolute path.
     pub weights: String,
     /// The configuration, with `tokenizer` and `hf_config_path` as absolute paths when they name
-    /// files in the models directory (so the engine never resolves them against its own
-    /// working directory).
+    /// files in the models directory, and the values of path flags in `engine_args` absolute
+    /// too (so the engine never resolves them against its own working directory).
     pub spec: ModelSpec,
 }
 
@@ -28,6 +28,19 @@ pub fn resolve_all(spec: &ModelSpec, models_dir: &Path) -> Result<Resolved, Stri
     ] {
         if let Some(v) = value.as_mut() {
             *v = auxiliary(field, v, models_dir)?;
+        }
+    }
+    for arg in &mut spec.engine_args {
+        if !super::guard::path_flag(&arg.flag) {
+            continue;
+        }
+        if let serde_json::Value::String(v) = &mut arg.value {
+            // An inline chat template (vLLM's --chat-template) is no path.
+            if arg.flag.contains("chat") && v.contains('{') {
+                continue;
+            }
+            let path = confined(models_dir, v).map_err(|e| format!("{}: {v:?} {e}", arg.flag))?;
+            *v = path.to_string_lossy().into_owned();
         }
     }
     Ok(Resolved { weights, spec })
@@ -175,5 +188,28 @@ mod tests {
             .contains("not a .gguf file"));
         assert!(llama("nope").unwrap_err().contains("does not exist"));
         assert_eq!(resolve(&spec("vllm", "hf"), root), Ok(at("hf")));
+    }
+
+    #[test]
+    fn every_path_the_engine_gets_is_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("hf/t")).unwrap();
+        let mut s = spec("vllm", "hf");
+        s.tokenizer = Some("hf/t".into());
+        s.hf_config_path = Some("Qwen/Qwen2.5-7B".into());
+        s.engine_args = serde_json::from_value(serde_json::json!([
+            {"flag": "--chat-template", "type": "string", "value": "hf/chat.jinja"},
+            {"flag": "--chat-template", "type": "string", "value": "{{ messages }}"},
+            {"flag": "--max-logprobs", "type": "int", "value": 5}]))
+        .unwrap();
+        let r = resolve_all(&s, root).unwrap();
+        let at = |p: &str| root.join(p).to_string_lossy().into_owned();
+        assert_eq!(r.spec.tokenizer, Some(at("hf/t")));
+        // Not in the models directory: a Hub repository, left as it is.
+        assert_eq!(r.spec.hf_config_path.as_deref(), Some("Qwen/Qwen2.5-7B"));
+        assert_eq!(r.spec.engine_args[0].value, at("hf/chat.jinja"));
+        assert_eq!(r.spec.engine_args[1].value, "{{ messages }}");
+        assert_eq!(r.spec.engine_args[2].value, 5);
     }
 }

@@ -381,7 +381,23 @@ async fn a_model_that_escapes_the_models_directory_or_takes_over_the_engine_is_r
         ),
         (
             with(json!({"hf_token_env": "not a name"})),
-            "hf_token_env: an environment variable name",
+            "hf_token_env: the name of a variable beginning HF_",
+        ),
+        // The gateway's own secrets are not an engine's to read.
+        (
+            with(json!({"hf_token_env": "INFERGATE_ADMIN_API_SECRET"})),
+            "hf_token_env: the name of a variable beginning HF_",
+        ),
+        // A flag hidden in a value.
+        (
+            with(
+                json!({"engine_args": [{"flag": "--max-logprobs", "type": "list", "value": ["5", "--host", "0.0.0.0"]}]}),
+            ),
+            "of --max-logprobs would be read as a flag",
+        ),
+        (
+            with(json!({"engine_env": [{"key": "LLAMA_ARG_MMPROJ", "value": "/etc/x"}]})),
+            "LLAMA_ARG_MMPROJ is protected",
         ),
         (
             with(json!({"repo_id": "a/b"})),
