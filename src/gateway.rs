@@ -47,6 +47,10 @@ pub struct Gateway {
     /// The registry routes of the last rebuild (a managed engine's route changes the table
     /// without reading the store again).
     registry_applied: std::sync::Mutex<Vec<(String, String)>>,
+    /// Held through a whole rebuild: two at once (the registry sync, an engine routed or
+    /// unrouted) could each read the inputs before the other stored its table, and lose a
+    /// route.
+    rebuilding: std::sync::Mutex<()>,
 }
 
 /// A route to an engine the gateway runs: its served name, base URL and own API key.
@@ -114,6 +118,7 @@ impl Gateway {
             limiter: Default::default(),
             managed: Default::default(),
             registry_applied: Default::default(),
+            rebuilding: Default::default(),
             store,
         }))
     }
@@ -145,6 +150,7 @@ impl Gateway {
     /// a blocking task); a server that cannot be resolved is left out (and named in the
     /// result) rather than failing the whole table.
     pub fn apply_registry(&self, registry: &[(String, String)]) -> Vec<BackendError> {
+        let _one_at_a_time = self.rebuilding.lock();
         if let Ok(mut applied) = self.registry_applied.lock() {
             *applied = registry.to_vec();
         }
