@@ -23,6 +23,9 @@ impl From<LifecycleError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "model state conflict").detail(d)
             }
             LifecycleError::Unstartable(d) => ApiError::bad_request("model cannot start", d),
+            LifecycleError::Capacity(d) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no engine port free").detail(d)
+            }
             LifecycleError::NodeUnavailable(d) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model node unavailable").detail(d)
             }

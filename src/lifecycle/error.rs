@@ -14,6 +14,9 @@ pub enum LifecycleError {
     /// The model cannot be started as configured (400).
     #[error("{0}")]
     Unstartable(String),
+    /// No engine port is free on this node (503).
+    #[error("{0}")]
+    Capacity(String),
     /// The node that owns the model cannot be reached (503).
     #[error("{0}")]
     NodeUnavailable(String),

@@ -39,6 +39,12 @@ impl Lifecycle {
         ) else {
             return false;
         };
+        self.forget(
+            &models
+                .iter()
+                .map(|m| (m.id.clone(), m.node.clone()))
+                .collect(),
+        );
         self.remove_orphans().await;
         self.kill_leftovers().await;
         let lost_after = Duration::from_secs(self.runner.node_lost_secs);
@@ -58,37 +64,22 @@ impl Lifecycle {
         true
     }
 
-    /// A record of this node: failed when it says an engine runs and none does; put right
-    /// when another instance marked it lost while its engine ran on.
+    /// A record of this node that says an engine runs while none does here is marked failed.
+    /// (A record of an engine that does run is kept true by the engine's own watcher.)
     async fn check_own(&self, listed: &ModelRecord, restarted: bool) {
         let id = &listed.id;
-        let running_here = || {
-            self.engines
-                .lock()
-                .ok()
-                .and_then(|e| e.get(id).map(|e| e.state))
-        };
-        if let Some(state) = running_here() {
-            let lost = listed.state == ModelState::Failed
-                && listed
-                    .state_detail
-                    .as_deref()
-                    .is_some_and(|d| d.starts_with(NODE_LOST));
-            if lost {
-                tracing::info!(model = %id, state = state.as_str(), "this node is back: its model's record is put right");
-                self.set(id, state, None).await;
-            }
-            return;
-        }
-        if !listed.state.is_active() {
+        let running_here = || self.engines.lock().is_ok_and(|e| e.contains_key(id));
+        if running_here() || !listed.state.is_active() {
             return;
         }
         // Under the model's lock, so that no start, stop or apply runs between the look at
-        // the engines and the write; and read again: an engine that just ended recorded its
-        // end before it left the table.
+        // the engines and the write (busy: next time); and read again: an engine that just
+        // ended recorded its end before it left the table.
         let lock = self.op_lock(id);
-        let _serial = lock.lock().await;
-        if running_here().is_some() {
+        let Ok(_serial) = lock.try_lock() else {
+            return;
+        };
+        if running_here() {
             return;
         }
         let Ok(now) = self.models.get(id).await else {
@@ -108,9 +99,17 @@ impl Lifecycle {
     /// owns (left by a gateway that was killed, or by a record deleted meanwhile).
     async fn remove_orphans(&self) {
         let Some(docker) = self.docker() else { return };
-        let labelled = match super::docker::labelled(docker, &self.node).await {
-            Ok(l) => l,
-            Err(e) => return tracing::debug!(error = %e, "orphan containers not checked"),
+        let listed = tokio::time::timeout(
+            Duration::from_secs(10),
+            super::docker::labelled(docker, &self.node),
+        )
+        .await;
+        let labelled = match listed {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "orphan containers not checked"),
+            Err(_) => {
+                return tracing::debug!("orphan containers not checked: Docker did not answer")
+            }
         };
         for (model, name) in labelled {
             let ours = self.engines.lock().is_ok_and(|e| e.contains_key(&model));
@@ -119,12 +118,18 @@ impl Lifecycle {
             }
             // Under the model's lock: a start of it may be creating this very container.
             let lock = self.op_lock(&model);
-            let _serial = lock.lock().await;
+            let Ok(_serial) = lock.try_lock() else {
+                continue;
+            };
             if self.engines.lock().is_ok_and(|e| e.contains_key(&model)) {
                 continue;
             }
             tracing::warn!(model = %model, container = %name, "removing a container no engine of this node owns");
-            super::docker::remove(docker, &name).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                super::docker::remove(docker, &name),
+            )
+            .await;
         }
     }
 
@@ -140,11 +145,15 @@ impl Lifecycle {
         let marked = tokio::task::spawn_blocking(move || super::process::marked(&node))
             .await
             .unwrap_or_default();
-        for (pid, model) in marked {
-            let ours = self.engines.lock().is_ok_and(|e| e.contains_key(&model));
+        for m in marked {
+            // Of this very run: a worker of an earlier run of the same model is a leftover.
+            let ours = self
+                .engines
+                .lock()
+                .is_ok_and(|e| e.get(&m.model).is_some_and(|e| e.instance == m.run));
             if !ours {
-                tracing::warn!(pid, model = %model, "killing a process of an engine that no longer runs");
-                super::process::kill(pid);
+                tracing::warn!(pid = m.pid, model = %m.model, "killing a process of an engine that no longer runs");
+                super::process::kill(m.pid);
             }
         }
     }
@@ -185,13 +194,23 @@ pub struct LifecycleService {
 impl pingora::services::background::BackgroundService for LifecycleService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let started_ms = now_ms();
+        // Heartbeats in a task of their own: a slow check (Docker, the store) never makes a
+        // live node look lost.
+        let life = self.life.clone();
+        let beats = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BEAT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                life.beat(started_ms).await;
+            }
+        });
         let mut restarted = true;
         let mut tick = tokio::time::interval(BEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    self.life.beat(started_ms).await;
                     // The first pass that reads the store is the one after the restart.
                     if self.life.reconcile(restarted).await {
                         restarted = false;
@@ -201,5 +220,6 @@ impl pingora::services::background::BackgroundService for LifecycleService {
             }
         }
         self.life.stop_all().await;
+        beats.abort();
     }
 }

@@ -34,7 +34,7 @@ const PASSED: [&str; 12] = [
 const PASSED_PREFIXES: [&str; 5] = ["LC_", "CUDA_", "NVIDIA_", "NCCL_", "VLLM_"];
 /// Longest output line kept whole.
 const MAX_LINE: usize = 4096;
-/// Set in every engine's environment to `<model id>@<node>`, inherited by every process it
+/// Set in every engine's environment to `<model id>.<run>@<node>`, inherited by every process it
 /// forks: how a node finds processes of its engines that outlived them (workers that left the
 /// group, or an engine's children when the gateway was killed outright).
 pub const MARKER: &str = "INFERGATE_ENGINE";
@@ -189,9 +189,22 @@ impl Drop for EngineProcess {
     }
 }
 
-/// The processes marked as engines of `node` (see [`MARKER`]), as (pid, model id). Processes
-/// whose environment cannot be read (another user's) are not ours.
-pub fn marked(node: &str) -> Vec<(i32, String)> {
+/// The mark of one run of a model's engine on a node.
+pub fn mark(model: &str, run: &str, node: &str) -> String {
+    format!("{model}.{run}@{node}")
+}
+
+/// A process marked as an engine of this node: its pid, model id and run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marked {
+    pub pid: i32,
+    pub model: String,
+    pub run: String,
+}
+
+/// The processes marked as engines of `node` (see [`MARKER`]). Processes whose environment
+/// cannot be read (another user's) are not ours.
+pub fn marked(node: &str) -> Vec<Marked> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -204,11 +217,15 @@ pub fn marked(node: &str) -> Vec<(i32, String)> {
             return None;
         }
         let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-        let model = environ.split(|&b| b == 0).find_map(|var| {
+        environ.split(|&b| b == 0).find_map(|var| {
             let value = std::str::from_utf8(var).ok()?.strip_prefix(&prefix)?;
-            value.strip_suffix(&suffix).map(str::to_string)
-        })?;
-        Some((pid, model))
+            let (model, run) = value.strip_suffix(&suffix)?.rsplit_once('.')?;
+            Some(Marked {
+                pid,
+                model: model.to_string(),
+                run: run.to_string(),
+            })
+        })
     })
     .collect()
 }
@@ -276,22 +293,25 @@ mod tests {
         let logs = Arc::new(LogRing::new(100, 1 << 20));
         let node = format!("test-{}", std::process::id());
         let mut cmd = sh("sleep 30");
-        cmd.env.push((MARKER.into(), format!("mdl_x@{node}")));
+        cmd.env.push((MARKER.into(), mark("mdl_x", "r1", &node)));
         let mut p = spawn(&cmd, &logs, std::path::Path::new("/"), &[]).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The shell and the sleep it forked both carry the mark.
         let found = marked(&node);
         assert!(!found.is_empty());
-        assert!(found.iter().all(|(_, m)| m == "mdl_x"), "{found:?}");
+        assert!(
+            found.iter().all(|m| m.model == "mdl_x" && m.run == "r1"),
+            "{found:?}"
+        );
         assert!(marked(&format!("{node}-other")).is_empty());
-        for (pid, _) in &found {
-            kill(*pid);
+        for m in &found {
+            kill(m.pid);
         }
         assert!(p.wait().await.is_ok());
         tokio::time::sleep(Duration::from_millis(100)).await;
         let left: Vec<_> = marked(&node)
             .into_iter()
-            .filter(|(pid, _)| {
+            .filter(|Marked { pid, .. }| {
                 let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
                 !stat.contains(") Z")
             })

@@ -67,11 +67,13 @@ impl From<&LifecycleError> for Failure {
             LifecycleError::NoRunner(_) => "no_runner",
             LifecycleError::Conflict(_) => "conflict",
             LifecycleError::Unstartable(_) => "unstartable",
+            LifecycleError::Capacity(_) => "capacity",
             LifecycleError::NodeUnavailable(_) => "node_unavailable",
             LifecycleError::Model(ModelError::NotFound) => "not_found",
             LifecycleError::Model(ModelError::Invalid(_)) => "invalid",
             LifecycleError::Model(ModelError::Conflict(_)) => "model_conflict",
-            LifecycleError::Model(_) => "unavailable",
+            // The store failed on the owning node: a fault of the gateway (500), as locally.
+            LifecycleError::Model(_) => "internal",
         };
         Failure {
             kind: kind.into(),
@@ -89,6 +91,8 @@ impl From<Failure> for LifecycleError {
             "not_found" => LifecycleError::Model(ModelError::NotFound),
             "invalid" => LifecycleError::Model(ModelError::Invalid(f.message)),
             "model_conflict" => LifecycleError::Model(ModelError::Conflict(f.message)),
+            "capacity" => LifecycleError::Capacity(f.message),
+            "internal" => LifecycleError::Model(ModelError::Corrupt(f.message)),
             _ => LifecycleError::NodeUnavailable(f.message),
         }
     }

@@ -37,13 +37,11 @@ pub(super) struct Engine {
     port: u16,
     key: String,
     served: String,
-    /// Taken by whoever asks it to stop (stop, apply, delete, shutdown).
-    stop: Option<oneshot::Sender<Stop>>,
+    /// Taken by whoever asks it to stop (stop, apply, delete, shutdown, a lost claim).
+    stop: Option<oneshot::Sender<StopAsk>>,
     task: Option<JoinHandle<()>>,
-    /// A stop was asked for: a restart pending from an apply does not happen.
-    halt: bool,
-    /// The state its watcher last recorded.
-    pub(super) state: ModelState,
+    /// This run of the engine (its processes are marked with it).
+    pub(super) instance: String,
 }
 
 /// How an engine is to be run.
@@ -99,7 +97,20 @@ enum Stop {
     Halt,
     /// Stop, then start again with the saved configuration (apply).
     Restart,
+    /// Stop without a word to the record: it is gone, or another node runs the model now.
+    Disown,
 }
+
+/// A stop request, and the signal back once the watcher has recorded `stopping`.
+struct StopAsk {
+    how: Stop,
+    recorded: oneshot::Sender<()>,
+}
+
+/// How long a stop waits for the watcher to record `stopping`.
+const RECORDED_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for a container to be created and started (its image pulled first).
+const CONTAINER_START_LIMIT: Duration = Duration::from_secs(3600);
 
 /// The managed engines of one gateway instance.
 pub struct Lifecycle {
@@ -120,6 +131,9 @@ pub struct Lifecycle {
     next_port: AtomicU32,
     /// Models to start again once their old engine is gone (apply).
     restarts: mpsc::UnboundedSender<String>,
+    /// Models stopped since they were last started here: a restart an apply left pending
+    /// does not happen.
+    halted: Mutex<std::collections::HashSet<String>>,
     /// The Docker Engine API client (docker runner).
     docker: Option<bollard::Docker>,
 }
@@ -178,6 +192,7 @@ impl Lifecycle {
         };
         let life = Arc::new(Self {
             restarts,
+            halted: Mutex::default(),
             docker,
             models: ModelService::new(gw.store.clone(), runner.models_dir.clone()),
             client: reqwest::Client::builder()
@@ -307,6 +322,7 @@ impl Lifecycle {
     /// A model's configuration checked again (links may have changed since it was saved), with
     /// its weights and paths resolved.
     async fn startable(&self, model: &ModelRecord) -> Result<weights::Resolved> {
+        Self::hf_token(model)?;
         self.models
             .recheck(&model.spec)
             .await
@@ -316,6 +332,18 @@ impl Lifecycle {
             .await
             .map_err(|e| LifecycleError::Unstartable(e.to_string()))?
             .map_err(LifecycleError::Unstartable)
+    }
+
+    /// The Hugging Face token a model names, read from the gateway's environment.
+    fn hf_token(model: &ModelRecord) -> Result<Option<String>> {
+        match &model.spec.hf_token_env {
+            Some(var) => std::env::var(var).map(Some).map_err(|_| {
+                LifecycleError::Unstartable(format!(
+                    "hf_token_env: the variable {var} is not set in the gateway's environment"
+                ))
+            }),
+            None => Ok(None),
+        }
     }
 
     /// Start a stopped (or failed) model, on the node it is pinned to or else this one:
@@ -343,21 +371,19 @@ impl Lifecycle {
             )));
         }
         let resolved = self.startable(&model).await?;
-        let hf_token = match &model.spec.hf_token_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                LifecycleError::Unstartable(format!(
-                    "hf_token_env: the variable {var} is not set in the gateway's environment"
-                ))
-            })?),
-            None => None,
-        };
+        let hf_token = Self::hf_token(&model)?;
+        let instance = format!("{:08x}", rand::random::<u32>());
         let key = crate::identity::generate_secret(40);
         let engine = match model.spec.engine_type {
             EngineType::Vllm => &self.runner.vllm,
             EngineType::Llamacpp => &self.runner.llamacpp,
         };
         let (stop_tx, stop_rx) = oneshot::channel();
-        let port = self.reserve(&model, &key, stop_tx)?;
+        let port = self.reserve(&model, &key, &instance, stop_tx)?;
+        // A start supersedes the stops before it.
+        if let Ok(mut halted) = self.halted.lock() {
+            halted.remove(id);
+        }
         // From here on, nothing awaits before the watcher owns the engine: a request dropped
         // midway cannot leave a half-started engine behind.
         let (launch, shown) = match &self.docker {
@@ -406,8 +432,10 @@ impl Lifecycle {
                     &listen,
                     hf_token.as_deref(),
                 );
-                cmd.env
-                    .push((process::MARKER.into(), format!("{id}@{}", self.node)));
+                cmd.env.push((
+                    process::MARKER.into(),
+                    process::mark(id, &instance, &self.node),
+                ));
                 let shown = command::shell_line(&cmd.argv);
                 (Launch::Process(cmd), shown)
             }
@@ -433,7 +461,13 @@ impl Lifecycle {
     }
 
     /// Claim a port for a model, and its slot (so two starts cannot both run it).
-    fn reserve(&self, model: &ModelRecord, key: &str, stop: oneshot::Sender<Stop>) -> Result<u16> {
+    fn reserve(
+        &self,
+        model: &ModelRecord,
+        key: &str,
+        instance: &str,
+        stop: oneshot::Sender<StopAsk>,
+    ) -> Result<u16> {
         let mut engines = self
             .engines
             .lock()
@@ -460,14 +494,13 @@ impl Lifecycle {
                         served: model.spec.served_model_name.clone(),
                         stop: Some(stop),
                         task: None,
-                        halt: false,
-                        state: ModelState::Starting,
+                        instance: instance.to_string(),
                     },
                 );
                 return Ok(port);
             }
         }
-        Err(LifecycleError::Conflict(format!(
+        Err(LifecycleError::Capacity(format!(
             "no free port between [runner] port_min {} and port_max {}",
             self.runner.port_min, self.runner.port_max
         )))
@@ -477,19 +510,28 @@ impl Lifecycle {
         self.engines.lock().ok()?.remove(id)
     }
 
-    /// Ask a model's engine to stop: `Some(true)` when the request was sent now, `Some(false)`
-    /// when a stop was already under way, `None` when no engine runs it here. `halt` also
-    /// cancels a restart an apply left pending.
-    fn ask_stop(&self, id: &str, how: Stop) -> Option<bool> {
+    /// Ask a model's engine to stop: `Some(Some(recorded))` when the request was sent now
+    /// (`recorded` fires once its watcher has recorded `stopping`), `Some(None)` when a stop
+    /// was already under way, `None` when no engine runs it here.
+    fn ask_stop(&self, id: &str, how: Stop) -> Option<Option<oneshot::Receiver<()>>> {
         let mut engines = self.engines.lock().ok()?;
         let e = engines.get_mut(id)?;
-        if how == Stop::Halt {
-            e.halt = true;
+        Some(e.stop.take().and_then(|tx| {
+            let (recorded, seen) = oneshot::channel();
+            tx.send(StopAsk { how, recorded }).ok().map(|()| seen)
+        }))
+    }
+
+    /// Wait (briefly) until a watcher has recorded `stopping`.
+    async fn recorded(seen: oneshot::Receiver<()>) {
+        let _ = tokio::time::timeout(RECORDED_WAIT, seen).await;
+    }
+
+    /// A stop of `id` was asked for: an apply's pending restart of it does not happen.
+    fn halt(&self, id: &str) {
+        if let Ok(mut halted) = self.halted.lock() {
+            halted.insert(id.to_string());
         }
-        Some(match e.stop.take() {
-            Some(tx) => tx.send(how).is_ok(),
-            None => false,
-        })
     }
 
     /// Stop a model: answers at once in `stopping` when its engine runs here (it is unrouted
@@ -505,9 +547,13 @@ impl Lifecycle {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         let model = self.here(id, &Op::Stop).await?;
+        self.halt(id);
         match self.ask_stop(id, Stop::Halt) {
-            Some(_) => self.set(id, ModelState::Stopping, None).await,
-            None if model.state != ModelState::Stopped => {
+            // Its watcher records `stopping` (it alone writes the state of a live engine).
+            Some(Some(seen)) => Self::recorded(seen).await,
+            Some(None) => {}
+            // No engine here: a failed or stale record, or a restart pending from an apply.
+            None if model.state != ModelState::Stopped || model.state_detail.is_some() => {
                 self.set(id, ModelState::Stopped, None).await
             }
             None => {}
@@ -517,8 +563,9 @@ impl Lifecycle {
 
     /// Stop a model's engine and wait until it is gone (delete, shutdown).
     async fn stop_and_wait(&self, id: &str) {
-        if self.ask_stop(id, Stop::Halt).is_some() {
-            self.set(id, ModelState::Stopping, None).await;
+        self.halt(id);
+        if let Some(Some(seen)) = self.ask_stop(id, Stop::Halt) {
+            Self::recorded(seen).await;
         }
         let task = self
             .engines
@@ -547,12 +594,11 @@ impl Lifecycle {
         self.startable(&model).await?;
         match self.ask_stop(id, Stop::Restart) {
             None => Ok((false, model)),
-            Some(false) => Err(LifecycleError::Conflict(
+            Some(None) => Err(LifecycleError::Conflict(
                 "the model is stopping: start it once it has stopped".into(),
             )),
-            Some(true) => {
-                self.set(id, ModelState::Stopping, Some(RESTARTING.into()))
-                    .await;
+            Some(Some(seen)) => {
+                Self::recorded(seen).await;
                 Ok((true, self.models.get(id).await?))
             }
         }
@@ -576,6 +622,9 @@ impl Lifecycle {
             )));
         }
         self.stop_and_wait(id).await;
+        if let Ok(mut halted) = self.halted.lock() {
+            halted.remove(id);
+        }
         if let Ok(mut logs) = self.logs.lock() {
             logs.remove(id);
         }
@@ -775,15 +824,17 @@ impl Lifecycle {
         key: String,
         launch: Launch,
         logs: Arc<LogRing>,
-        mut stop: oneshot::Receiver<Stop>,
+        mut stop: oneshot::Receiver<StopAsk>,
         spawned: oneshot::Sender<()>,
     ) {
         let id = model.id.clone();
         self.set(&id, ModelState::Starting, None).await;
-        if let Ok(how) = stop.try_recv() {
+        if let Ok(ask) = stop.try_recv() {
             // Stopped before it was spawned.
             let _ = spawned.send(());
-            return self.finish(&id, ModelState::Stopped, None, how).await;
+            self.finish(&id, ModelState::Stopped, None, ask.how).await;
+            let _ = ask.recorded.send(());
+            return;
         }
         let mut spawned = Some(spawned);
         let launched = match (launch, &self.docker) {
@@ -797,12 +848,32 @@ impl Lifecycle {
                 if let Some(tx) = spawned.take() {
                     let _ = tx.send(());
                 }
+                let made = tokio::time::timeout(
+                    CONTAINER_START_LIMIT,
+                    docker::start(d, &name, *body, &logs),
+                );
                 tokio::select! {
-                    made = docker::start(d, &name, *body, &logs) => made.map(Running::Container),
-                    how = &mut stop => {
+                    made = made => match made {
+                        Ok(made) => made.map(Running::Container),
+                        Err(_) => {
+                            docker::remove(d, &name).await;
+                            Err(format!(
+                                "the container was not created and started within {} min (its image pull?)",
+                                CONTAINER_START_LIMIT.as_secs() / 60
+                            ))
+                        }
+                    },
+                    ask = &mut stop => {
                         docker::remove(d, &name).await;
-                        let how = how.unwrap_or(Stop::Halt);
-                        return self.finish(&id, ModelState::Stopped, None, how).await;
+                        let (how, recorded) = match ask {
+                            Ok(a) => (a.how, Some(a.recorded)),
+                            Err(_) => (Stop::Halt, None),
+                        };
+                        self.finish(&id, ModelState::Stopped, None, how).await;
+                        if let Some(r) = recorded {
+                            let _ = r.send(());
+                        }
+                        return;
                     }
                 }
             }
@@ -831,30 +902,21 @@ impl Lifecycle {
         self.finish(&id, end, detail, how).await;
     }
 
-    /// After an engine is gone: record its end state, free its slot, and start it again when
-    /// an apply asked for that (and no stop came since).
-    async fn finish(
-        self: &Arc<Self>,
-        id: &str,
-        end: ModelState,
-        detail: Option<String>,
-        how: Stop,
-    ) {
-        let restart = how == Stop::Restart
-            && self
-                .engines
-                .lock()
-                .is_ok_and(|e| e.get(id).is_some_and(|e| !e.halt));
-        let detail = if restart {
-            Some(RESTARTING.to_string())
-        } else {
-            detail
-        };
+    /// After an engine is gone: record its end state and free its slot; after an apply, hand
+    /// it to the restart loop (which starts it again unless a stop or a start came since).
+    async fn finish(&self, id: &str, end: ModelState, detail: Option<String>, how: Stop) {
         // The state is written before the slot is freed: a start that follows cannot have its
         // `starting` overwritten by this end.
-        self.set(id, end, detail).await;
+        match how {
+            Stop::Disown => {}
+            Stop::Restart => {
+                self.set(id, ModelState::Stopped, Some(RESTARTING.into()))
+                    .await
+            }
+            Stop::Halt => self.set(id, end, detail).await,
+        }
         self.release(id);
-        if restart {
+        if how == Stop::Restart {
             let _ = self.restarts.send(id.to_string());
         }
     }
@@ -864,14 +926,31 @@ impl Lifecycle {
     async fn restart_loop(me: std::sync::Weak<Self>, mut ids: mpsc::UnboundedReceiver<String>) {
         while let Some(id) = ids.recv().await {
             let Some(me) = me.upgrade() else { return };
-            if let Err(e) = me.start(&id).await {
-                me.set(
-                    &id,
-                    ModelState::Failed,
-                    Some(format!("restart failed: {e}")),
-                )
+            me.restart_here(&id).await;
+        }
+    }
+
+    /// Start again a model an apply stopped: only if its record still says so (a start since
+    /// has run it already), and not if a stop came since.
+    async fn restart_here(self: &Arc<Self>, id: &str) {
+        let lock = self.op_lock(id);
+        let _serial = lock.lock().await;
+        let Ok(model) = self.models.get(id).await else {
+            return;
+        };
+        let halted = self.halted.lock().is_ok_and(|mut h| h.remove(id));
+        let pending = model.state == ModelState::Stopped
+            && model.state_detail.as_deref() == Some(RESTARTING)
+            && model.node.as_deref() == Some(self.node.as_str());
+        if !pending {
+            return;
+        }
+        if halted {
+            return self.set(id, ModelState::Stopped, None).await;
+        }
+        if let Err(e) = self.start_locked(id).await {
+            self.set(id, ModelState::Failed, Some(format!("restart failed: {e}")))
                 .await;
-            }
         }
     }
 
@@ -883,7 +962,7 @@ impl Lifecycle {
         port: u16,
         key: &str,
         mut proc: Running,
-        stop: &mut oneshot::Receiver<Stop>,
+        stop: &mut oneshot::Receiver<StopAsk>,
     ) -> (ModelState, Option<String>, Stop) {
         let id = &model.id;
         let served = &model.spec.served_model_name;
@@ -898,8 +977,14 @@ impl Lifecycle {
         let grace = Duration::from_secs(self.runner.stop_grace_secs);
         let url = format!("http://127.0.0.1:{port}/v1");
         let mut state = ModelState::Starting;
+        let mut detail: Option<String> = None;
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval_at(
+            tokio::time::Instant::now() + super::beat::BEAT_EVERY,
+            super::beat::BEAT_EVERY,
+        );
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             // The probe is one branch among the others: an exit or a stop is never kept waiting
             // behind it.
@@ -912,11 +997,46 @@ impl Lifecycle {
                     let when = if state == ModelState::Running { "while running" } else { "before it was ready" };
                     break (ModelState::Failed, Some(format!("the engine {how} {when} (see its logs)")), Stop::Halt);
                 }
-                how = &mut *stop => {
-                    let how = how.unwrap_or(Stop::Halt);
+                ask = &mut *stop => {
                     self.unroute(&url).await;
+                    let how = match ask {
+                        Ok(StopAsk { how, recorded }) => {
+                            if how != Stop::Disown {
+                                let why = (how == Stop::Restart).then(|| RESTARTING.to_string());
+                                self.set(id, ModelState::Stopping, why).await;
+                            }
+                            let _ = recorded.send(());
+                            how
+                        }
+                        Err(_) => Stop::Halt,
+                    };
                     let _ = proc.stop(grace).await;
                     break (ModelState::Stopped, None, how);
+                }
+                _ = check.tick() => {
+                    // This watcher alone writes the state of its engine, so it also keeps the
+                    // record true: put right (another instance marked the node lost while it
+                    // was cut off), or let go (the record is gone, or another node runs the
+                    // model now: two starts raced on two instances).
+                    match self.models.get(id).await {
+                        Err(super::service::ModelError::NotFound) => {
+                            tracing::warn!(model = %id, "its record is gone: stopping its engine");
+                            self.unroute(&url).await;
+                            let _ = proc.stop(grace).await;
+                            break (ModelState::Stopped, None, Stop::Disown);
+                        }
+                        Ok(m) if m.node.as_deref() != Some(self.node.as_str()) => {
+                            tracing::warn!(model = %id, node = ?m.node, "another node runs the model: stopping this node's engine");
+                            self.unroute(&url).await;
+                            let _ = proc.stop(grace).await;
+                            break (ModelState::Stopped, None, Stop::Disown);
+                        }
+                        Ok(m) if (m.state, &m.state_detail) != (state, &detail) => {
+                            tracing::info!(model = %id, recorded = m.state.as_str(), state = state.as_str(), "putting the model's record right");
+                            self.set(id, state, detail.clone()).await;
+                        }
+                        _ => {}
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline), if state != ModelState::Running => {
                     self.unroute(&url).await;
@@ -929,13 +1049,15 @@ impl Lifecycle {
                 found = probe, if state != ModelState::Running => match found {
                     Probe::Ready => {
                         state = ModelState::Running;
+                        detail = None;
                         self.route(served, &url, key).await;
                         self.set(id, ModelState::Running, None).await;
                         tracing::info!(model = %id, served = %served, port, "managed model is running and routed");
                     }
                     Probe::Loading(why) => {
                         state = ModelState::Loading;
-                        self.set(id, ModelState::Loading, Some(why)).await;
+                        detail = Some(why);
+                        self.set(id, ModelState::Loading, detail.clone()).await;
                     }
                     Probe::Down => {}
                 },
@@ -982,17 +1104,33 @@ impl Lifecycle {
 
     /// Record a state (failures to write are logged: the engine's fate does not depend on it).
     pub(super) async fn set(&self, id: &str, state: ModelState, detail: Option<String>) {
-        if let Ok(mut engines) = self.engines.lock() {
-            if let Some(e) = engines.get_mut(id) {
-                e.state = state;
-            }
-        }
         if let Err(e) = self
             .models
             .set_state(id, state, detail, Some(&self.node))
             .await
         {
             tracing::warn!(model = %id, state = state.as_str(), error = %e, "model state not recorded");
+        }
+    }
+
+    /// Drop what this node keeps for models it has no business with any more: the logs of a
+    /// model deleted, or run by another node since; the locks and stop marks of ids without a
+    /// record (`models`: every record, as (id, node it runs or ran on)).
+    pub(super) fn forget(&self, models: &HashMap<String, Option<String>>) {
+        let here = |id: &String| {
+            models
+                .get(id)
+                .is_some_and(|node| node.as_deref().is_none_or(|n| n == self.node))
+        };
+        let running = |id: &String| self.engines.lock().is_ok_and(|e| e.contains_key(id));
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.retain(|id, _| here(id) || running(id));
+        }
+        if let Ok(mut ops) = self.ops.lock() {
+            ops.retain(|id, lock| models.contains_key(id) || Arc::strong_count(lock) > 1);
+        }
+        if let Ok(mut halted) = self.halted.lock() {
+            halted.retain(|id| models.contains_key(id));
         }
     }
 

@@ -409,7 +409,26 @@ async fn apply_restarts_a_running_model_with_its_new_configuration() {
     assert!(second.contains("-ngl 0 -c 2048"), "{second}");
     assert_eq!(gw.chat(&c, &chat_body("g-managed")).await.status(), 200);
 
+    // A stop right after an apply wins over the restart the apply began.
+    let pid = engine_pid(&gw, &c, &id).await;
+    let (status, r) = call(&gw, &c, Method::POST, &format!("/models/{id}/apply"), None).await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(r["model"]["state"], "stopping", "{r}");
+    let (status, m) = call(&gw, &c, Method::POST, &format!("/models/{id}/stop"), None).await;
+    assert_eq!(status, 202, "{m}");
+    eventually_gone(pid).await;
+    let (m, _) = until_state(&gw, &c, &id, "stopped").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, m2) = call(&gw, &c, Method::GET, &format!("/models/{id}"), None).await;
+    assert_eq!(
+        (m2["state"].as_str(), &m2["state_detail"]),
+        (Some("stopped"), &Value::Null),
+        "{m} then {m2}"
+    );
+    assert_eq!(gw.chat(&c, &chat_body("g-managed")).await.status(), 404);
+
     // Delete stops and unroutes it first; the files stay.
+    start_running(&gw, &c, &id).await;
     let pid = engine_pid(&gw, &c, &id).await;
     let (status, d) = call(&gw, &c, Method::DELETE, &format!("/models/{id}"), None).await;
     assert_eq!(status, 200, "{d}");

@@ -8,7 +8,7 @@ use crate::lifecycle::{
     until_state, vllm,
 };
 use reqwest::{Client, Method};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// The names of the two nodes: `node-a-<redis port>` and `node-b-<redis port>`.
@@ -238,4 +238,83 @@ async fn no_engine_process_outlives_its_engine_or_its_gateway() {
     );
     let (_next, _next_dir) = runner_gateway(&node(&name), "").await;
     eventually_gone(worker).await;
+}
+
+/// The ids of the nodes whose engines of `model` run on this host now (by their mark).
+fn engine_nodes(model: &str) -> Vec<String> {
+    let prefix = format!("INFERGATE_ENGINE={model}.");
+    let mut nodes: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid = e.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            environ.split(|&b| b == 0).find_map(|v| {
+                let v = std::str::from_utf8(v).ok()?.strip_prefix(&prefix)?;
+                Some(v.split_once('@')?.1.to_string())
+            })
+        })
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+#[tokio::test]
+async fn two_starts_on_two_instances_leave_one_engine_and_its_record_stays_true() {
+    let redis = Redis::start().await;
+    let ((a, _da), (b, _db)) = two_nodes(&redis).await;
+    let c = Client::new();
+    let id = create(&a, &c, vllm("raced", &[])).await;
+    // Unpinned, started through both at once: each may run an engine for a moment.
+    let path = format!("/models/{id}/start");
+    let (ra, rb) = tokio::join!(
+        call(&a, &c, Method::POST, &path, None),
+        call(&b, &c, Method::POST, &path, None)
+    );
+    assert!(ra.0 == 202 || rb.0 == 202, "{ra:?} {rb:?}");
+    until_state(&a, &c, &id, "running").await;
+    // Within a check or two, only the node the record names still runs one (the record names
+    // whichever node wrote last).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let owner = loop {
+        let (_, m) = call(&a, &c, Method::GET, &format!("/models/{id}"), None).await;
+        let owner = m["runs_on"].as_str().unwrap_or_default().to_string();
+        if m["state"] == "running" && engine_nodes(&id) == [owner.clone()] {
+            break owner;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engines of {id} on {:?}, record {m}",
+            engine_nodes(&id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let gw = if owner.starts_with("node-a") { &a } else { &b };
+    assert_eq!(gw.chat(&c, &chat_body("raced")).await.status(), 200);
+
+    // Another instance marks the node lost while it runs on (it was cut off from Valkey): the
+    // node puts its record right.
+    let key = "nodes:{docs}:model_states";
+    let lost = json!({"state": "failed", "state_detail": format!("node lost: {owner} (no heartbeat)"),
+        "node": owner, "updated_ms": 1});
+    let _: i64 = redis.cmd(&["HSET", key, &id, &lost.to_string()]).await;
+    let (m, _) = until_state(&a, &c, &id, "failed").await;
+    assert!(m["state_detail"].as_str().unwrap().starts_with("node lost"));
+    let (m, _) = until_state(&a, &c, &id, "running").await;
+    assert_eq!(m["runs_on"], owner.as_str());
+    assert_eq!(m["state_detail"], Value::Null);
+
+    // Its record deleted behind its back (by an instance that thought the node lost): the
+    // engine goes.
+    let _: i64 = redis.cmd(&["HDEL", "nodes:{docs}:models", &id]).await;
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            let id = id.clone();
+            async move { engine_nodes(&id).is_empty() }
+        })
+        .await,
+        "engines of {id} still on {:?}",
+        engine_nodes(&id)
+    );
+    assert_eq!(gw.chat(&c, &chat_body("raced")).await.status(), 404);
 }
