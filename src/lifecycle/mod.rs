@@ -9,6 +9,7 @@ pub mod beat;
 pub mod command;
 pub mod diagnose;
 pub mod docker;
+mod engine;
 pub mod error;
 pub mod guard;
 pub mod logs;
@@ -22,6 +23,7 @@ pub mod report;
 pub mod service;
 pub mod supervisor;
 pub mod validate;
+mod watcher;
 pub mod weights;
 
 pub use error::LifecycleError;

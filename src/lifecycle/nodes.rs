@@ -1,11 +1,13 @@
-//! Every node keeps the records of its models true to what runs, and every instance watches
-//! the others: each node sends a heartbeat every [`BEAT_EVERY`]; a model whose node has sent
+//! What nodes do for each other: every node carries out the lifecycle calls other instances
+//! send it (`remote`), keeps the records of its models true to what runs, and watches the
+//! others: each node sends a heartbeat every [`BEAT_EVERY`]; a model whose node has sent
 //! none for `[runner] node_lost_secs` is marked failed ("node lost"); a record of this node that
 //! says its engine runs while none does is marked failed; and a node that comes back (its
 //! engines still running) puts its records right again.
 
 use super::beat::{last_seen, Beat, BEAT_EVERY};
 use super::record::{ModelRecord, ModelState};
+use super::remote::{self, Op};
 use super::supervisor::Lifecycle;
 use crate::telemetry::now_ms;
 use std::sync::Arc;
@@ -179,6 +181,63 @@ impl Lifecycle {
             .await
         {
             tracing::warn!(model = %listed.id, error = %e, "lost model not marked");
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Carry out the commands other instances send to this node, each in a task of its own.
+    pub(super) async fn serve(
+        me: std::sync::Weak<Self>,
+        mut inbox: tokio::sync::broadcast::Receiver<crate::store::NodeMessage>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let msg = match inbox.recv().await {
+                Ok(m) => m,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "lifecycle commands missed (their senders time out)"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let Some(me) = me.upgrade() else { return };
+            if msg.node != me.node {
+                continue;
+            }
+            let cmd: remote::Command = match serde_json::from_slice(&msg.body) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable lifecycle command ignored");
+                    continue;
+                }
+            };
+            if crate::telemetry::now_ms() > cmd.deadline_ms {
+                tracing::warn!(model = %cmd.model, from = %cmd.from, "a lifecycle command arrived after its sender stopped waiting: not carried out");
+                continue;
+            }
+            tokio::spawn(me.execute(cmd));
+        }
+    }
+
+    /// Carry out one command from another instance and leave the answer for it.
+    async fn execute(self: Arc<Self>, cmd: remote::Command) {
+        tracing::info!(model = %cmd.model, from = %cmd.from, op = ?cmd.op, "lifecycle command from another instance");
+        let id = cmd.model.as_str();
+        let reply = match cmd.op {
+            Op::Start => remote::reply(self.start_here(id).await),
+            Op::Stop => remote::reply(self.stop_here(id).await),
+            Op::Apply => remote::reply(self.apply_here(id).await),
+            Op::Delete => remote::reply(self.delete_here(id).await),
+            Op::Readiness => remote::reply(self.readiness_here(id).await),
+            Op::Test => remote::reply(self.test_here(id).await),
+            Op::Logs { tail, diagnose } => remote::reply(self.logs_here(id, tail, diagnose).await),
+        };
+        if let Err(e) = self.gw.store.reply_put(&cmd.id, &reply).await {
+            tracing::warn!(model = %cmd.model, error = %e, "the answer to a lifecycle command was not left");
         }
     }
 }
