@@ -66,13 +66,13 @@ impl Gateway {
     }
 
     pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Gateway {
-        Self::launch(extra, env, false).await
+        Self::launch(extra, env, false, &[]).await
     }
 
     /// Like [`Self::start_with_env`], logging at info level into a file that [`Self::log`]
     /// reads.
     pub async fn start_logged(extra: &str, env: &[(&str, &str)]) -> Gateway {
-        Self::launch(extra, env, true).await
+        Self::launch(extra, env, true, &[]).await
     }
 
     /// What the gateway has logged so far (after [`Self::start_logged`]).
@@ -80,18 +80,28 @@ impl Gateway {
         std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    async fn launch(extra: &str, env: &[(&str, &str)], capture: bool) -> Gateway {
+    /// `serve --demo` with the test configuration (its ports) and `extra`.
+    pub async fn start_demo(extra: &str) -> Gateway {
+        Self::launch(extra, &[], false, &["--demo"]).await
+    }
+
+    async fn launch(extra: &str, env: &[(&str, &str)], capture: bool, args: &[&str]) -> Gateway {
         // A port free when chosen can be taken (by another test's server) before the gateway
         // binds it: the gateway then exits, or something else answers. Try fresh ports.
         for _ in 0..3 {
-            if let Some(gw) = Self::try_launch(extra, env, capture).await {
+            if let Some(gw) = Self::try_launch(extra, env, capture, args).await {
                 return gw;
             }
         }
         panic!("the gateway did not start on three sets of free ports");
     }
 
-    async fn try_launch(extra: &str, env: &[(&str, &str)], capture: bool) -> Option<Gateway> {
+    async fn try_launch(
+        extra: &str,
+        env: &[(&str, &str)],
+        capture: bool,
+        args: &[&str],
+    ) -> Option<Gateway> {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = test_config(proxy, admin, extra);
@@ -105,6 +115,7 @@ impl Gateway {
         cmd.arg("serve")
             .arg("--config")
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

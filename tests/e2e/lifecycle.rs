@@ -641,3 +641,50 @@ async fn the_docker_runner_creates_a_loopback_container_with_its_key_and_removes
     assert!(fake.state.stopped.lock().unwrap().contains(&name));
     assert!(fake.state.removed.lock().unwrap().contains(&name));
 }
+
+#[tokio::test]
+async fn the_demo_has_a_managed_model_a_newcomer_can_start_test_read_and_stop() {
+    // `serve --demo`: the process runner with infergate's own mock engine as `vllm`.
+    let gw = Gateway::start_demo("").await;
+    let c = Client::new();
+    let (status, list) = call(&gw, &c, Method::GET, "/models?q=demo-managed", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total"], 1, "{list}");
+    let m = &list["models"][0];
+    assert_eq!(m["state"], "stopped");
+    let id = m["id"].as_str().unwrap().to_string();
+
+    start_running(&gw, &c, &id).await;
+    let (_, r) = call(
+        &gw,
+        &c,
+        Method::GET,
+        &format!("/models/{id}/readiness"),
+        None,
+    )
+    .await;
+    assert_eq!(r["status"], "ready", "{r}");
+    let r = gw.chat(&c, &chat_body("demo-managed")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-mock-server"], "mock-engine");
+    let (_, t) = call(&gw, &c, Method::POST, &format!("/models/{id}/test"), None).await;
+    assert_eq!(t["success"], true, "{t}");
+    let (_, l) = call(
+        &gw,
+        &c,
+        Method::GET,
+        &format!("/models/{id}/logs?tail=50&diagnose=true"),
+        None,
+    )
+    .await;
+    let text = l["lines"].to_string();
+    assert!(text.contains("mock-engine"), "{text}");
+    assert_eq!(
+        l["summary"]["engine_version"], "0.0.0-infergate-mock",
+        "{l}"
+    );
+    let (status, _) = call(&gw, &c, Method::POST, &format!("/models/{id}/stop"), None).await;
+    assert_eq!(status, 202);
+    until_state(&gw, &c, &id, "stopped").await;
+    assert_eq!(gw.chat(&c, &chat_body("demo-managed")).await.status(), 404);
+}
