@@ -92,6 +92,20 @@ fn record(s: StoredSpec, st: Option<StoredState>) -> ModelRecord {
     }
 }
 
+/// The creation time of a new record: now, but later than the last record this process created
+/// (lists are oldest first: two models created in one millisecond keep their order).
+fn creation_ms() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms();
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    now.max(prev + 1)
+}
+
 /// Model records over the store.
 #[derive(Clone)]
 pub struct ModelService {
@@ -154,7 +168,7 @@ impl ModelService {
     /// Save a new model (state `stopped`).
     pub async fn create(&self, spec: ModelSpec) -> Result<ModelRecord> {
         self.validate(&spec).await?;
-        let now = now_ms();
+        let now = creation_ms();
         let stored = StoredSpec {
             id: format!("mdl_{}", crate::identity::generate_secret(12)),
             spec,
@@ -277,5 +291,16 @@ impl ModelService {
                 "another managed model is served as {served:?}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_created_in_one_millisecond_keep_their_order() {
+        let times: Vec<u64> = (0..1000).map(|_| creation_ms()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
     }
 }
