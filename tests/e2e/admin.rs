@@ -251,10 +251,18 @@ async fn pods_come_from_runpod_with_health_models_and_demand() {
                 .status()
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let (status, body) = gw
-        .admin_get(&c, "/api/ai/v1/admin/pods?page=1&limit=20")
-        .await;
+    // Until the slow request is in flight (the mock holds it for 1.5 s): a loaded machine may
+    // take a while to send it.
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = gw
+            .admin_get(&c, "/api/ai/v1/admin/pods?page=1&limit=20")
+            .await;
+        if body["pods"][0]["inflight"] == 1 || started.elapsed() > Duration::from_millis(1200) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (
