@@ -15,6 +15,7 @@ pub mod health;
 pub mod identity;
 pub mod lifecycle;
 pub mod mock;
+pub mod modelfiles;
 pub mod pods;
 pub mod proxy;
 pub mod routing;
