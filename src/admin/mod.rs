@@ -10,6 +10,7 @@ mod demand;
 pub mod error;
 mod identity_views;
 mod keys;
+mod model_files;
 mod model_lifecycle;
 mod model_registry;
 mod models;
@@ -149,6 +150,12 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .route("/upstreams", get(upstreams::get))
         .route("/upstreams/refresh-health", post(upstreams::refresh_health))
         .route("/models", get(models::list).post(models::create))
+        .route(
+            "/models/base-dir",
+            get(model_files::get_base_dir).put(model_files::put_base_dir),
+        )
+        .route("/models/local-folders", get(model_files::local_folders))
+        .route("/models/inspect-folder", get(model_files::inspect_folder))
         .route(
             "/models/{id}",
             get(models::get).patch(models::patch).delete(models::delete),

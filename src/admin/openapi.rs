@@ -2,8 +2,8 @@
 //! (`GET /admin/openapi.json`, unauthenticated).
 
 use super::{
-    affinity, demand, error, identity_views, keys, model_lifecycle, model_registry, models, orgs,
-    pods, registry, servers, upstreams, usage, users,
+    affinity, demand, error, identity_views, keys, model_files, model_lifecycle, model_registry,
+    models, orgs, pods, registry, servers, upstreams, usage, users,
 };
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -33,6 +33,7 @@ x-error-id headers."
         models::list, models::get, models::create, models::patch, models::delete,
         model_lifecycle::start, model_lifecycle::stop, model_lifecycle::apply,
         model_lifecycle::readiness, model_lifecycle::logs, model_lifecycle::test,
+        model_files::get_base_dir, model_files::put_base_dir, model_files::local_folders, model_files::inspect_folder,
     ),
     components(schemas(
         error::ErrorBody,
@@ -50,6 +51,10 @@ x-error-id headers."
         crate::usage::query::ModelTotals, crate::usage::query::Percentiles,
         model_registry::Route, model_registry::RouteList, model_registry::RouteBody, model_registry::RouteChange,
         models::ModelView, models::ModelList, models::ModelDeleted,
+        model_files::BaseDirView, model_files::BaseDirBody, model_files::BaseDirSet, model_files::LocalFolder,
+        crate::lifecycle::base_dir::BaseDirSource, crate::modelfiles::folder::FolderReport, crate::modelfiles::folder::SafetensorsSummary,
+        crate::modelfiles::folder::GgufGroup, crate::modelfiles::folder::EngineRecommendation, crate::modelfiles::folder::EngineOption,
+        crate::modelfiles::hfconfig::HfConfig,
         model_lifecycle::ApplyResult, crate::lifecycle::Readiness, crate::lifecycle::ReadinessStatus, crate::lifecycle::Logs,
         crate::lifecycle::TestResult, crate::lifecycle::diagnose::Finding, crate::lifecycle::diagnose::Summary,
         crate::lifecycle::ModelSpec, crate::lifecycle::ModelState, crate::lifecycle::EngineType, crate::lifecycle::Task,

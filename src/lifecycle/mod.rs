@@ -5,6 +5,7 @@
 //! node's engines (`process` or `docker`), `probe` asks them how they are, `remote` carries a
 //! call to the node that owns a model, and `nodes` keeps records true to what runs.
 
+pub mod base_dir;
 pub mod beat;
 pub mod command;
 pub mod diagnose;

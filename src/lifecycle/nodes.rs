@@ -35,6 +35,9 @@ impl Lifecycle {
     /// Check every record against what runs. `restarted`: this instance has just started, so
     /// none of its engines can be running. `false` when the store could not be read.
     pub async fn reconcile(&self, restarted: bool) -> bool {
+        if let Err(e) = self.models.base_dir.load(self.gw.store.as_ref()).await {
+            tracing::debug!(error = %e, "models directory setting not read");
+        }
         let (Ok(models), Ok(beats)) = (
             self.models.list(&Default::default()).await,
             self.gw.store.node_beats().await,

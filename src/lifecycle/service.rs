@@ -110,12 +110,21 @@ fn creation_ms() -> u64 {
 #[derive(Clone)]
 pub struct ModelService {
     store: Arc<dyn Store>,
-    models_dir: PathBuf,
+    /// The models directory in force.
+    pub base_dir: super::base_dir::BaseDir,
 }
 
 impl ModelService {
     pub fn new(store: Arc<dyn Store>, models_dir: PathBuf) -> Self {
-        Self { store, models_dir }
+        Self {
+            store,
+            base_dir: super::base_dir::BaseDir::new(models_dir),
+        }
+    }
+
+    /// The store the records live in.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The models matching `filter`, oldest first.
@@ -241,9 +250,9 @@ impl ModelService {
         Ok(())
     }
 
-    /// The models directory.
-    pub fn models_dir(&self) -> &std::path::Path {
-        &self.models_dir
+    /// The models directory in force.
+    pub fn models_dir(&self) -> PathBuf {
+        self.base_dir.get().0
     }
 
     /// Check a stored configuration again (before a start: links may have changed).
@@ -265,7 +274,7 @@ impl ModelService {
 
     /// Check a configuration (paths are resolved on the file system, off the async threads).
     async fn validate(&self, spec: &ModelSpec) -> Result<()> {
-        let (spec, dir) = (spec.clone(), self.models_dir.clone());
+        let (spec, dir) = (spec.clone(), self.models_dir());
         tokio::task::spawn_blocking(move || validate::check(&spec, &dir))
             .await
             .map_err(|e| ModelError::Corrupt(format!("validation failed: {e}")))?

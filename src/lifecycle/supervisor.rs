@@ -133,6 +133,7 @@ impl Lifecycle {
         let (beaten, first_beat) = std::sync::mpsc::channel();
         let me = life.clone();
         life.runtime.spawn(async move {
+            let _ = me.models.base_dir.load(me.gw.store.as_ref()).await;
             me.beat(crate::telemetry::now_ms()).await;
             let _ = beaten.send(());
         });
@@ -239,7 +240,7 @@ impl Lifecycle {
             .recheck(&model.spec)
             .await
             .map_err(|e| LifecycleError::Unstartable(e.to_string()))?;
-        let (spec, dir) = (model.spec.clone(), self.models.models_dir().to_path_buf());
+        let (spec, dir) = (model.spec.clone(), self.models.models_dir());
         tokio::task::spawn_blocking(move || weights::resolve_all(&spec, &dir))
             .await
             .map_err(|e| LifecycleError::Unstartable(e.to_string()))?
@@ -314,7 +315,7 @@ impl Lifecycle {
                     entrypoint: &entrypoint,
                     key: &key,
                     host_port: port,
-                    models_dir: self.models.models_dir(),
+                    models_dir: &self.models.models_dir(),
                     node: &self.node,
                     hf_token: hf_token.as_deref(),
                 });

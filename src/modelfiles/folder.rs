@@ -131,7 +131,10 @@ pub fn quant_in_name(file: &str) -> Option<String> {
                 p.strip_prefix(prefix)
                     .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
             };
-            digit_after("Q") || digit_after("IQ") || digit_after("TQ") || matches!(*p, "F16" | "F32" | "BF16")
+            digit_after("Q")
+                || digit_after("IQ")
+                || digit_after("TQ")
+                || matches!(*p, "F16" | "F32" | "BF16")
         })
         .map(str::to_string)
 }
@@ -187,7 +190,9 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
         if inside(&p) {
             true
         } else {
-            warnings.push(format!("{name}: leads outside the models directory (skipped)"));
+            warnings.push(format!(
+                "{name}: leads outside the models directory (skipped)"
+            ));
             false
         }
     };
@@ -202,7 +207,9 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
         let len = size_of(&p);
         let read = std::fs::File::open(&p)
             .map_err(|e| e.to_string())
-            .and_then(|f| safetensors::read(std::io::BufReader::new(f), len).map_err(|e| e.to_string()));
+            .and_then(|f| {
+                safetensors::read(std::io::BufReader::new(f), len).map_err(|e| e.to_string())
+            });
         match read {
             Ok(info) => {
                 st.parameters += info.elements;
@@ -288,7 +295,13 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
             .map(|m| m.tensor_elements)
             .filter(|&e| e > 0)
     };
-    let engine_recommendation = recommend(folder, has_safetensors, &config, &tokenizer_files, &gguf_groups);
+    let engine_recommendation = recommend(
+        folder,
+        has_safetensors,
+        &config,
+        &tokenizer_files,
+        &gguf_groups,
+    );
     FolderReport {
         folder: folder.to_string(),
         has_safetensors,
@@ -310,10 +323,11 @@ fn group_gguf(dir: &Path, files: &[String], warnings: &mut Vec<String>) -> Vec<G
     let mut groups = Vec::new();
     for f in files {
         match split_part(f) {
-            Some((base, part, total)) => sets
-                .entry(base.to_string())
-                .or_default()
-                .push((part, total, f.clone())),
+            Some((base, part, total)) => {
+                sets.entry(base.to_string())
+                    .or_default()
+                    .push((part, total, f.clone()))
+            }
             None => groups.push(group(dir, vec![f.clone()], None, warnings)),
         }
     }
@@ -360,7 +374,10 @@ fn group(
         None => (false, None, Vec::new()),
     };
     let (status, warning) = if metadata.is_none() {
-        ("invalid", Some(format!("{first} cannot be read (see warnings)")))
+        (
+            "invalid",
+            Some(format!("{first} cannot be read (see warnings)")),
+        )
     } else if !missing.is_empty() {
         (
             "incomplete",
@@ -431,7 +448,9 @@ fn recommend(
             format: "gguf",
             local_path: file.clone(),
             is_recommended: !vllm_ready && g.is_recommended,
-            note: g.is_multipart.then(|| "llama.cpp loads the parts from the first".into()),
+            note: g
+                .is_multipart
+                .then(|| "llama.cpp loads the parts from the first".into()),
         });
         if !g.is_multipart {
             options.push(EngineOption {
@@ -494,7 +513,10 @@ mod tests {
         );
         assert_eq!(split_part("m-1-of-3.gguf"), None);
         assert_eq!(split_part("m.gguf"), None);
-        assert_eq!(quant_in_name("llama-3.1-8b-Q4_K_M.gguf").as_deref(), Some("Q4_K_M"));
+        assert_eq!(
+            quant_in_name("llama-3.1-8b-Q4_K_M.gguf").as_deref(),
+            Some("Q4_K_M")
+        );
         assert_eq!(quant_in_name("model-bf16.gguf").as_deref(), Some("BF16"));
     }
 
@@ -513,7 +535,11 @@ mod tests {
             &[("b", "BF16", &[500, 1000])],
         )
         .unwrap();
-        std::fs::write(dir.join("broken.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7f").unwrap();
+        std::fs::write(
+            dir.join("broken.safetensors"),
+            b"\xff\xff\xff\xff\xff\xff\xff\x7f",
+        )
+        .unwrap();
         std::fs::write(
             dir.join("config.json"),
             r#"{"architectures":["LlamaForCausalLM"],"num_hidden_layers":2,"hidden_size":64,"num_attention_heads":4}"#,
@@ -526,7 +552,12 @@ mod tests {
                 ("general.file_type", Meta::U32(ft)),
             ]
         };
-        gguf::write_sparse(&dir.join("m-Q4_K_M.gguf"), &meta(15), &[("blk.0.w", 12, &[256, 4])]).unwrap();
+        gguf::write_sparse(
+            &dir.join("m-Q4_K_M.gguf"),
+            &meta(15),
+            &[("blk.0.w", 12, &[256, 4])],
+        )
+        .unwrap();
         // A split set with its second part missing, one level down.
         gguf::write_sparse(
             &dir.join("Q8_0/m-Q8_0-00001-of-00003.gguf"),
@@ -535,7 +566,11 @@ mod tests {
         )
         .unwrap();
         gguf::write_sparse(&dir.join("Q8_0/m-Q8_0-00003-of-00003.gguf"), &meta(7), &[]).unwrap();
-        std::fs::write(dir.join("lying.gguf"), b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+        std::fs::write(
+            dir.join("lying.gguf"),
+            b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
+        )
+        .unwrap();
 
         let r = inspect(root.path(), "m", &dir);
         let st = r.safetensor_info.as_ref().unwrap();
@@ -545,13 +580,26 @@ mod tests {
         assert_eq!(r.params_b, Some(0.0));
         assert_eq!(r.config.as_ref().unwrap().num_key_value_heads, Some(4));
         assert_eq!(r.tokenizer_files, ["tokenizer.json"]);
-        assert!(r.warnings.iter().any(|w| w.starts_with("broken.safetensors: header of")), "{:?}", r.warnings);
-        assert!(r.warnings.iter().any(|w| w.starts_with("lying.gguf:")), "{:?}", r.warnings);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("broken.safetensors: header of")),
+            "{:?}",
+            r.warnings
+        );
+        assert!(
+            r.warnings.iter().any(|w| w.starts_with("lying.gguf:")),
+            "{:?}",
+            r.warnings
+        );
         let by_quant = |q: &str| r.gguf_groups.iter().find(|g| g.quant_type == q).unwrap();
         let q4 = by_quant("Q4_K_M");
         assert!(q4.can_use && q4.is_recommended && !q4.is_multipart);
         let q8 = by_quant("Q8_0");
-        assert_eq!((q8.status, q8.expected_parts, q8.missing_parts.clone()), ("incomplete", Some(3), vec![2]));
+        assert_eq!(
+            (q8.status, q8.expected_parts, q8.missing_parts.clone()),
+            ("incomplete", Some(3), vec![2])
+        );
         assert!(q8.files[0].starts_with("Q8_0/"));
         assert_eq!(r.engine_recommendation.recommended, "vllm");
         assert!(r.engine_recommendation.has_multipart_gguf);

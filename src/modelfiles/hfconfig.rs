@@ -70,7 +70,10 @@ impl HfConfig {
                 (Some(h), Some(n)) if n > 0 => Some(h / n),
                 _ => None,
             }),
-            max_position_embeddings: u(text, &["max_position_embeddings", "n_positions", "max_seq_len"]),
+            max_position_embeddings: u(
+                text,
+                &["max_position_embeddings", "n_positions", "max_seq_len"],
+            ),
             torch_dtype: s(root, "torch_dtype")
                 .or_else(|| s(root, "dtype"))
                 .or_else(|| s(text, "torch_dtype")),
@@ -82,7 +85,10 @@ impl HfConfig {
                 .and_then(Value::as_bool),
             kv_lora_rank: u(text, &["kv_lora_rank"]),
             qk_rope_head_dim: u(text, &["qk_rope_head_dim"]),
-            num_experts: u(text, &["num_local_experts", "n_routed_experts", "num_experts"]),
+            num_experts: u(
+                text,
+                &["num_local_experts", "n_routed_experts", "num_experts"],
+            ),
             quantization: quant.and_then(|q| s(q, "quant_method")),
             quantization_bits: quant.and_then(|q| u(q, &["bits", "w_bit"])),
         }
@@ -119,22 +125,33 @@ mod tests {
             "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
             "torch_dtype": "bfloat16", "vocab_size": 128256, "intermediate_size": 14336}));
         assert_eq!(llama.architecture.as_deref(), Some("LlamaForCausalLM"));
-        assert_eq!((llama.num_key_value_heads, llama.head_dim), (Some(8), Some(128)));
+        assert_eq!(
+            (llama.num_key_value_heads, llama.head_dim),
+            (Some(8), Some(128))
+        );
         let deepseek = HfConfig::from_json(&json!({"architectures": ["DeepseekV3ForCausalLM"],
             "num_hidden_layers": 61, "hidden_size": 7168, "num_attention_heads": 128,
             "kv_lora_rank": 512, "qk_rope_head_dim": 64, "n_routed_experts": 256,
             "quantization_config": {"quant_method": "fp8"}}));
-        assert_eq!((deepseek.kv_lora_rank, deepseek.qk_rope_head_dim), (Some(512), Some(64)));
+        assert_eq!(
+            (deepseek.kv_lora_rank, deepseek.qk_rope_head_dim),
+            (Some(512), Some(64))
+        );
         assert_eq!(deepseek.num_experts, Some(256));
         assert_eq!(deepseek.quantization.as_deref(), Some("fp8"));
         // No num_key_value_heads: every head has its own KV.
         let mha = HfConfig::from_json(&json!({"num_hidden_layers": 2, "hidden_size": 64,
             "num_attention_heads": 4}));
         assert_eq!((mha.num_key_value_heads, mha.head_dim), (Some(4), Some(16)));
-        let vl = HfConfig::from_json(&json!({"architectures": ["Qwen2VLForConditionalGeneration"],
+        let vl = HfConfig::from_json(
+            &json!({"architectures": ["Qwen2VLForConditionalGeneration"],
             "torch_dtype": "bfloat16", "text_config": {"num_hidden_layers": 28, "hidden_size": 3584,
-            "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768}}));
-        assert_eq!((vl.num_hidden_layers, vl.num_key_value_heads), (Some(28), Some(4)));
+            "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768}}),
+        );
+        assert_eq!(
+            (vl.num_hidden_layers, vl.num_key_value_heads),
+            (Some(28), Some(4))
+        );
         assert_eq!(vl.torch_dtype.as_deref(), Some("bfloat16"));
     }
 }

@@ -18,15 +18,18 @@ pub enum Collection {
     /// Managed models' states, apart from their configurations so that neither write undoes
     /// the other.
     ModelStates,
+    /// Settings changed through the admin API (the models directory).
+    Settings,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 5] = [
+    pub const ALL: [Collection; 6] = [
         Collection::Orgs,
         Collection::Users,
         Collection::Keys,
         Collection::Models,
         Collection::ModelStates,
+        Collection::Settings,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Collection {
             Collection::Keys => "keys",
             Collection::Models => "models",
             Collection::ModelStates => "model_states",
+            Collection::Settings => "settings",
         }
     }
 }

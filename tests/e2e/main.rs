@@ -14,6 +14,7 @@ mod identity;
 mod lifecycle;
 mod lifecycle_nodes;
 mod limits;
+mod model_files;
 mod models;
 mod routing;
 mod smuggling;

@@ -1,0 +1,297 @@
+//! Model discovery through the real binary: the models directory (set through the admin API,
+//! kept in the store, shared by instances), its folders, and what one holds, read from headers
+//! of fixture files the test writes (sparse: an 8B layout costs no disk). Nothing outside the
+//! models directory is ever listed or read.
+
+use crate::harness::*;
+use infergate::modelfiles::gguf::{self, Meta};
+use infergate::modelfiles::safetensors;
+use reqwest::{Client, Method};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// A models directory: `llama` (two bf16 safetensors shards of a Llama-3.1-8B layout and its
+/// config), `gguf` (a Q4_K_M file and a split Q8_0 set missing a part), `empty`, a hidden
+/// folder, and `escape`, a link to a folder outside.
+fn models_dir(root: &Path) -> std::path::PathBuf {
+    let models = root.join("models");
+    let llama = models.join("llama");
+    std::fs::create_dir_all(&llama).unwrap();
+    safetensors::write_sparse(
+        &llama.join("model-00001-of-00002.safetensors"),
+        &[
+            ("model.embed_tokens.weight", "BF16", &[128_256, 4096]),
+            (
+                "model.layers.0.mlp.down_proj.weight",
+                "BF16",
+                &[4096, 14_336],
+            ),
+        ],
+    )
+    .unwrap();
+    safetensors::write_sparse(
+        &llama.join("model-00002-of-00002.safetensors"),
+        &[("lm_head.weight", "BF16", &[128_256, 4096])],
+    )
+    .unwrap();
+    std::fs::write(
+        llama.join("config.json"),
+        json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "max_position_embeddings": 131072,
+            "torch_dtype": "bfloat16", "vocab_size": 128256})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(llama.join("tokenizer.json"), b"{}").unwrap();
+    let g = models.join("gguf");
+    std::fs::create_dir_all(&g).unwrap();
+    let meta = |ft: u32| {
+        vec![
+            ("general.architecture", Meta::Str("llama".into())),
+            ("general.file_type", Meta::U32(ft)),
+            ("llama.context_length", Meta::U32(131_072)),
+            ("llama.block_count", Meta::U32(32)),
+            ("llama.attention.head_count_kv", Meta::U32(8)),
+        ]
+    };
+    gguf::write_sparse(
+        &g.join("llama-Q4_K_M.gguf"),
+        &meta(15),
+        &[("blk.0.attn_q.weight", 12, &[4096, 4096])],
+    )
+    .unwrap();
+    gguf::write_sparse(
+        &g.join("llama-Q8_0-00001-of-00002.gguf"),
+        &meta(7),
+        &[("blk.0.attn_q.weight", 8, &[4096, 4096])],
+    )
+    .unwrap();
+    std::fs::write(g.join("truncated.gguf"), &b"GGUF\x03\x00\x00\x00\x01"[..]).unwrap();
+    std::fs::create_dir_all(models.join("empty")).unwrap();
+    std::fs::create_dir_all(models.join(".cache")).unwrap();
+    std::fs::create_dir_all(root.join("outside")).unwrap();
+    std::fs::write(root.join("outside/secret.gguf"), b"GGUF").unwrap();
+    std::os::unix::fs::symlink(root.join("outside"), models.join("escape")).unwrap();
+    models
+}
+
+async fn call(
+    gw: &Gateway,
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    admin_call(gw, c, method, &format!("/admin{path}"), body).await
+}
+
+#[tokio::test]
+async fn folders_of_the_models_directory_are_listed_and_inspected_from_their_headers() {
+    let root = tempfile::tempdir().unwrap();
+    let models = models_dir(root.path());
+    let gw = Gateway::start(&format!(
+        "[runner]\nmodels_dir = {:?}\n",
+        models.to_str().unwrap()
+    ))
+    .await;
+    let c = Client::new();
+
+    let (status, b) = call(&gw, &c, Method::GET, "/models/base-dir", None).await;
+    assert_eq!((status, b["source"].as_str()), (200, Some("config")), "{b}");
+    assert_eq!(b["base_dir"], models.to_str().unwrap());
+
+    // Hidden folders and links out are not listed; sizes and contents are.
+    let (status, list) = call(&gw, &c, Method::GET, "/models/local-folders", None).await;
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["empty", "gguf", "llama"]);
+    let llama = &list[2];
+    assert_eq!(
+        (
+            llama["safetensors_files"].as_u64(),
+            llama["has_config"].as_bool()
+        ),
+        (Some(2), Some(true))
+    );
+    // Sparse files: their length counts, not their blocks on disk.
+    assert!(
+        llama["size_bytes"].as_u64().unwrap() > 2 * 128_256 * 4096 * 2,
+        "{llama}"
+    );
+    assert_eq!(list[1]["gguf_files"], 3);
+
+    let (status, r) = call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/inspect-folder?folder=llama",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let st = &r["safetensor_info"];
+    assert_eq!(st["file_count"], 2);
+    assert_eq!(st["parameters"], 2 * 128_256 * 4096 + 4096 * 14_336);
+    assert_eq!(st["dtype"], "BF16");
+    assert_eq!(r["config"]["num_key_value_heads"], 8);
+    assert_eq!(r["config"]["head_dim"], 128);
+    assert_eq!(r["params_b"], 1.11);
+    assert_eq!(r["engine_recommendation"]["recommended"], "vllm");
+    assert_eq!(r["warnings"], json!([]));
+
+    let (status, r) = call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/inspect-folder?folder=gguf",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let groups = r["gguf_groups"].as_array().unwrap();
+    let q4 = groups.iter().find(|g| g["quant_type"] == "Q4_K_M").unwrap();
+    assert_eq!(
+        (q4["status"].as_str(), q4["is_recommended"].as_bool()),
+        (Some("ready"), Some(true))
+    );
+    assert_eq!(q4["metadata"]["head_count_kv"], 8);
+    let q8 = groups.iter().find(|g| g["quant_type"] == "Q8_0").unwrap();
+    assert_eq!(
+        (q8["status"].as_str(), &q8["missing_parts"]),
+        (Some("incomplete"), &json!([2]))
+    );
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("truncated.gguf: "),
+        "{r}"
+    );
+    assert_eq!(r["engine_recommendation"]["recommended"], "llamacpp");
+
+    // Nothing outside the models directory, however asked.
+    for (path, status, want) in [
+        (
+            "/models/inspect-folder?folder=../outside",
+            400,
+            "invalid folder",
+        ),
+        (
+            "/models/inspect-folder?folder=escape",
+            400,
+            "invalid folder",
+        ),
+        ("/models/inspect-folder?folder=/etc", 400, "invalid folder"),
+        (
+            "/models/inspect-folder?folder=nope",
+            404,
+            "folder not found",
+        ),
+        ("/models/inspect-folder", 400, "missing query parameter"),
+        (
+            "/models/inspect-folder?base=/etc&folder=ssl",
+            400,
+            "invalid query parameter",
+        ),
+        (
+            "/models/local-folders?base=/",
+            400,
+            "invalid query parameter",
+        ),
+    ] {
+        let (s, e) = call(&gw, &c, Method::GET, path, None).await;
+        assert_eq!(
+            (s, e["error"].as_str()),
+            (status, Some(want)),
+            "{path}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_models_directory_is_set_once_for_every_instance() {
+    let redis = Redis::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let models = models_dir(root.path());
+    let other = root.path().join("other");
+    std::fs::create_dir_all(other.join("only-here")).unwrap();
+    let config = format!(
+        "[store]\nurl = {:?}\nprefix = \"files\"\n[runner]\nmodels_dir = {:?}\n",
+        redis.url(),
+        models.to_str().unwrap()
+    );
+    let a = Gateway::start(&config).await;
+    let b = Gateway::start(&config).await;
+    let c = Client::new();
+    for (body, want) in [
+        (json!({"base_dir": ""}), "base_dir is required"),
+        (
+            json!({"base_dir": "relative/dir"}),
+            "must be an absolute path",
+        ),
+        (json!({"base_dir": "/no/such/dir"}), "No such file"),
+        (
+            json!({"base_dir": models.join("llama/config.json")}),
+            "is not a directory",
+        ),
+        (json!({"base_dir": "/x", "base": "/y"}), "unknown field"),
+    ] {
+        let (s, e) = call(&a, &c, Method::PUT, "/models/base-dir", Some(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {e}");
+        assert!(e["detail"].as_str().unwrap().contains(want), "{body}: {e}");
+    }
+    // Through a symbolic link: the real directory is kept.
+    let link = root.path().join("link-to-other");
+    std::os::unix::fs::symlink(&other, &link).unwrap();
+    let (s, set) = call(
+        &a,
+        &c,
+        Method::PUT,
+        "/models/base-dir",
+        Some(json!({"base_dir": link})),
+    )
+    .await;
+    assert_eq!(s, 200, "{set}");
+    assert_eq!(
+        (set["status"].as_str(), set["source"].as_str()),
+        (Some("ok"), Some("admin"))
+    );
+    let real = other.canonicalize().unwrap();
+    assert_eq!(set["base_dir"], real.to_str().unwrap());
+    // The other instance uses it within a reconcile period.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            call(&b, &c, Method::GET, "/models/base-dir", None).await.1["base_dir"]
+                == real.to_str().unwrap()
+        })
+        .await
+    );
+    let (_, list) = call(&b, &c, Method::GET, "/models/local-folders", None).await;
+    assert_eq!(list[0]["name"], "only-here", "{list}");
+    // It is the directory folders are read in.
+    let (s, _) = call(
+        &b,
+        &c,
+        Method::GET,
+        "/models/inspect-folder?folder=only-here",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &b,
+        &c,
+        Method::GET,
+        "/models/inspect-folder?folder=llama",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
