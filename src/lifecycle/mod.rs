@@ -12,6 +12,7 @@ pub mod diagnose;
 pub mod docker;
 mod engine;
 pub mod error;
+pub mod estimate;
 pub mod guard;
 pub mod logs;
 pub mod nodes;

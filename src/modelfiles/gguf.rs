@@ -76,6 +76,10 @@ pub struct GgufInfo {
     pub layer_bytes: Vec<u64>,
     #[serde(skip)]
     pub other_bytes: u64,
+    /// Of those, the output layer's (`output.*`, `output_norm.*`): offloaded by llama.cpp
+    /// when `ngl` exceeds the layers.
+    #[serde(skip)]
+    pub output_bytes: u64,
 }
 
 /// A ggml tensor type: its name, elements per block and bytes per block.
@@ -467,7 +471,12 @@ fn tensors(
                 }
                 info.layer_bytes[n] = info.layer_bytes[n].saturating_add(bytes);
             }
-            None => info.other_bytes = info.other_bytes.saturating_add(bytes),
+            None => {
+                info.other_bytes = info.other_bytes.saturating_add(bytes);
+                if name.starts_with("output") {
+                    info.output_bytes = info.output_bytes.saturating_add(bytes);
+                }
+            }
         }
     }
     // The data starts at the next multiple of the alignment; every tensor must lie in the file.
