@@ -155,6 +155,8 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
             get(model_files::get_base_dir).put(model_files::put_base_dir),
         )
         .route("/models/local-folders", get(model_files::local_folders))
+        .route("/models/dry-run", post(model_lifecycle::dry_run_unsaved))
+        .route("/models/{id}/dry-run", post(model_lifecycle::dry_run))
         .route("/models/inspect-folder", get(model_files::inspect_folder))
         .route(
             "/models/{id}",

@@ -142,3 +142,42 @@ pub async fn logs(
     let diagnose = super::page::flag(q.as_deref(), "diagnose")?;
     Ok(Json(s.life.logs(&id, tail, diagnose).await?))
 }
+
+/// What starting a saved model would do, without starting it: the exact command, every problem
+/// (severity `error` makes `valid` false), and a VRAM estimate from the model's own files.
+#[utoipa::path(post, path = "/admin/models/{id}/dry-run", tag = "Models", params(("id" = String, Path)),
+    responses((status = 200, body = crate::lifecycle::dry_run::DryRun), (status = 404, body = ErrorBody)),
+    security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
+pub async fn dry_run(
+    State(s): State<Arc<AdminState>>,
+    PathId(id): PathId,
+) -> Result<Json<crate::lifecycle::dry_run::DryRun>, ApiError> {
+    let model = s.life.models.get(&id).await?;
+    run_dry(&s, model.spec).await
+}
+
+/// A dry-run of a model that is not saved (a form validating before it creates).
+#[utoipa::path(post, path = "/admin/models/dry-run", tag = "Models", request_body = crate::lifecycle::ModelSpec,
+    responses((status = 200, body = crate::lifecycle::dry_run::DryRun), (status = 400, body = ErrorBody)),
+    security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
+pub async fn dry_run_unsaved(
+    State(s): State<Arc<AdminState>>,
+    b: axum::body::Body,
+) -> Result<Json<crate::lifecycle::dry_run::DryRun>, ApiError> {
+    let spec: crate::lifecycle::ModelSpec = super::body::json(b).await?;
+    run_dry(&s, spec).await
+}
+
+async fn run_dry(
+    s: &AdminState,
+    spec: crate::lifecycle::ModelSpec,
+) -> Result<Json<crate::lifecycle::dry_run::DryRun>, ApiError> {
+    let (dir, runner) = (s.life.models.models_dir(), s.life.runner().clone());
+    // File headers are read: off the async threads.
+    let report = tokio::task::spawn_blocking(move || {
+        crate::lifecycle::dry_run::dry_run(&spec, &dir, &runner)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(report))
+}

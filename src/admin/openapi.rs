@@ -33,6 +33,7 @@ x-error-id headers."
         models::list, models::get, models::create, models::patch, models::delete,
         model_lifecycle::start, model_lifecycle::stop, model_lifecycle::apply,
         model_lifecycle::readiness, model_lifecycle::logs, model_lifecycle::test,
+        model_lifecycle::dry_run, model_lifecycle::dry_run_unsaved,
         model_files::get_base_dir, model_files::put_base_dir, model_files::local_folders, model_files::inspect_folder,
     ),
     components(schemas(
@@ -55,6 +56,9 @@ x-error-id headers."
         crate::lifecycle::base_dir::BaseDirSource, crate::modelfiles::folder::FolderReport, crate::modelfiles::folder::SafetensorsSummary,
         crate::modelfiles::folder::GgufGroup, crate::modelfiles::folder::EngineRecommendation, crate::modelfiles::folder::EngineOption,
         crate::modelfiles::hfconfig::HfConfig,
+        crate::lifecycle::dry_run::DryRun, crate::lifecycle::dry_run::Warning, crate::lifecycle::dry_run::VramEstimate,
+        crate::lifecycle::dry_run::Basis, crate::lifecycle::estimate::Shape, crate::lifecycle::estimate::Margins,
+        crate::lifecycle::estimate::VllmEstimate, crate::lifecycle::estimate::LlamaEstimate,
         model_lifecycle::ApplyResult, crate::lifecycle::Readiness, crate::lifecycle::ReadinessStatus, crate::lifecycle::Logs,
         crate::lifecycle::TestResult, crate::lifecycle::diagnose::Finding, crate::lifecycle::diagnose::Summary,
         crate::lifecycle::ModelSpec, crate::lifecycle::ModelState, crate::lifecycle::EngineType, crate::lifecycle::Task,

@@ -244,6 +244,14 @@ impl Validator<'_> {
                 "1 to 255 letters, digits and . _ : -".into(),
             );
         }
+        for (i, g) in r.gpus.iter().enumerate() {
+            if !(g.memory_gib.is_finite() && g.memory_gib > 0.0 && g.memory_gib <= 4096.0) {
+                self.fail(
+                    &[Key("runner"), Key("gpus"), Index(i), Key("memory_gib")],
+                    "must be a positive number of GiB".into(),
+                );
+            }
+        }
         if r.log_lines == 0 {
             self.fail(
                 &[Key("runner"), Key("log_lines")],

@@ -67,6 +67,9 @@ pub struct RunnerConfig {
     pub pass_env: Vec<String>,
     /// The Docker Engine API socket (docker runner).
     pub docker_socket: std::path::PathBuf,
+    /// The GPUs of this node and their memory, for dry-run estimates where no NVIDIA driver
+    /// tells it.
+    pub gpus: Vec<GpuConfig>,
     /// Keys left out keep the engine's defaults.
     #[serde(deserialize_with = "EngineRunnerConfig::vllm_over_defaults")]
     pub vllm: EngineRunnerConfig,
@@ -87,10 +90,22 @@ impl Default for RunnerConfig {
             log_lines: 5000,
             pass_env: Vec::new(),
             docker_socket: "/var/run/docker.sock".into(),
+            gpus: Vec::new(),
             vllm: EngineRunnerConfig::vllm(),
             llamacpp: EngineRunnerConfig::llamacpp(),
         }
     }
+}
+
+/// `[[runner.gpus]]`: one GPU of this node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    pub index: u32,
+    /// Its memory in GiB (80 for an A100 80GB).
+    pub memory_gib: f64,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `[runner.vllm]`, `[runner.llamacpp]`: how one engine is run.

@@ -10,6 +10,7 @@ pub mod beat;
 pub mod command;
 pub mod diagnose;
 pub mod docker;
+pub mod dry_run;
 mod engine;
 pub mod error;
 pub mod estimate;

@@ -141,6 +141,11 @@ impl Lifecycle {
         Ok(life)
     }
 
+    /// The runner's configuration.
+    pub fn runner(&self) -> &RunnerConfig {
+        &self.runner
+    }
+
     /// The Docker Engine API client, with the docker runner.
     pub(super) fn docker(&self) -> Option<&bollard::Docker> {
         self.docker.as_ref()

@@ -39,6 +39,16 @@ impl Problems {
 /// Every problem with `spec`, joined into one message; `models_dir` is where its paths must
 /// stay.
 pub fn check(spec: &ModelSpec, models_dir: &Path) -> Result<(), String> {
+    let p = problems(spec, models_dir);
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(p.join("; "))
+    }
+}
+
+/// Every problem with `spec`, one `field: what is wrong` each.
+pub fn problems(spec: &ModelSpec, models_dir: &Path) -> Vec<String> {
     let mut p = Problems::default();
     names(spec, &mut p);
     source(spec, models_dir, &mut p);
@@ -52,11 +62,7 @@ pub fn check(spec: &ModelSpec, models_dir: &Path) -> Result<(), String> {
         "at most 64 entries",
     );
     env(spec, &mut p);
-    if p.0.is_empty() {
-        Ok(())
-    } else {
-        Err(p.0.join("; "))
-    }
+    p.0
 }
 
 fn names(spec: &ModelSpec, p: &mut Problems) {

@@ -53,6 +53,8 @@ fn models_dir(root: &Path) -> std::path::PathBuf {
             ("general.file_type", Meta::U32(ft)),
             ("llama.context_length", Meta::U32(131_072)),
             ("llama.block_count", Meta::U32(32)),
+            ("llama.embedding_length", Meta::U32(4096)),
+            ("llama.attention.head_count", Meta::U32(32)),
             ("llama.attention.head_count_kv", Meta::U32(8)),
         ]
     };
@@ -294,4 +296,201 @@ async fn the_models_directory_is_set_once_for_every_instance() {
     )
     .await;
     assert_eq!(s, 404);
+}
+
+/// A complete Llama-3.1-8B layout in bf16, in four sparse shards, with its config.
+fn llama_8b(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (h, kv, ffn, vocab) = (4096u64, 1024u64, 14_336u64, 128_256u64);
+    let mut tensors: Vec<(String, Vec<u64>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, h]),
+        ("lm_head.weight".into(), vec![vocab, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    for l in 0..32 {
+        let p = format!("model.layers.{l}");
+        for (n, shape) in [
+            ("self_attn.q_proj", vec![h, h]),
+            ("self_attn.k_proj", vec![kv, h]),
+            ("self_attn.v_proj", vec![kv, h]),
+            ("self_attn.o_proj", vec![h, h]),
+            ("mlp.gate_proj", vec![ffn, h]),
+            ("mlp.up_proj", vec![ffn, h]),
+            ("mlp.down_proj", vec![h, ffn]),
+            ("input_layernorm", vec![h]),
+            ("post_attention_layernorm", vec![h]),
+        ] {
+            tensors.push((format!("{p}.{n}.weight"), shape));
+        }
+    }
+    for (i, chunk) in tensors.chunks(tensors.len().div_ceil(4)).enumerate() {
+        let t: Vec<(&str, &str, &[u64])> = chunk
+            .iter()
+            .map(|(n, s)| (n.as_str(), "BF16", s.as_slice()))
+            .collect();
+        safetensors::write_sparse(
+            &dir.join(format!("model-{:05}-of-00004.safetensors", i + 1)),
+            &t,
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("config.json"),
+        json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "max_position_embeddings": 131072, "intermediate_size": 14336,
+            "torch_dtype": "bfloat16", "vocab_size": 128256})
+        .to_string(),
+    )
+    .unwrap();
+}
+
+fn warning<'a>(r: &'a Value, title: &str) -> Option<&'a Value> {
+    r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["title"] == title)
+}
+
+#[tokio::test]
+async fn a_dry_run_shows_the_command_every_problem_and_a_vram_estimate_from_the_files() {
+    let root = tempfile::tempdir().unwrap();
+    let models = models_dir(root.path());
+    llama_8b(&models.join("llama8b"));
+    let gw = Gateway::start(&format!(
+        "[runner]\nmodels_dir = {:?}\n[[runner.gpus]]\nindex = 0\nmemory_gib = 80.0\n[[runner.gpus]]\nindex = 1\nmemory_gib = 24.0\n",
+        models.to_str().unwrap()
+    ))
+    .await;
+    let c = Client::new();
+    let (s, m) = call(&gw, &c, Method::POST, "/models",
+        Some(json!({"name": "l", "served_model_name": "llama-8b", "local_path": "llama8b", "max_model_len": 32768}))).await;
+    assert_eq!(s, 201, "{m}");
+    let id = m["id"].as_str().unwrap();
+    let (s, r) = call(
+        &gw,
+        &c,
+        Method::POST,
+        &format!("/models/{id}/dry-run"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["valid"], true, "{r}");
+    let cmd: Vec<&str> = r["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(cmd[..2], ["vllm", "serve"]);
+    assert!(cmd.windows(2).any(|w| w == ["--port", "<port>"]), "{cmd:?}");
+    assert!(
+        cmd.windows(2).any(|w| w == ["--max-model-len", "32768"]),
+        "{cmd:?}"
+    );
+    assert!(r["command_str"]
+        .as_str()
+        .unwrap()
+        .starts_with("vllm serve "));
+    let v = &r["vram_estimate"];
+    assert_eq!(v["weights_gib"], 14.96, "{v}");
+    assert_eq!(v["kv_per_token_bytes"], 131_072.0);
+    assert_eq!(v["basis"]["weights_from"], "safetensors");
+    assert_eq!(v["basis"]["shape"]["weight_bytes"], 16_060_522_496u64);
+    assert!(
+        v["vllm"]["kv_cache_tokens"].as_u64().unwrap() > 100_000,
+        "{v}"
+    );
+    assert_eq!(r["vram_estimate_gb"], v["per_gpu_gib"]);
+
+    // An unsaved body, every problem at once.
+    let dry = |body: Value| {
+        let (gw, c) = (&gw, &c);
+        async move { call(gw, c, Method::POST, "/models/dry-run", Some(body)).await }
+    };
+    let (s, r) = dry(
+        json!({"name": "l", "served_model_name": "x", "local_path": "llama8b",
+        "selected_gpus": [1], "max_model_len": 131072}),
+    )
+    .await;
+    assert_eq!((s, r["valid"].as_bool()), (200, Some(false)), "{r}");
+    let w = warning(&r, "One sequence of max_model_len does not fit").unwrap();
+    assert_eq!(w["severity"], "error");
+    assert!(
+        w["fix"]
+            .as_str()
+            .unwrap()
+            .contains("set max_model_len to at most"),
+        "{w}"
+    );
+    let (_, r) = dry(
+        json!({"name": "l", "served_model_name": "x", "local_path": "llama8b",
+        "selected_gpus": [0], "tp_size": 2, "max_model_len": 200000}),
+    )
+    .await;
+    assert!(warning(&r, "More ranks than GPUs").is_some(), "{r}");
+    assert!(
+        warning(&r, "Context longer than the model's").is_some(),
+        "{r}"
+    );
+    let (_, r) = dry(
+        json!({"name": "l", "served_model_name": "x", "local_path": "../outside",
+        "engine_args": [{"flag": "--port", "type": "int", "value": 1}]}),
+    )
+    .await;
+    assert_eq!(r["valid"], false);
+    let all = r["warnings"].to_string();
+    assert!(
+        all.contains("--port is forbidden") && all.contains("local_path"),
+        "{all}"
+    );
+    // GGUF: llama.cpp estimates by layer; a split set on vLLM is an error.
+    let (_, r) = dry(
+        json!({"name": "g", "served_model_name": "g", "engine_type": "llamacpp",
+        "local_path": "gguf/llama-Q4_K_M.gguf", "ngl": 99, "context_size": 8192}),
+    )
+    .await;
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["vram_estimate"]["basis"]["weights_from"], "gguf");
+    assert_eq!(
+        r["vram_estimate"]["llamacpp"]["kv_per_token_bytes"],
+        32.0 * 8.0 * 128.0 * 4.0
+    );
+    let (_, r) = dry(json!({"name": "g", "served_model_name": "g",
+        "local_path": "gguf/llama-Q8_0-00001-of-00002.gguf"}))
+    .await;
+    assert!(warning(&r, "Multi-part GGUF on vLLM").is_some(), "{r}");
+    assert!(
+        warning(&r, "No tokenizer for a GGUF model").is_some(),
+        "{r}"
+    );
+    let (s, e) = call(&gw, &c, Method::POST, "/models/mdl_nope/dry-run", None).await;
+    assert_eq!(s, 404, "{e}");
+}
+
+#[tokio::test]
+async fn without_known_gpu_memory_the_fit_is_unknown_not_guessed() {
+    let root = tempfile::tempdir().unwrap();
+    let models = models_dir(root.path());
+    let gw = Gateway::start(&format!(
+        "[runner]\nmodels_dir = {:?}\n",
+        models.to_str().unwrap()
+    ))
+    .await;
+    let c = Client::new();
+    let (s, r) = call(
+        &gw,
+        &c,
+        Method::POST,
+        "/models/dry-run",
+        Some(json!({"name": "l", "served_model_name": "x", "local_path": "llama"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let w = warning(&r, "GPU memory unknown").unwrap();
+    assert_eq!(w["severity"], "warning");
+    assert_eq!(r["valid"], true);
+    assert_eq!(r["vram_estimate"]["basis"]["gpu_memory_from"], "none");
 }
