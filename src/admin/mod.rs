@@ -52,6 +52,8 @@ pub struct AdminState {
     pub usage_scans: tokio::sync::Semaphore,
     /// Managed models: records and the engines this instance runs.
     pub life: Arc<crate::lifecycle::Lifecycle>,
+    /// The Hugging Face Hub (`HF_ENDPOINT`, `HF_TOKEN`), with its answers cached.
+    pub hub: crate::modelfiles::hub::Hub,
 }
 
 /// Why the admin service could not be set up.
@@ -76,6 +78,9 @@ impl AdminState {
             client: crate::health::server_client(&gw.config)?,
             prober: crate::health::HealthChecker::new(gw.clone())?,
             usage_scans: tokio::sync::Semaphore::new(2),
+            hub: crate::modelfiles::hub::Hub::from_env(std::time::Duration::from_secs(
+                gw.config.runner.hub_timeout_secs,
+            )),
             life,
             gw,
         })
@@ -155,6 +160,7 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
             get(model_files::get_base_dir).put(model_files::put_base_dir),
         )
         .route("/models/local-folders", get(model_files::local_folders))
+        .route("/models/hf-config", get(model_files::hf_config))
         .route("/models/dry-run", post(model_lifecycle::dry_run_unsaved))
         .route("/models/{id}/dry-run", post(model_lifecycle::dry_run))
         .route("/models/inspect-folder", get(model_files::inspect_folder))

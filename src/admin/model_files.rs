@@ -220,3 +220,45 @@ pub async fn inspect_folder(
     .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(report))
 }
+
+impl From<crate::modelfiles::hub::HubError> for ApiError {
+    fn from(e: crate::modelfiles::hub::HubError) -> Self {
+        use crate::modelfiles::hub::HubError;
+        use axum::http::StatusCode;
+        match e {
+            HubError::BadRequest(d) => ApiError::bad_request("invalid query parameter", d),
+            HubError::NotFound(d) => ApiError::not_found("model not found on the Hub").detail(d),
+            HubError::Gated(d) => ApiError::new(StatusCode::FORBIDDEN, "gated model").detail(d),
+            HubError::Unreachable(d) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "hub unreachable").detail(d)
+            }
+            HubError::Timeout(d) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "hub timeout").detail(d)
+            }
+        }
+    }
+}
+
+/// A model's configuration and parameter count from the Hugging Face Hub (admin only, unlike
+/// Cortex): the same fields as a local `config.json`, plus parameters by dtype. Cached per
+/// repository and revision for 10 minutes. 400 for a bad repo id, 404 unknown, 403 gated,
+/// 502 unreachable, 504 too slow.
+#[utoipa::path(get, path = "/admin/models/hf-config", tag = "Model discovery",
+    params(("repo_id" = String, Query, description = "org/name"), ("revision" = Option<String>, Query, description = "Branch, tag or commit (default main)")),
+    responses((status = 200, body = crate::modelfiles::hub::HubModel), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)),
+    security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
+pub async fn hf_config(
+    State(s): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<crate::modelfiles::hub::HubModel>, ApiError> {
+    let repo = param(q.as_deref(), "repo_id").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing query parameter",
+            "repo_id: a Hugging Face repository id (org/name)",
+        )
+    })?;
+    let revision = param(q.as_deref(), "revision");
+    let model = s.hub.model(&repo, revision.as_deref()).await?;
+    Ok(Json((*model).clone()))
+}

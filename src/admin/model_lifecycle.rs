@@ -173,9 +173,19 @@ async fn run_dry(
     spec: crate::lifecycle::ModelSpec,
 ) -> Result<Json<crate::lifecycle::dry_run::DryRun>, ApiError> {
     let (dir, runner) = (s.life.models.models_dir(), s.life.runner().clone());
+    let hub = match (&spec.repo_id, &spec.local_path) {
+        (Some(repo), None) => Some(
+            s.hub
+                .model(repo, None)
+                .await
+                .map(|m| (*m).clone())
+                .map_err(|e| e.to_string()),
+        ),
+        _ => None,
+    };
     // File headers are read: off the async threads.
     let report = tokio::task::spawn_blocking(move || {
-        crate::lifecycle::dry_run::dry_run(&spec, &dir, &runner)
+        crate::lifecycle::dry_run::dry_run(&spec, &dir, &runner, hub)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;

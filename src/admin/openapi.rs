@@ -34,7 +34,7 @@ x-error-id headers."
         model_lifecycle::start, model_lifecycle::stop, model_lifecycle::apply,
         model_lifecycle::readiness, model_lifecycle::logs, model_lifecycle::test,
         model_lifecycle::dry_run, model_lifecycle::dry_run_unsaved,
-        model_files::get_base_dir, model_files::put_base_dir, model_files::local_folders, model_files::inspect_folder,
+        model_files::get_base_dir, model_files::put_base_dir, model_files::local_folders, model_files::inspect_folder, model_files::hf_config,
     ),
     components(schemas(
         error::ErrorBody,
@@ -55,7 +55,7 @@ x-error-id headers."
         model_files::BaseDirView, model_files::BaseDirBody, model_files::BaseDirSet, model_files::LocalFolder,
         crate::lifecycle::base_dir::BaseDirSource, crate::modelfiles::folder::FolderReport, crate::modelfiles::folder::SafetensorsSummary,
         crate::modelfiles::folder::GgufGroup, crate::modelfiles::folder::EngineRecommendation, crate::modelfiles::folder::EngineOption,
-        crate::modelfiles::hfconfig::HfConfig,
+        crate::modelfiles::hfconfig::HfConfig, crate::modelfiles::hub::HubModel,
         crate::lifecycle::dry_run::DryRun, crate::lifecycle::dry_run::Warning, crate::lifecycle::dry_run::VramEstimate,
         crate::lifecycle::dry_run::Basis, crate::lifecycle::estimate::Shape, crate::lifecycle::estimate::Margins,
         crate::lifecycle::estimate::VllmEstimate, crate::lifecycle::estimate::LlamaEstimate,

@@ -244,6 +244,12 @@ impl Validator<'_> {
                 "1 to 255 letters, digits and . _ : -".into(),
             );
         }
+        if r.hub_timeout_secs == 0 {
+            self.fail(
+                &[Key("runner"), Key("hub_timeout_secs")],
+                "must be at least 1".into(),
+            );
+        }
         for (i, g) in r.gpus.iter().enumerate() {
             if !(g.memory_gib.is_finite() && g.memory_gib > 0.0 && g.memory_gib <= 4096.0) {
                 self.fail(

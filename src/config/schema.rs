@@ -70,6 +70,8 @@ pub struct RunnerConfig {
     /// The GPUs of this node and their memory, for dry-run estimates where no NVIDIA driver
     /// tells it.
     pub gpus: Vec<GpuConfig>,
+    /// Longest wait for one answer of the Hugging Face Hub (`GET /admin/models/hf-config`).
+    pub hub_timeout_secs: u64,
     /// Keys left out keep the engine's defaults.
     #[serde(deserialize_with = "EngineRunnerConfig::vllm_over_defaults")]
     pub vllm: EngineRunnerConfig,
@@ -91,6 +93,7 @@ impl Default for RunnerConfig {
             pass_env: Vec::new(),
             docker_socket: "/var/run/docker.sock".into(),
             gpus: Vec::new(),
+            hub_timeout_secs: 10,
             vllm: EngineRunnerConfig::vllm(),
             llamacpp: EngineRunnerConfig::llamacpp(),
         }

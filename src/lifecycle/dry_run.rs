@@ -11,6 +11,7 @@ use crate::config::RunnerConfig;
 use crate::modelfiles::folder::split_part;
 use crate::modelfiles::gguf::{self, GgufInfo};
 use crate::modelfiles::hfconfig::HfConfig;
+use crate::modelfiles::hub::{self, HubModel};
 use crate::modelfiles::safetensors;
 use serde::Serialize;
 use std::path::Path;
@@ -48,7 +49,7 @@ fn warn(
 /// What the estimate used.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Basis {
-    /// `safetensors`, `gguf` or `none`.
+    /// `safetensors`, `gguf` or `hub` (parameters × dtype bytes).
     pub weights_from: &'static str,
     pub shape: Shape,
     /// `config` (`[runner] gpus`) or `none`.
@@ -233,8 +234,47 @@ fn shape_of(
     Some((shape, "gguf", None))
 }
 
+/// The shape of a model known from the Hub: its config, and weights of parameters × the bytes
+/// of their dtype.
+fn shape_from_hub(m: &HubModel) -> (Shape, &'static str, Option<HfConfig>) {
+    let c = &m.config;
+    let weight_bytes: f64 = m
+        .parameters
+        .iter()
+        .map(|(dtype, n)| *n as f64 * hub::dtype_bytes(dtype))
+        .sum();
+    let heads = c.num_attention_heads.unwrap_or(0);
+    let shape = Shape {
+        layers: c.num_hidden_layers.unwrap_or(0),
+        hidden_size: c.hidden_size.unwrap_or(0),
+        attention_heads: heads,
+        kv_heads: c.num_key_value_heads.unwrap_or(heads),
+        head_dim: c.head_dim.unwrap_or(0),
+        kv_lora_rank: c.kv_lora_rank,
+        qk_rope_head_dim: c.qk_rope_head_dim,
+        intermediate_size: c.intermediate_size,
+        vocab_size: c.vocab_size,
+        max_position_embeddings: c.max_position_embeddings,
+        weight_bytes: weight_bytes as u64,
+        layer_bytes: Vec::new(),
+        output_bytes: 0,
+        dtype_bytes: c
+            .torch_dtype
+            .as_deref()
+            .and_then(dtype_bytes)
+            .unwrap_or(2.0),
+    };
+    (shape, "hub", Some(c.clone()))
+}
+
 /// Dry-run `spec` in `models_dir` with this runner configuration.
-pub fn dry_run(spec: &ModelSpec, models_dir: &Path, runner: &RunnerConfig) -> DryRun {
+/// `hub`: for a `repo_id` model, what the Hugging Face Hub said of it (or why it could not).
+pub fn dry_run(
+    spec: &ModelSpec,
+    models_dir: &Path,
+    runner: &RunnerConfig,
+    hub: Option<Result<HubModel, String>>,
+) -> DryRun {
     let mut warnings: Vec<Warning> = validate::problems(spec, models_dir)
         .into_iter()
         .map(|p| warn("error", "config", "Invalid configuration", p, None))
@@ -316,12 +356,20 @@ pub fn dry_run(spec: &ModelSpec, models_dir: &Path, runner: &RunnerConfig) -> Dr
             ));
         }
     }
-    let shape = if local {
-        shape_of(weights_path, &mut warnings)
-    } else {
-        warnings.push(warn("info", "vram", "No local files",
-            "a repo_id model is estimated from its files once they are local (the Hub config is not read yet)", None));
-        None
+    let shape = match hub {
+        _ if local => shape_of(weights_path, &mut warnings),
+        Some(Ok(m)) => Some(shape_from_hub(&m)),
+        Some(Err(e)) => {
+            warnings.push(warn(
+                "warning",
+                "vram",
+                "The Hub did not answer",
+                format!("no estimate without the model's config: {e}"),
+                Some("check HF_ENDPOINT and HF_TOKEN, or download the model and give local_path"),
+            ));
+            None
+        }
+        None => None,
     };
     let mut vram = None;
     if let Some((shape, from, config)) = shape {

@@ -169,21 +169,9 @@ fn source(spec: &ModelSpec, models_dir: &Path, p: &mut Problems) {
     }
 }
 
-/// A Hub repository id: `name` or `org/name`, each part 1 to 96 of `A-Za-z0-9._-`, not starting
-/// or ending with `.` or `-`, without `..` or `--`.
+/// A Hub repository id (see [`crate::modelfiles::hub::repo_id`]).
 pub(super) fn repo_id(id: &str) -> bool {
-    let parts: Vec<&str> = id.split('/').collect();
-    parts.len() <= 2
-        && parts.iter().all(|part| {
-            (1..=96).contains(&part.len())
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                && !part.starts_with(['.', '-'])
-                && !part.ends_with(['.', '-'])
-                && !part.contains("..")
-                && !part.contains("--")
-        })
+    crate::modelfiles::hub::repo_id(id)
 }
 
 /// Options of one engine set on a model of the other are refused, and values are checked.

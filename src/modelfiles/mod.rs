@@ -5,4 +5,5 @@
 pub mod folder;
 pub mod gguf;
 pub mod hfconfig;
+pub mod hub;
 pub mod safetensors;

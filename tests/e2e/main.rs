@@ -1,6 +1,7 @@
 //! End-to-end tests: the real gateway process in front of real mock vLLM servers on loopback.
 
 mod fake_docker;
+mod fake_hub;
 mod fake_runpod;
 mod harness;
 mod wire;

@@ -494,3 +494,129 @@ async fn without_known_gpu_memory_the_fit_is_unknown_not_guessed() {
     assert_eq!(r["valid"], true);
     assert_eq!(r["vram_estimate"]["basis"]["gpu_memory_from"], "none");
 }
+
+#[tokio::test]
+async fn the_hub_config_answers_precisely_and_is_cached() {
+    let hub = crate::fake_hub::FakeHub::start().await;
+    let gw = Gateway::start_with_env(
+        "[runner]\nhub_timeout_secs = 1\n",
+        &[("HF_ENDPOINT", hub.url.as_str()), ("HF_TOKEN", "hf_test")],
+    )
+    .await;
+    let c = Client::new();
+    let (s, m) = call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/hf-config?repo_id=meta-llama/Llama-3.1-8B",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(
+        (m["num_key_value_heads"].as_u64(), m["head_dim"].as_u64()),
+        (Some(8), Some(128))
+    );
+    assert_eq!(m["parameters"]["BF16"], 8_030_261_248u64);
+    assert_eq!(m["params_b"], 8.03);
+    assert_eq!(
+        (m["revision"].as_str(), m["sha"].as_str()),
+        (Some("main"), Some("sha-of-main"))
+    );
+    // Cached: the same question does not reach the Hub again.
+    let hits = hub.hits.load(std::sync::atomic::Ordering::Relaxed);
+    call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/hf-config?repo_id=meta-llama/Llama-3.1-8B",
+        None,
+    )
+    .await;
+    assert_eq!(hub.hits.load(std::sync::atomic::Ordering::Relaxed), hits);
+    // The token from the environment reads a private repository.
+    let (s, _) = call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/hf-config?repo_id=org/private",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    for (q, status, error) in [
+        ("repo_id=../../etc", 400, "invalid query parameter"),
+        (
+            "repo_id=org/x&revision=..%2F..",
+            400,
+            "invalid query parameter",
+        ),
+        ("", 400, "missing query parameter"),
+        ("repo_id=org/missing", 404, "model not found on the Hub"),
+        ("repo_id=org/noconfig", 404, "model not found on the Hub"),
+        ("repo_id=org/gated", 403, "gated model"),
+        ("repo_id=org/slow", 504, "hub timeout"),
+    ] {
+        let (s, e) = call(
+            &gw,
+            &c,
+            Method::GET,
+            &format!("/models/hf-config?{q}"),
+            None,
+        )
+        .await;
+        assert_eq!((s, e["error"].as_str()), (status, Some(error)), "{q}: {e}");
+    }
+    let (_, e) = call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/hf-config?repo_id=org/gated",
+        None,
+    )
+    .await;
+    assert!(
+        e["detail"].as_str().unwrap().contains("accept its license"),
+        "{e}"
+    );
+    // A dry-run of a repo_id model is estimated from the Hub's config and parameter count.
+    let body = json!({"name": "l", "served_model_name": "l", "repo_id": "meta-llama/Llama-3.1-8B"});
+    let (s, r) = call(&gw, &c, Method::POST, "/models/dry-run", Some(body)).await;
+    assert_eq!(s, 200, "{r}");
+    let v = &r["vram_estimate"];
+    assert_eq!(
+        (
+            v["basis"]["weights_from"].as_str(),
+            v["weights_gib"].as_f64()
+        ),
+        (Some("hub"), Some(14.96)),
+        "{r}"
+    );
+    assert_eq!(v["kv_per_token_bytes"], 131_072.0);
+    let body = json!({"name": "l", "served_model_name": "l", "repo_id": "org/gated"});
+    let (_, r) = call(&gw, &c, Method::POST, "/models/dry-run", Some(body)).await;
+    let w = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["title"] == "The Hub did not answer");
+    assert!(
+        w.is_some_and(|w| w["message"].as_str().unwrap().contains("gated")),
+        "{r}"
+    );
+    // A Hub that cannot be reached.
+    let down = Gateway::start_with_env("", &[("HF_ENDPOINT", dead_url().as_str())]).await;
+    let (s, e) = call(
+        &down,
+        &c,
+        Method::GET,
+        "/models/hf-config?repo_id=org/x",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (502, Some("hub unreachable")),
+        "{e}"
+    );
+}
