@@ -315,6 +315,27 @@ pub fn dry_run(
         }
     }
 
+    // Flags the engine would not know (the lists can lag a release: a warning).
+    for arg in &spec.engine_args {
+        if super::guard::forbidden_flag(&arg.flag).is_none()
+            && !super::flags::is_known(spec.engine_type, &arg.flag)
+        {
+            let engine = match spec.engine_type {
+                EngineType::Vllm => "vLLM",
+                EngineType::Llamacpp => "llama-server",
+            };
+            let fix = super::flags::nearest(spec.engine_type, &arg.flag)
+                .map(|k| format!("did you mean {k}?"));
+            warnings.push(warn(
+                "warning",
+                "config",
+                "Unknown flag",
+                format!("{} is not a flag {engine} is known to take", arg.flag),
+                fix.as_deref(),
+            ));
+        }
+    }
+
     // What only the files can tell.
     let weights_path = Path::new(&weights_arg);
     let local = resolved.is_ok() && spec.local_path.is_some();

@@ -14,6 +14,7 @@ pub mod dry_run;
 mod engine;
 pub mod error;
 pub mod estimate;
+pub mod flags;
 pub mod guard;
 pub mod logs;
 pub mod nodes;

@@ -466,6 +466,18 @@ async fn a_dry_run_shows_the_command_every_problem_and_a_vram_estimate_from_the_
         warning(&r, "No tokenizer for a GGUF model").is_some(),
         "{r}"
     );
+    // A flag the engine would not know, with the one that was meant.
+    let (_, r) = dry(
+        json!({"name": "l", "served_model_name": "x", "local_path": "llama8b",
+        "engine_args": [{"flag": "--max-modle-len", "type": "int", "value": 4096}]}),
+    )
+    .await;
+    let w = warning(&r, "Unknown flag").unwrap();
+    assert_eq!(
+        (w["severity"].as_str(), w["fix"].as_str()),
+        (Some("warning"), Some("did you mean --max-model-len?")),
+        "{w}"
+    );
     let (s, e) = call(&gw, &c, Method::POST, "/models/mdl_nope/dry-run", None).await;
     assert_eq!(s, 404, "{e}");
 }
