@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod config;
 pub mod gateway;
+pub mod gpu;
 pub mod health;
 pub mod identity;
 pub mod lifecycle;

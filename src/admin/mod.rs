@@ -54,6 +54,8 @@ pub struct AdminState {
     pub life: Arc<crate::lifecycle::Lifecycle>,
     /// The Hugging Face Hub (`HF_ENDPOINT`, `HF_TOKEN`), with its answers cached.
     pub hub: crate::modelfiles::hub::Hub,
+    /// This machine's GPUs (NVML, loaded at start when a driver is there).
+    pub gpus: Arc<dyn crate::gpu::GpuSource>,
 }
 
 /// Why the admin service could not be set up.
@@ -78,6 +80,7 @@ impl AdminState {
             client: crate::health::server_client(&gw.config)?,
             prober: crate::health::HealthChecker::new(gw.clone())?,
             usage_scans: tokio::sync::Semaphore::new(2),
+            gpus: Arc::new(crate::gpu::Nvml::load()),
             hub: crate::modelfiles::hub::Hub::from_env(std::time::Duration::from_secs(
                 gw.config.runner.hub_timeout_secs,
             )),

@@ -184,8 +184,9 @@ async fn run_dry(
         _ => None,
     };
     // File headers are read: off the async threads.
+    let gpus = s.gpus.clone();
     let report = tokio::task::spawn_blocking(move || {
-        crate::lifecycle::dry_run::dry_run(&spec, &dir, &runner, hub)
+        crate::lifecycle::dry_run::dry_run(&spec, &dir, &runner, hub, gpus.gpus())
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;

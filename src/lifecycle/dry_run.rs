@@ -52,7 +52,7 @@ pub struct Basis {
     /// `safetensors`, `gguf` or `hub` (parameters × dtype bytes).
     pub weights_from: &'static str,
     pub shape: Shape,
-    /// `config` (`[runner] gpus`) or `none`.
+    /// `nvml` (the NVIDIA driver), `config` (`[[runner.gpus]]`) or `none`.
     pub gpu_memory_from: &'static str,
     pub margins: Margins,
 }
@@ -268,12 +268,14 @@ fn shape_from_hub(m: &HubModel) -> (Shape, &'static str, Option<HfConfig>) {
 }
 
 /// Dry-run `spec` in `models_dir` with this runner configuration.
-/// `hub`: for a `repo_id` model, what the Hugging Face Hub said of it (or why it could not).
+/// `hub`: for a `repo_id` model, what the Hugging Face Hub said of it (or why it could not);
+/// `detected`: the GPUs the driver reports (or why it cannot).
 pub fn dry_run(
     spec: &ModelSpec,
     models_dir: &Path,
     runner: &RunnerConfig,
     hub: Option<Result<HubModel, String>>,
+    detected: Result<Vec<crate::gpu::Gpu>, String>,
 ) -> DryRun {
     let mut warnings: Vec<Warning> = validate::problems(spec, models_dir)
         .into_iter()
@@ -422,26 +424,52 @@ pub fn dry_run(
                     Some("lower it, or give rope scaling in engine_args")));
             }
         }
+        // The GPUs: as the driver reports them (NVML), else as [[runner.gpus]] lists them.
+        let (mut known, gpu_from): (Vec<(u32, f64)>, &'static str) = match &detected {
+            Ok(found) if !found.is_empty() => (
+                found
+                    .iter()
+                    .map(|g| (g.index, g.memory_total_bytes as f64 / (1u64 << 30) as f64))
+                    .collect(),
+                "nvml",
+            ),
+            _ if !runner.gpus.is_empty() => (
+                runner
+                    .gpus
+                    .iter()
+                    .map(|g| (g.index, g.memory_gib))
+                    .collect(),
+                "config",
+            ),
+            _ => (Vec::new(), "none"),
+        };
+        known.sort_by_key(|g| g.0);
         // The selected GPUs; none selected: the engine takes the first ones (as many as its
         // ranks for vLLM, every one for llama.cpp).
-        let mut known: Vec<&crate::config::GpuConfig> = runner.gpus.iter().collect();
-        known.sort_by_key(|g| g.index);
         let ranks = (tp * u64::from(spec.pipeline_parallel_size.unwrap_or(1))) as usize;
         let gpus: Vec<f64> = match &spec.selected_gpus {
             Some(sel) => sel
                 .iter()
-                .filter_map(|i| known.iter().find(|g| g.index == *i).map(|g| g.memory_gib))
+                .filter_map(|i| known.iter().find(|g| g.0 == *i).map(|g| g.1))
                 .collect(),
             None if spec.engine_type == EngineType::Vllm => {
-                known.iter().take(ranks).map(|g| g.memory_gib).collect()
+                known.iter().take(ranks).map(|g| g.1).collect()
             }
-            None => known.iter().map(|g| g.memory_gib).collect(),
+            None => known.iter().map(|g| g.1).collect(),
         };
-        let gpu_from = if gpus.is_empty() { "none" } else { "config" };
         if gpus.is_empty() {
-            warnings.push(warn("warning", "vram", "GPU memory unknown",
-                "no NVIDIA driver reported the GPUs and [runner] gpus names none: whether it fits is unknown",
-                Some("list the node's GPUs in [[runner.gpus]] (index, memory_gib)")));
+            let why = detected
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_else(|| "the driver reported none".into());
+            warnings.push(warn(
+                "warning",
+                "vram",
+                "GPU memory unknown",
+                format!("{why}; [runner] gpus names none either: whether it fits is unknown"),
+                Some("list the node's GPUs in [[runner.gpus]] (index, memory_gib)"),
+            ));
         }
         let margins = Margins::default();
         let smallest = gpus.iter().cloned().fold(f64::INFINITY, f64::min);
