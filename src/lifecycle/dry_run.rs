@@ -504,7 +504,7 @@ pub fn dry_run(
                             format!("max_model_len {} needs {} tokens of KV cache; {} fit ({:.2} GiB): vLLM refuses to start",
                                 e.max_model_len, e.max_model_len, e.kv_cache_tokens, e.kv_space_gib),
                             Some(&format!("set max_model_len to at most {}, raise gpu_memory_utilization, or use kv_cache_dtype fp8", e.max_model_len_that_fits))));
-                    } else if e.max_concurrency < 1.0 + f64::EPSILON {
+                    } else if e.max_concurrency < 2.0 {
                         warnings.push(warn(
                             "warning",
                             "vram",

@@ -359,7 +359,7 @@ async fn a_dry_run_shows_the_command_every_problem_and_a_vram_estimate_from_the_
     let models = models_dir(root.path());
     llama_8b(&models.join("llama8b"));
     let gw = Gateway::start(&format!(
-        "[runner]\nmodels_dir = {:?}\n[[runner.gpus]]\nindex = 0\nmemory_gib = 80.0\n[[runner.gpus]]\nindex = 1\nmemory_gib = 24.0\n",
+        "[runner]\nmodels_dir = {:?}\n[[runner.gpus]]\nindex = 0\nmemory_gib = 80.0\n[[runner.gpus]]\nindex = 1\nmemory_gib = 24.0\n[[runner.gpus]]\nindex = 2\nmemory_gib = 12.0\n",
         models.to_str().unwrap()
     ))
     .await;
@@ -464,6 +464,80 @@ async fn a_dry_run_shows_the_command_every_problem_and_a_vram_estimate_from_the_
     assert!(warning(&r, "Multi-part GGUF on vLLM").is_some(), "{r}");
     assert!(
         warning(&r, "No tokenizer for a GGUF model").is_some(),
+        "{r}"
+    );
+    // The memory verdicts: weights that do not fit a 12 GiB GPU; one 32k sequence at a time on
+    // 24 GiB.
+    let (_, r) = dry(
+        json!({"name": "l", "served_model_name": "x", "local_path": "llama8b",
+        "selected_gpus": [2], "max_model_len": 4096}),
+    )
+    .await;
+    assert!(
+        warning(&r, "The weights do not fit").is_some_and(|w| w["severity"] == "error"),
+        "{r}"
+    );
+    let (_, r) = dry(
+        json!({"name": "l", "served_model_name": "x", "local_path": "llama8b",
+        "selected_gpus": [1], "max_model_len": 32768}),
+    )
+    .await;
+    assert!(
+        warning(&r, "One sequence at a time").is_some_and(|w| w["severity"] == "warning"),
+        "{r}"
+    );
+    assert_eq!(r["valid"], true);
+    // A quantization other than the weights'.
+    let awq = models.join("awq");
+    std::fs::create_dir_all(&awq).unwrap();
+    safetensors::write_sparse(&awq.join("model.safetensors"), &[("w", "I32", &[64, 8])]).unwrap();
+    std::fs::write(
+        awq.join("config.json"),
+        json!({"num_hidden_layers": 2, "hidden_size": 64,
+        "num_attention_heads": 4, "quantization_config": {"quant_method": "awq", "bits": 4}})
+        .to_string(),
+    )
+    .unwrap();
+    let (_, r) = dry(
+        json!({"name": "q", "served_model_name": "q", "local_path": "awq",
+        "quantization": "gptq"}),
+    )
+    .await;
+    let w = warning(&r, "Quantization does not match the weights").unwrap();
+    assert!(w["message"].as_str().unwrap().contains("awq"), "{w}");
+    let (_, r) = dry(
+        json!({"name": "q", "served_model_name": "q", "local_path": "awq",
+        "quantization": "awq_marlin"}),
+    )
+    .await;
+    assert!(
+        warning(&r, "Quantization does not match the weights").is_none(),
+        "{r}"
+    );
+    // An MLA model (DeepSeek's config): one latent of kv_lora_rank + qk_rope_head_dim a layer.
+    let mla = models.join("mla");
+    std::fs::create_dir_all(&mla).unwrap();
+    safetensors::write_sparse(
+        &mla.join("model.safetensors"),
+        &[("w", "BF16", &[7168, 1024])],
+    )
+    .unwrap();
+    std::fs::write(
+        mla.join("config.json"),
+        json!({"architectures": ["DeepseekV3ForCausalLM"],
+        "num_hidden_layers": 61, "hidden_size": 7168, "num_attention_heads": 128,
+        "kv_lora_rank": 512, "qk_rope_head_dim": 64, "torch_dtype": "bfloat16"})
+        .to_string(),
+    )
+    .unwrap();
+    let (_, r) = dry(
+        json!({"name": "d", "served_model_name": "d", "local_path": "mla",
+        "max_model_len": 4096}),
+    )
+    .await;
+    assert_eq!(
+        r["vram_estimate"]["kv_per_token_bytes"],
+        61.0 * 576.0 * 2.0,
         "{r}"
     );
     // A flag the engine would not know, with the one that was meant.
