@@ -117,13 +117,7 @@ fn shape_of(
         for e in entries.flatten().take(10_000) {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "safetensors") {
-                let len = p.metadata().map(|m| m.len()).unwrap_or(0);
-                match std::fs::File::open(&p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|f| {
-                        safetensors::read(std::io::BufReader::new(f), len)
-                            .map_err(|e| e.to_string())
-                    }) {
+                match safetensors::read_file(&p) {
                     Ok(info) => bytes += info.bytes,
                     Err(e) => warnings.push(warn(
                         "error",
@@ -182,11 +176,7 @@ fn shape_of(
     let mut first: Option<GgufInfo> = None;
     let (mut bytes, mut layer_bytes, mut output_bytes) = (0u64, Vec::<u64>::new(), 0u64);
     for p in &parts {
-        let len = p.metadata().map(|m| m.len()).unwrap_or(0);
-        match std::fs::File::open(p)
-            .map_err(|e| e.to_string())
-            .and_then(|f| gguf::read(f, len).map_err(|e| e.to_string()))
-        {
+        match gguf::read_file(p) {
             Ok(info) => {
                 bytes += info.tensor_bytes;
                 output_bytes += info.output_bytes;

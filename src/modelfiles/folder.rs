@@ -205,12 +205,7 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
         }
         let p = path.join(name);
         let len = size_of(&p);
-        let read = std::fs::File::open(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                safetensors::read(std::io::BufReader::new(f), len).map_err(|e| e.to_string())
-            });
-        match read {
+        match safetensors::read_file(&p) {
             Ok(info) => {
                 st.parameters += info.elements;
                 for (dtype, t) in info.by_dtype {
@@ -350,14 +345,9 @@ fn group(
     warnings: &mut Vec<String>,
 ) -> GgufGroup {
     let total_bytes: u64 = files.iter().map(|f| size_of(&dir.join(f))).sum();
-    // The first part's header (the metadata is there); the other parts' magic and version.
+    // The first part's header (the metadata is there); the other parts count by their size.
     let first = &files[0];
-    let p = dir.join(first);
-    let len = size_of(&p);
-    let metadata = match std::fs::File::open(&p)
-        .map_err(|e| e.to_string())
-        .and_then(|f| gguf::read(f, len).map_err(|e| e.to_string()))
-    {
+    let metadata = match gguf::read_file(&dir.join(first)) {
         Ok(m) => Some(m),
         Err(e) => {
             warnings.push(format!("{first}: {e}"));

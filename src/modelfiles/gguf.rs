@@ -405,6 +405,13 @@ pub fn read(r: impl Read, file_len: u64) -> Result<GgufInfo, GgufError> {
     Ok(info)
 }
 
+/// Read the header of the file at `path`; why not, as text.
+pub fn read_file(path: &std::path::Path) -> Result<GgufInfo, String> {
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    read(f, len).map_err(|e| e.to_string())
+}
+
 /// The metadata keys read after `<architecture>`.
 const KEPT_SUFFIXES: [&str; 11] = [
     ".context_length",

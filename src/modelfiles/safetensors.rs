@@ -91,6 +91,13 @@ pub fn read(mut r: impl Read, file_len: u64) -> Result<SafetensorsInfo, Safetens
     parse(&text, file_len - 8 - header)
 }
 
+/// Read the header of the file at `path`; why not, as text.
+pub fn read_file(path: &std::path::Path) -> Result<SafetensorsInfo, String> {
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    read(std::io::BufReader::new(f), len).map_err(|e| e.to_string())
+}
+
 /// Parse header JSON whose tensors' data takes `data_len` bytes.
 pub fn parse(text: &[u8], data_len: u64) -> Result<SafetensorsInfo, SafetensorsError> {
     let json: serde_json::Map<String, Value> =
