@@ -95,11 +95,12 @@ fn dtype_bytes(d: &str) -> Option<f64> {
 
 /// The model's shape from its files: a safetensors folder with `config.json`, or GGUF files.
 fn shape_of(
+    root: &Path,
     weights: &Path,
     warnings: &mut Vec<Warning>,
 ) -> Option<(Shape, &'static str, Option<HfConfig>)> {
     if weights.is_dir() {
-        let config = match HfConfig::read(&weights.join("config.json")) {
+        let config = match HfConfig::read(root, &weights.join("config.json")) {
             Ok(c) => c,
             Err(e) => {
                 warnings.push(warn(
@@ -117,8 +118,8 @@ fn shape_of(
         for e in entries.flatten().take(10_000) {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "safetensors") {
-                match safetensors::read_file(&p) {
-                    Ok(info) => bytes += info.bytes,
+                match safetensors::read_file(root, &p) {
+                    Ok(info) => bytes = bytes.saturating_add(info.bytes),
                     Err(e) => warnings.push(warn(
                         "error",
                         "files",
@@ -146,6 +147,7 @@ fn shape_of(
             attention_heads: heads,
             kv_heads: config.num_key_value_heads.unwrap_or(heads),
             head_dim: config.head_dim.unwrap_or(0),
+            v_head_dim: None,
             kv_lora_rank: config.kv_lora_rank,
             qk_rope_head_dim: config.qk_rope_head_dim,
             intermediate_size: config.intermediate_size,
@@ -176,15 +178,15 @@ fn shape_of(
     let mut first: Option<GgufInfo> = None;
     let (mut bytes, mut layer_bytes, mut output_bytes) = (0u64, Vec::<u64>::new(), 0u64);
     for p in &parts {
-        match gguf::read_file(p) {
+        match gguf::read_file(root, p) {
             Ok(info) => {
-                bytes += info.tensor_bytes;
-                output_bytes += info.output_bytes;
+                bytes = bytes.saturating_add(info.tensor_bytes);
+                output_bytes = output_bytes.saturating_add(info.output_bytes);
                 if layer_bytes.len() < info.layer_bytes.len() {
                     layer_bytes.resize(info.layer_bytes.len(), 0);
                 }
                 for (i, b) in info.layer_bytes.iter().enumerate() {
-                    layer_bytes[i] += b;
+                    layer_bytes[i] = layer_bytes[i].saturating_add(*b);
                 }
                 first.get_or_insert(info);
             }
@@ -211,6 +213,7 @@ fn shape_of(
         head_dim: m
             .key_length
             .unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
+        v_head_dim: m.value_length,
         kv_lora_rank: m.kv_lora_rank,
         qk_rope_head_dim: m.rope_dimension_count.filter(|_| m.kv_lora_rank.is_some()),
         intermediate_size: None,
@@ -240,6 +243,7 @@ fn shape_from_hub(m: &HubModel) -> (Shape, &'static str, Option<HfConfig>) {
         attention_heads: heads,
         kv_heads: c.num_key_value_heads.unwrap_or(heads),
         head_dim: c.head_dim.unwrap_or(0),
+        v_head_dim: None,
         kv_lora_rank: c.kv_lora_rank,
         qk_rope_head_dim: c.qk_rope_head_dim,
         intermediate_size: c.intermediate_size,
@@ -269,7 +273,15 @@ pub fn dry_run(
 ) -> DryRun {
     let mut warnings: Vec<Warning> = validate::problems(spec, models_dir)
         .into_iter()
-        .map(|p| warn("error", "config", "Invalid configuration", p, None))
+        .map(|p| {
+            // Paths that leave the models directory have a category of their own.
+            let category = if p.contains("models directory") || p.contains("must be relative") {
+                "path"
+            } else {
+                "config"
+            };
+            warn("error", category, "Invalid configuration", p, None)
+        })
         .collect();
     let resolved = weights::resolve_all(spec, models_dir);
     let (weights_arg, resolved_spec) = match &resolved {
@@ -330,7 +342,8 @@ pub fn dry_run(
 
     // What only the files can tell.
     let weights_path = Path::new(&weights_arg);
-    let local = resolved.is_ok() && spec.local_path.is_some();
+    // Only a path that came out of the models directory's confinement is ever read.
+    let local = resolved.is_ok() && spec.local_path.is_some() && spec.repo_id.is_none();
     let is_gguf = weights_arg.to_ascii_lowercase().ends_with(".gguf");
     if spec.engine_type == EngineType::Vllm && is_gguf {
         if weights_path
@@ -370,7 +383,7 @@ pub fn dry_run(
         }
     }
     let shape = match hub {
-        _ if local => shape_of(weights_path, &mut warnings),
+        _ if local => shape_of(models_dir, weights_path, &mut warnings),
         Some(Ok(m)) => Some(shape_from_hub(&m)),
         Some(Err(e)) => {
             warnings.push(warn(
@@ -447,6 +460,22 @@ pub fn dry_run(
             }
             None => known.iter().map(|g| g.1).collect(),
         };
+        if spec.selected_gpus.is_none()
+            && spec.engine_type == EngineType::Vllm
+            && !known.is_empty()
+            && known.len() < ranks
+        {
+            warnings.push(warn(
+                "error",
+                "gpu",
+                "More ranks than GPUs",
+                format!(
+                    "tp_size × pipeline_parallel_size = {ranks} but this node has {} GPUs",
+                    known.len()
+                ),
+                Some("lower tp_size, or run the model on a node with more GPUs"),
+            ));
+        }
         if gpus.is_empty() {
             let why = detected
                 .as_ref()
@@ -459,6 +488,19 @@ pub fn dry_run(
                 "GPU memory unknown",
                 format!("{why}; [runner] gpus names none either: whether it fits is unknown"),
                 Some("list the node's GPUs in [[runner.gpus]] (index, memory_gib)"),
+            ));
+        }
+        // Without layers or head sizes there is no KV cache to size: say so, judge nothing.
+        let shape_known = shape.layers > 0
+            && (shape.head_dim > 0 || shape.kv_lora_rank.is_some())
+            && shape.weight_bytes > 0;
+        if !shape_known {
+            warnings.push(warn(
+                "warning",
+                "vram",
+                "Model shape unknown",
+                "the model's files do not give its layers and head sizes: no memory verdict",
+                Some("check config.json (num_hidden_layers, hidden_size, num_attention_heads)"),
             ));
         }
         let margins = Margins::default();
@@ -483,7 +525,13 @@ pub fn dry_run(
                     cpu_offload_gib: spec.cpu_offload_gb.unwrap_or(0.0),
                 };
                 let e = estimate::vllm(&shape, &o, &margins);
-                if !gpus.is_empty() {
+                // Without the GPU's size there is no budget: the need is still known (one
+                // sequence of max_model_len: weights, activations, overhead and its KV cache).
+                let need = e.weights_gib
+                    + e.activation_peak_gib
+                    + e.overhead_gib
+                    + e.kv_per_token_bytes * e.max_model_len as f64 / (1u64 << 30) as f64;
+                if shape_known && !gpus.is_empty() {
                     if e.kv_space_gib <= 0.0 {
                         warnings.push(warn("error", "vram", "The weights do not fit",
                             format!("{:.2} GiB of weights, {:.2} GiB of activations and {:.2} GiB of overhead on a GPU with a budget of {:.2} GiB",
@@ -507,9 +555,9 @@ pub fn dry_run(
                         ));
                     }
                 }
-                let per = ((o.gpu_memory_gib * o.gpu_memory_utilization) * 100.0).round() / 100.0;
+                let per = (need * 100.0).round() / 100.0;
                 let kv = e.kv_per_token_bytes;
-                (Some(e), None, per, kv)
+                (Some(e).filter(|_| !gpus.is_empty()), None, per, kv)
             }
             EngineType::Llamacpp => {
                 let layers = shape.layers.max(shape.layer_bytes.len() as u64);
@@ -532,7 +580,7 @@ pub fn dry_run(
                     ubatch_size: spec.ubatch_size.unwrap_or(512),
                 };
                 let e = estimate::llamacpp(&shape, &o, &margins);
-                if e.fits == Some(false) {
+                if shape_known && e.fits == Some(false) {
                     warnings.push(warn("error", "vram", "It does not fit on the GPUs",
                         format!("{:?} GiB needed per GPU, {:?} GiB there", e.per_gpu_gib, gpus),
                         Some("offload fewer layers (ngl), shorten context_size, or quantize the cache (cache_type_k/v q8_0)")));

@@ -26,6 +26,8 @@ pub struct Shape {
     pub attention_heads: u64,
     pub kv_heads: u64,
     pub head_dim: u64,
+    /// The width of a value head, when it differs from `head_dim` (GGUF `value_length`).
+    pub v_head_dim: Option<u64>,
     /// MLA: the compressed KV width and the rotary part of a head.
     pub kv_lora_rank: Option<u64>,
     pub qk_rope_head_dim: Option<u64>,
@@ -48,7 +50,7 @@ impl Shape {
     /// Bytes of KV cache per token on one GPU (all layers; `kv_bytes` per value, `tp` ranks).
     pub fn kv_per_token(&self, kv_bytes: f64, tp: u64) -> f64 {
         match (self.kv_lora_rank, self.qk_rope_head_dim) {
-            (Some(rank), Some(rope)) => self.layers as f64 * (rank + rope) as f64 * kv_bytes,
+            (Some(rank), Some(rope)) => self.layers as f64 * (rank as f64 + rope as f64) * kv_bytes,
             _ => {
                 // KV heads are split over the ranks; fewer heads than ranks are replicated.
                 let heads = self.kv_heads.div_ceil(tp.max(1)).max(1);
@@ -123,7 +125,9 @@ pub fn vllm(shape: &Shape, o: &VllmOptions, m: &Margins) -> VllmEstimate {
     // (gate and up projections, split over tp) and the residual stream, plus fp32 logits of
     // every running sequence.
     let tokens = o.max_num_batched_tokens as f64;
-    let inter = shape.intermediate_size.unwrap_or(4 * shape.hidden_size) as f64;
+    let inter = shape
+        .intermediate_size
+        .map_or(4.0 * shape.hidden_size as f64, |i| i as f64);
     let activation = tokens
         * (2.0 * inter / o.tp.max(1) as f64 + 4.0 * shape.hidden_size as f64)
         * shape.dtype_bytes
@@ -185,7 +189,8 @@ pub fn llama_cache_bytes(t: &str) -> Option<f64> {
 /// llama.cpp's options that size its memory.
 #[derive(Debug, Clone)]
 pub struct LlamaOptions {
-    /// Layers offloaded (`-ngl`); more than the model has: all, and the output layer.
+    /// Layers offloaded (`-ngl`), counting the output layer, which goes first (llama.cpp:
+    /// layers from `n_layer + 1 - ngl` up are on the GPU).
     pub ngl: u64,
     pub context_size: u64,
     pub cache_k_bytes: f64,
@@ -213,8 +218,8 @@ pub struct LlamaEstimate {
 /// llama.cpp's memory on the GPUs.
 pub fn llamacpp(shape: &Shape, o: &LlamaOptions, m: &Margins) -> LlamaEstimate {
     let layers = shape.layers.max(shape.layer_bytes.len() as u64);
-    let on_gpu = o.ngl.min(layers);
-    // llama.cpp offloads the last layers first.
+    // llama.cpp offloads the output layer first, then the last layers.
+    let on_gpu = o.ngl.saturating_sub(1).min(layers);
     let first = (layers - on_gpu) as usize;
     let mut weights: f64 = shape
         .layer_bytes
@@ -225,13 +230,13 @@ pub fn llamacpp(shape: &Shape, o: &LlamaOptions, m: &Margins) -> LlamaEstimate {
     if shape.layer_bytes.is_empty() && layers > 0 {
         weights = shape.weight_bytes as f64 * on_gpu as f64 / layers as f64;
     }
-    if o.ngl > layers {
+    if o.ngl >= 1 {
         weights += shape.output_bytes as f64;
     }
+    let v_dim = shape.v_head_dim.unwrap_or(shape.head_dim) as f64;
     let per_token = on_gpu as f64
         * shape.kv_heads as f64
-        * shape.head_dim as f64
-        * (o.cache_k_bytes + o.cache_v_bytes);
+        * (shape.head_dim as f64 * o.cache_k_bytes + v_dim * o.cache_v_bytes);
     let kv = per_token * o.context_size as f64;
     let compute = if on_gpu > 0 {
         o.ubatch_size as f64
@@ -385,10 +390,15 @@ mod tests {
         };
         let cpu = llamacpp(&s, &opts(0, "f16"), &Margins::default());
         assert_eq!((cpu.layers_on_gpu, cpu.per_gpu_gib[0]), (0, 0.0));
+        // -ngl 16: the output layer and the last 15 layers.
         let half = llamacpp(&s, &opts(16, "f16"), &Margins::default());
-        assert_eq!(half.weights_on_gpu_gib, 1.56);
-        // f16 cache of 16 layers × 8 heads × 128 × (2 + 2) bytes × 8192 tokens.
-        assert_eq!(half.kv_per_token_bytes, 16.0 * 8.0 * 128.0 * 4.0);
+        assert_eq!(half.layers_on_gpu, 15);
+        assert_eq!(
+            half.weights_on_gpu_gib,
+            gib(((15 * 100 + 400u64) << 20) as f64)
+        );
+        // f16 cache of 15 layers × 8 heads × 128 × (2 + 2) bytes a token.
+        assert_eq!(half.kv_per_token_bytes, 15.0 * 8.0 * 128.0 * 4.0);
         let all = llamacpp(&s, &opts(99, "f16"), &Margins::default());
         assert_eq!(
             all.weights_on_gpu_gib,

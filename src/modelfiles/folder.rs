@@ -205,20 +205,20 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
         }
         let p = path.join(name);
         let len = size_of(&p);
-        match safetensors::read_file(&p) {
+        match safetensors::read_file(root, &p) {
             Ok(info) => {
-                st.parameters += info.elements;
+                st.parameters = st.parameters.saturating_add(info.elements);
                 for (dtype, t) in info.by_dtype {
                     let total = st.by_dtype.entry(dtype).or_default();
-                    total.tensors += t.tensors;
-                    total.elements += t.elements;
-                    total.bytes += t.bytes;
+                    total.tensors = total.tensors.saturating_add(t.tensors);
+                    total.elements = total.elements.saturating_add(t.elements);
+                    total.bytes = total.bytes.saturating_add(t.bytes);
                 }
             }
             Err(e) => warnings.push(format!("{name}: {e}")),
         }
         st.files.push(name.clone());
-        st.total_bytes += len;
+        st.total_bytes = st.total_bytes.saturating_add(len);
     }
     st.file_count = st.files.len();
     st.total_size_gb = gib(st.total_bytes);
@@ -231,7 +231,7 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
 
     let config = if files.iter().any(|f| f == "config.json") && usable("config.json", &mut warnings)
     {
-        match HfConfig::read(&path.join("config.json")) {
+        match HfConfig::read(root, &path.join("config.json")) {
             Ok(c) => Some(c),
             Err(e) => {
                 warnings.push(format!("config.json: {e}"));
@@ -259,6 +259,13 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
         .cloned()
         .collect();
     for d in &dirs {
+        // A folder that leads out of the models directory is not looked into.
+        if !inside(&path.join(d)) {
+            warnings.push(format!(
+                "{d}/: leads outside the models directory (skipped)"
+            ));
+            continue;
+        }
         let (sub, _) = listing(&path.join(d));
         gguf_files.extend(
             sub.into_iter()
@@ -267,7 +274,7 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
         );
     }
     gguf_files.retain(|f| usable(f, &mut warnings));
-    let mut gguf_groups = group_gguf(path, &gguf_files, &mut warnings);
+    let mut gguf_groups = group_gguf(root, path, &gguf_files, &mut warnings);
     // Usable first, then the larger quantization, then the name; the first usable one is
     // recommended.
     gguf_groups.sort_by(|a, b| {
@@ -313,7 +320,12 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
 }
 
 /// Group GGUF files: a multi-part set by its base name, every other file on its own.
-fn group_gguf(dir: &Path, files: &[String], warnings: &mut Vec<String>) -> Vec<GgufGroup> {
+fn group_gguf(
+    root: &Path,
+    dir: &Path,
+    files: &[String],
+    warnings: &mut Vec<String>,
+) -> Vec<GgufGroup> {
     let mut sets: BTreeMap<String, Vec<(u32, u32, String)>> = BTreeMap::new();
     let mut groups = Vec::new();
     for f in files {
@@ -323,7 +335,7 @@ fn group_gguf(dir: &Path, files: &[String], warnings: &mut Vec<String>) -> Vec<G
                     .or_default()
                     .push((part, total, f.clone()))
             }
-            None => groups.push(group(dir, vec![f.clone()], None, warnings)),
+            None => groups.push(group(root, dir, vec![f.clone()], None, warnings)),
         }
     }
     for (_, mut parts) in sets {
@@ -333,12 +345,13 @@ fn group_gguf(dir: &Path, files: &[String], warnings: &mut Vec<String>) -> Vec<G
             .filter(|n| !parts.iter().any(|p| p.0 == *n))
             .collect();
         let files = parts.into_iter().map(|p| p.2).collect();
-        groups.push(group(dir, files, Some((expected, missing)), warnings));
+        groups.push(group(root, dir, files, Some((expected, missing)), warnings));
     }
     groups
 }
 
 fn group(
+    root: &Path,
     dir: &Path,
     files: Vec<String>,
     split: Option<(u32, Vec<u32>)>,
@@ -347,7 +360,7 @@ fn group(
     let total_bytes: u64 = files.iter().map(|f| size_of(&dir.join(f))).sum();
     // The first part's header (the metadata is there); the other parts count by their size.
     let first = &files[0];
-    let metadata = match gguf::read_file(&dir.join(first)) {
+    let metadata = match gguf::read_file(root, &dir.join(first)) {
         Ok(m) => Some(m),
         Err(e) => {
             warnings.push(format!("{first}: {e}"));

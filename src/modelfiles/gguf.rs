@@ -76,8 +76,8 @@ pub struct GgufInfo {
     pub layer_bytes: Vec<u64>,
     #[serde(skip)]
     pub other_bytes: u64,
-    /// Of those, the output layer's (`output.*`, `output_norm.*`): offloaded by llama.cpp
-    /// when `ngl` exceeds the layers.
+    /// Of those, the output layer's (`output.*`, `output_norm.*`, or the embedding matrix when
+    /// the model ties them): the first thing llama.cpp offloads.
     #[serde(skip)]
     pub output_bytes: u64,
 }
@@ -93,7 +93,8 @@ pub fn ggml_type(t: u32) -> Option<(&'static str, u64, u64)> {
         6 => ("Q5_0", 32, 22),
         7 => ("Q5_1", 32, 24),
         8 => ("Q8_0", 32, 34),
-        9 => ("Q8_1", 32, 40),
+        // ggml-common.h: two halves and 32 quants (gguf-py's table still says 40).
+        9 => ("Q8_1", 32, 36),
         10 => ("Q2_K", K, 2 + 2 + K / 16 + K / 4),
         11 => ("Q3_K", K, 2 + K / 4 + K / 8 + 12),
         12 => ("Q4_K", K, 2 + 2 + K / 2 + 12),
@@ -405,9 +406,9 @@ pub fn read(r: impl Read, file_len: u64) -> Result<GgufInfo, GgufError> {
     Ok(info)
 }
 
-/// Read the header of the file at `path`; why not, as text.
-pub fn read_file(path: &std::path::Path) -> Result<GgufInfo, String> {
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+/// Read the header of the file at `path`, which must lie inside `root`; why not, as text.
+pub fn read_file(root: &std::path::Path, path: &std::path::Path) -> Result<GgufInfo, String> {
+    let f = super::open_inside(root, path)?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     read(f, len).map_err(|e| e.to_string())
 }
@@ -434,6 +435,7 @@ fn tensors(
     file_len: u64,
 ) -> Result<(), GgufError> {
     let mut extents = Vec::new();
+    let (mut has_output, mut token_embd) = (false, 0u64);
     for _ in 0..info.tensor_count {
         let name = r
             .string(MAX_KEY)?
@@ -458,7 +460,9 @@ fn tensors(
                 "tensor {name:?}: {elements} elements are not whole blocks of {block} ({type_name})"
             )));
         }
-        let bytes = elements / block * size;
+        let bytes = (elements / block)
+            .checked_mul(size)
+            .ok_or_else(|| r.malformed(format!("the size of tensor {name:?} overflows")))?;
         extents.push((offset, bytes));
         info.tensor_bytes = info.tensor_bytes.saturating_add(bytes);
         info.tensor_elements = info.tensor_elements.saturating_add(elements);
@@ -482,13 +486,30 @@ fn tensors(
                 info.other_bytes = info.other_bytes.saturating_add(bytes);
                 if name.starts_with("output") {
                     info.output_bytes = info.output_bytes.saturating_add(bytes);
+                    has_output |= name == "output.weight";
+                } else if name == "token_embd.weight" {
+                    token_embd = bytes;
                 }
             }
         }
     }
+    // Tied embeddings: the output layer is the embedding matrix, and llama.cpp puts a copy of
+    // it on the GPU.
+    if !has_output {
+        info.output_bytes = info.output_bytes.saturating_add(token_embd);
+    }
     // The data starts at the next multiple of the alignment; every tensor must lie in the file.
     let data = r.at.div_ceil(alignment).saturating_mul(alignment);
     let room = file_len.saturating_sub(data);
+    if info.tensor_bytes > room {
+        return Err(GgufError::Malformed {
+            at: r.at,
+            why: format!(
+                "its tensors claim {} bytes, the file holds {room} after its header",
+                info.tensor_bytes
+            ),
+        });
+    }
     for (offset, bytes) in extents {
         if offset.saturating_add(bytes) > room {
             return Err(GgufError::Truncated(
@@ -677,7 +698,7 @@ mod tests {
         assert!(matches!(read(cut, 200), Err(GgufError::Truncated(_))));
         assert!(matches!(
             read(&whole[..], len - 4096),
-            Err(GgufError::Truncated(_))
+            Err(GgufError::Truncated(_) | GgufError::Malformed { .. })
         ));
         assert!(read(&whole[..], len).is_ok());
         assert_eq!(read(&b"ggjt...."[..], 8).unwrap_err(), GgufError::NotGguf);

@@ -94,10 +94,10 @@ impl HfConfig {
         }
     }
 
-    /// Read a `config.json` (at most [`MAX_CONFIG`] bytes).
-    pub fn read(path: &std::path::Path) -> Result<HfConfig, String> {
+    /// Read a `config.json` inside `root` (at most [`MAX_CONFIG`] bytes).
+    pub fn read(root: &std::path::Path, path: &std::path::Path) -> Result<HfConfig, String> {
         use std::io::Read;
-        let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let f = super::open_inside(root, path)?;
         let mut text = Vec::new();
         f.take(MAX_CONFIG + 1)
             .read_to_end(&mut text)

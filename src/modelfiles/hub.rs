@@ -129,15 +129,17 @@ impl Hub {
                 return Ok(m);
             }
         }
+        // A revision such as `refs/pr/1` is one path segment to the Hub.
+        let rev = revision.replace('/', "%2F");
         let info = self
             .get(
-                &format!("{}/api/models/{repo_id}/revision/{revision}", self.endpoint),
+                &format!("{}/api/models/{repo_id}/revision/{rev}", self.endpoint),
                 repo_id,
             )
             .await?;
         let config = self
             .get(
-                &format!("{}/{repo_id}/resolve/{revision}/config.json", self.endpoint),
+                &format!("{}/{repo_id}/resolve/{rev}/config.json", self.endpoint),
                 repo_id,
             )
             .await?;
@@ -199,13 +201,26 @@ impl Hub {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let body = r.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                HubError::Timeout(format!("the Hub did not answer in time ({url})"))
-            } else {
-                HubError::Unreachable(e.to_string())
+        // Read at most MAX_ANSWER bytes, whatever the answer's length.
+        let mut r = r;
+        let mut body = Vec::new();
+        let mut too_large = false;
+        loop {
+            match r.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ANSWER => {
+                    too_large = true;
+                    break;
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => {
+                    return Err(HubError::Timeout(format!(
+                        "the Hub did not answer in time ({url})"
+                    )))
+                }
+                Err(e) => return Err(HubError::Unreachable(e.to_string())),
             }
-        })?;
+        }
         match status {
             200 => {}
             _ if code == "GatedRepo" || (status == 403 && code.is_empty()) => {
@@ -223,7 +238,7 @@ impl Hub {
                 )))
             }
         }
-        if body.len() > MAX_ANSWER {
+        if too_large {
             return Err(HubError::Unreachable(format!(
                 "the Hub's answer for {url} is larger than 4 MiB"
             )));

@@ -76,6 +76,34 @@ fn models_dir(root: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(root.join("outside")).unwrap();
     std::fs::write(root.join("outside/secret.gguf"), b"GGUF").unwrap();
     std::os::unix::fs::symlink(root.join("outside"), models.join("escape")).unwrap();
+    // Links out from inside model folders, and a FIFO where a config should be.
+    std::os::unix::fs::symlink(root.join("outside"), g.join("ext")).unwrap();
+    let linked = models.join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    safetensors::write_sparse(
+        &root.join("outside/secret.safetensors"),
+        &[("s", "F32", &[4])],
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        root.join("outside/secret.safetensors"),
+        linked.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        linked.join("config.json"),
+        r#"{"num_hidden_layers":2,"hidden_size":64,"num_attention_heads":4}"#,
+    )
+    .unwrap();
+    let fifo = models.join("fifo");
+    std::fs::create_dir_all(&fifo).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(fifo.join("config.json"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    safetensors::write_sparse(&fifo.join("model.safetensors"), &[("w", "BF16", &[64, 64])])
+        .unwrap();
     models
 }
 
@@ -113,8 +141,8 @@ async fn folders_of_the_models_directory_are_listed_and_inspected_from_their_hea
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["empty", "gguf", "llama"]);
-    let llama = &list[2];
+    assert_eq!(names, ["empty", "fifo", "gguf", "linked", "llama"]);
+    let llama = &list[4];
     assert_eq!(
         (
             llama["safetensors_files"].as_u64(),
@@ -127,7 +155,8 @@ async fn folders_of_the_models_directory_are_listed_and_inspected_from_their_hea
         llama["size_bytes"].as_u64().unwrap() > 2 * 128_256 * 4096 * 2,
         "{llama}"
     );
-    assert_eq!(list[1]["gguf_files"], 3);
+    // The linked folder inside is not counted.
+    assert_eq!(list[2]["gguf_files"], 3);
 
     let (status, r) = call(
         &gw,
@@ -169,14 +198,88 @@ async fn folders_of_the_models_directory_are_listed_and_inspected_from_their_hea
         (q8["status"].as_str(), &q8["missing_parts"]),
         (Some("incomplete"), &json!([2]))
     );
+    let warnings = r["warnings"].to_string();
+    assert!(warnings.contains("truncated.gguf: "), "{r}");
+    // A linked folder is not looked into: nothing of what it holds is named.
     assert!(
-        r["warnings"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("truncated.gguf: "),
+        warnings.contains("ext/: leads outside the models directory"),
         "{r}"
     );
+    assert!(!warnings.contains("secret"), "{r}");
     assert_eq!(r["engine_recommendation"]["recommended"], "llamacpp");
+
+    // A linked shard is not read, and a FIFO does not hold the call.
+    let (s, r) = call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/inspect-folder?folder=linked",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("leads outside the models directory"),
+        "{r}"
+    );
+    assert_eq!(r["safetensor_info"], Value::Null, "{r}");
+    let (s, r) = call(
+        &gw,
+        &c,
+        Method::GET,
+        "/models/inspect-folder?folder=fifo",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    // Not a file: not listed, not opened (a FIFO would block a reader).
+    assert_eq!(r["config"], Value::Null, "{r}");
+    assert_eq!(r["config_files"], json!([]), "{r}");
+    let (s, r) = call(
+        &gw,
+        &c,
+        Method::POST,
+        "/models/dry-run",
+        Some(json!({"name": "f", "served_model_name": "f", "local_path": "fifo"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        r["warnings"].to_string().contains("not a regular file"),
+        "{r}"
+    );
+    let (_, r) = call(
+        &gw,
+        &c,
+        Method::POST,
+        "/models/dry-run",
+        Some(json!({"name": "l", "served_model_name": "l", "local_path": "linked"})),
+    )
+    .await;
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("leads outside the models directory"),
+        "{r}"
+    );
+    // Both repo_id and local_path: refused, and neither is read as a path.
+    let (_, r) = call(
+        &gw,
+        &c,
+        Method::POST,
+        "/models/dry-run",
+        Some(
+            json!({"name": "l", "served_model_name": "l", "repo_id": "etc", "local_path": "llama"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r["valid"].as_bool(), &r["vram_estimate"]),
+        (Some(false), &Value::Null),
+        "{r}"
+    );
 
     // Nothing outside the models directory, however asked.
     for (path, status, want) in [
