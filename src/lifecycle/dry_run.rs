@@ -93,10 +93,39 @@ fn dtype_bytes(d: &str) -> Option<f64> {
     })
 }
 
+/// The bytes a tensor of `stored` dtype takes once vLLM loads it with `--dtype` `asked`:
+/// floating weights take the asked width; `auto` (or none) keeps 16-bit weights as they are and
+/// loads 32-bit ones in 16 bits; quantized and integer tensors stay as stored.
+fn loaded_bytes(
+    stored: &str,
+    t: &crate::modelfiles::safetensors::DtypeTotal,
+    asked: Option<&str>,
+) -> u64 {
+    if !matches!(stored, "F32" | "F16" | "BF16") {
+        return t.bytes;
+    }
+    let width = match asked.and_then(dtype_bytes) {
+        Some(w) => w,
+        None if stored == "F32" => 2.0,
+        None => return t.bytes,
+    };
+    (t.elements as f64 * width) as u64
+}
+
+/// The width of activations and of an `auto` KV cache: `--dtype`, else the checkpoint's dtype
+/// (32-bit checkpoints run in 16 bits).
+fn compute_bytes(asked: Option<&str>, stored: Option<&str>) -> f64 {
+    asked
+        .and_then(dtype_bytes)
+        .or_else(|| stored.and_then(dtype_bytes).map(|w| w.min(2.0)))
+        .unwrap_or(2.0)
+}
+
 /// The model's shape from its files: a safetensors folder with `config.json`, or GGUF files.
 fn shape_of(
     root: &Path,
     weights: &Path,
+    dtype: Option<&str>,
     warnings: &mut Vec<Warning>,
 ) -> Option<(Shape, &'static str, Option<HfConfig>)> {
     if weights.is_dir() {
@@ -119,7 +148,11 @@ fn shape_of(
             let p = e.path();
             if p.extension().is_some_and(|x| x == "safetensors") {
                 match safetensors::read_file(root, &p) {
-                    Ok(info) => bytes = bytes.saturating_add(info.bytes),
+                    Ok(info) => {
+                        for (d, t) in &info.by_dtype {
+                            bytes = bytes.saturating_add(loaded_bytes(d, t, dtype));
+                        }
+                    }
                     Err(e) => warnings.push(warn(
                         "error",
                         "files",
@@ -156,11 +189,7 @@ fn shape_of(
             weight_bytes: bytes,
             layer_bytes: Vec::new(),
             output_bytes: 0,
-            dtype_bytes: config
-                .torch_dtype
-                .as_deref()
-                .and_then(dtype_bytes)
-                .unwrap_or(2.0),
+            dtype_bytes: compute_bytes(dtype, config.torch_dtype.as_deref()),
         };
         return Some((shape, "safetensors", Some(config)));
     }
@@ -229,12 +258,19 @@ fn shape_of(
 
 /// The shape of a model known from the Hub: its config, and weights of parameters × the bytes
 /// of their dtype.
-fn shape_from_hub(m: &HubModel) -> (Shape, &'static str, Option<HfConfig>) {
+fn shape_from_hub(m: &HubModel, asked: Option<&str>) -> (Shape, &'static str, Option<HfConfig>) {
     let c = &m.config;
     let weight_bytes: f64 = m
         .parameters
         .iter()
-        .map(|(dtype, n)| *n as f64 * hub::dtype_bytes(dtype))
+        .map(|(dtype, n)| {
+            let t = crate::modelfiles::safetensors::DtypeTotal {
+                tensors: 0,
+                elements: *n,
+                bytes: (*n as f64 * hub::dtype_bytes(dtype)) as u64,
+            };
+            loaded_bytes(dtype, &t, asked) as f64
+        })
         .sum();
     let heads = c.num_attention_heads.unwrap_or(0);
     let shape = Shape {
@@ -252,11 +288,7 @@ fn shape_from_hub(m: &HubModel) -> (Shape, &'static str, Option<HfConfig>) {
         weight_bytes: weight_bytes as u64,
         layer_bytes: Vec::new(),
         output_bytes: 0,
-        dtype_bytes: c
-            .torch_dtype
-            .as_deref()
-            .and_then(dtype_bytes)
-            .unwrap_or(2.0),
+        dtype_bytes: compute_bytes(asked, c.torch_dtype.as_deref()),
     };
     (shape, "hub", Some(c.clone()))
 }
@@ -383,8 +415,13 @@ pub fn dry_run(
         }
     }
     let shape = match hub {
-        _ if local => shape_of(models_dir, weights_path, &mut warnings),
-        Some(Ok(m)) => Some(shape_from_hub(&m)),
+        _ if local => shape_of(
+            models_dir,
+            weights_path,
+            spec.dtype.as_deref(),
+            &mut warnings,
+        ),
+        Some(Ok(m)) => Some(shape_from_hub(&m, spec.dtype.as_deref())),
         Some(Err(e)) => {
             warnings.push(warn(
                 "warning",

@@ -344,8 +344,16 @@ fn group_gguf(
         let missing: Vec<u32> = (1..=expected)
             .filter(|n| !parts.iter().any(|p| p.0 == *n))
             .collect();
+        // Parts that disagree on their count are not one set: none of it is usable.
+        let agree = parts.iter().all(|p| p.1 == expected);
         let files = parts.into_iter().map(|p| p.2).collect();
-        groups.push(group(root, dir, files, Some((expected, missing)), warnings));
+        let mut g = group(root, dir, files, Some((expected, missing)), warnings);
+        if !agree {
+            g.status = "invalid";
+            g.can_use = false;
+            g.warning = Some("its parts disagree on how many parts there are".into());
+        }
+        groups.push(g);
     }
     groups
 }
@@ -569,6 +577,9 @@ mod tests {
         )
         .unwrap();
         gguf::write_sparse(&dir.join("Q8_0/m-Q8_0-00003-of-00003.gguf"), &meta(7), &[]).unwrap();
+        // Two parts that disagree on how many there are.
+        gguf::write_sparse(&dir.join("x-Q5_K_M-00001-of-00002.gguf"), &meta(17), &[]).unwrap();
+        gguf::write_sparse(&dir.join("x-Q5_K_M-00002-of-00003.gguf"), &meta(17), &[]).unwrap();
         std::fs::write(
             dir.join("lying.gguf"),
             b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
@@ -604,6 +615,8 @@ mod tests {
             ("incomplete", Some(3), vec![2])
         );
         assert!(q8.files[0].starts_with("Q8_0/"));
+        let q5 = by_quant("Q5_K_M");
+        assert_eq!((q5.status, q5.can_use), ("invalid", false));
         assert_eq!(r.engine_recommendation.recommended, "vllm");
         assert!(r.engine_recommendation.has_multipart_gguf);
     }

@@ -643,6 +643,35 @@ async fn a_dry_run_shows_the_command_every_problem_and_a_vram_estimate_from_the_
         61.0 * 576.0 * 2.0,
         "{r}"
     );
+    // A 32-bit checkpoint runs in 16 bits unless --dtype float32 is asked for.
+    let fp32 = models.join("fp32");
+    std::fs::create_dir_all(&fp32).unwrap();
+    safetensors::write_sparse(
+        &fp32.join("model.safetensors"),
+        &[("w", "F32", &[1000, 1000])],
+    )
+    .unwrap();
+    std::fs::write(
+        fp32.join("config.json"),
+        json!({"num_hidden_layers": 2, "hidden_size": 64,
+        "num_attention_heads": 4, "torch_dtype": "float32"})
+        .to_string(),
+    )
+    .unwrap();
+    for (dtype, bytes) in [
+        (json!(null), 2_000_000u64),
+        (json!("float32"), 4_000_000),
+        (json!("bfloat16"), 2_000_000),
+    ] {
+        let (_, r) = dry(
+            json!({"name": "f", "served_model_name": "f", "local_path": "fp32", "dtype": dtype}),
+        )
+        .await;
+        assert_eq!(
+            r["vram_estimate"]["basis"]["shape"]["weight_bytes"], bytes,
+            "{dtype}: {r}"
+        );
+    }
     // A flag the engine would not know, with the one that was meant.
     let (_, r) = dry(
         json!({"name": "l", "served_model_name": "x", "local_path": "llama8b",
