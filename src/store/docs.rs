@@ -32,6 +32,16 @@ impl Collection {
         Collection::Settings,
     ];
 
+    /// Whether a write is announced to every instance (`doc_changes`): the identity documents,
+    /// which every instance caches. Model records and settings are read from the store when
+    /// needed, so their writes (a state change at every step of a start) reload nothing.
+    pub fn announced(self) -> bool {
+        matches!(
+            self,
+            Collection::Orgs | Collection::Users | Collection::Keys
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Collection::Orgs => "orgs",
@@ -120,7 +130,9 @@ impl MemoryDocs {
             }
             inner.docs.insert((c, id.to_string()), doc.to_vec());
         }
-        self.changes.send_modify(|v| *v += 1);
+        if c.announced() {
+            self.changes.send_modify(|v| *v += 1);
+        }
         Ok(Put::Written)
     }
 
@@ -140,7 +152,7 @@ impl MemoryDocs {
             }
             inner.docs.remove(&(c, id.to_string())).is_some()
         };
-        if existed {
+        if existed && c.announced() {
             self.changes.send_modify(|v| *v += 1);
         }
         Ok(existed)
@@ -154,6 +166,19 @@ impl MemoryDocs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_identity_writes_are_announced() {
+        let d = MemoryDocs::default();
+        let rx = d.changes();
+        d.put(Collection::ModelStates, "m1", b"{}", None, None)
+            .unwrap();
+        d.put(Collection::Settings, "s", b"{}", None, None).unwrap();
+        assert!(d.delete(Collection::ModelStates, "m1", None).unwrap());
+        assert!(!rx.has_changed().unwrap());
+        d.put(Collection::Keys, "k1", b"{}", None, None).unwrap();
+        assert!(rx.has_changed().unwrap());
+    }
 
     #[test]
     fn unique_names_and_renames() {

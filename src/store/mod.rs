@@ -117,7 +117,8 @@ pub trait Store: Send + Sync + 'static {
         unique: Option<&str>,
     ) -> Result<bool, StoreError>;
 
-    /// Changes whenever documents may have changed, on any instance (within a second).
+    /// Changes whenever identity documents (see [`Collection::announced`]) may have changed, on
+    /// any instance (within a second).
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Record that `node` is alive, with what it says of itself (a lifecycle heartbeat).

@@ -86,7 +86,9 @@ pub async fn put(
     if written == 0 {
         return Ok(Put::Conflict);
     }
-    changed(store).await;
+    if c.announced() {
+        changed(store).await;
+    }
     Ok(Put::Written)
 }
 
@@ -105,7 +107,7 @@ pub async fn delete(
         .valkey
         .run(|mut conn| async move { inv.invoke_async(&mut conn).await })
         .await?;
-    if removed > 0 {
+    if removed > 0 && c.announced() {
         changed(store).await;
     }
     Ok(removed > 0)
