@@ -173,24 +173,7 @@ fn shape_of(
             ));
             return None;
         }
-        let heads = config.num_attention_heads.unwrap_or(0);
-        let shape = Shape {
-            layers: config.num_hidden_layers.unwrap_or(0),
-            hidden_size: config.hidden_size.unwrap_or(0),
-            attention_heads: heads,
-            kv_heads: config.num_key_value_heads.unwrap_or(heads),
-            head_dim: config.head_dim.unwrap_or(0),
-            v_head_dim: None,
-            kv_lora_rank: config.kv_lora_rank,
-            qk_rope_head_dim: config.qk_rope_head_dim,
-            intermediate_size: config.intermediate_size,
-            vocab_size: config.vocab_size,
-            max_position_embeddings: config.max_position_embeddings,
-            weight_bytes: bytes,
-            layer_bytes: Vec::new(),
-            output_bytes: 0,
-            dtype_bytes: compute_bytes(dtype, config.torch_dtype.as_deref()),
-        };
+        let shape = shape_of_config(&config, bytes, dtype);
         return Some((shape, "safetensors", Some(config)));
     }
     // A GGUF file: every part of a split set counts.
@@ -272,8 +255,17 @@ fn shape_from_hub(m: &HubModel, asked: Option<&str>) -> (Shape, &'static str, Op
             loaded_bytes(dtype, &t, asked) as f64
         })
         .sum();
+    (
+        shape_of_config(c, weight_bytes as u64, asked),
+        "hub",
+        Some(c.clone()),
+    )
+}
+
+/// The shape a `config.json` gives, with these weight bytes.
+fn shape_of_config(c: &HfConfig, weight_bytes: u64, asked: Option<&str>) -> Shape {
     let heads = c.num_attention_heads.unwrap_or(0);
-    let shape = Shape {
+    Shape {
         layers: c.num_hidden_layers.unwrap_or(0),
         hidden_size: c.hidden_size.unwrap_or(0),
         attention_heads: heads,
@@ -285,12 +277,11 @@ fn shape_from_hub(m: &HubModel, asked: Option<&str>) -> (Shape, &'static str, Op
         intermediate_size: c.intermediate_size,
         vocab_size: c.vocab_size,
         max_position_embeddings: c.max_position_embeddings,
-        weight_bytes: weight_bytes as u64,
+        weight_bytes,
         layer_bytes: Vec::new(),
         output_bytes: 0,
         dtype_bytes: compute_bytes(asked, c.torch_dtype.as_deref()),
-    };
-    (shape, "hub", Some(c.clone()))
+    }
 }
 
 /// Dry-run `spec` in `models_dir` with this runner configuration.

@@ -27,6 +27,18 @@ fn error(status: StatusCode, code: &str) -> Response {
         .into_response()
 }
 
+/// Count the request, and answer as the Hub does for a repository the caller may not read.
+async fn admit(
+    hits: &AtomicU64,
+    org: &str,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<String, Response> {
+    hits.fetch_add(1, Relaxed);
+    let repo = format!("{org}/{name}");
+    check(&repo, headers).await.map(|()| repo)
+}
+
 async fn check(repo: &str, headers: &HeaderMap) -> Result<(), Response> {
     match repo {
         "meta-llama/Llama-3.1-8B" | "org/noconfig" => Ok(()),
@@ -51,11 +63,10 @@ async fn info(
     Path((org, name, rev)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    hits.fetch_add(1, Relaxed);
-    let repo = format!("{org}/{name}");
-    if let Err(r) = check(&repo, &headers).await {
-        return r;
-    }
+    let repo = match admit(&hits, &org, &name, &headers).await {
+        Ok(repo) => repo,
+        Err(r) => return r,
+    };
     Json(
         json!({"id": repo, "sha": format!("sha-of-{rev}"), "gated": false,
         "safetensors": {"parameters": {"BF16": 8_030_261_248u64}, "total": 8_030_261_248u64}}),
@@ -68,11 +79,10 @@ async fn config(
     Path((org, name, _rev)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    hits.fetch_add(1, Relaxed);
-    let repo = format!("{org}/{name}");
-    if let Err(r) = check(&repo, &headers).await {
-        return r;
-    }
+    let repo = match admit(&hits, &org, &name, &headers).await {
+        Ok(repo) => repo,
+        Err(r) => return r,
+    };
     if repo == "org/noconfig" {
         return error(StatusCode::NOT_FOUND, "EntryNotFound");
     }

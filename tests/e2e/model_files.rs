@@ -4,6 +4,7 @@
 //! models directory is ever listed or read.
 
 use crate::harness::*;
+use crate::lifecycle::call;
 use infergate::modelfiles::gguf::{self, Meta};
 use infergate::modelfiles::safetensors;
 use reqwest::{Client, Method};
@@ -105,16 +106,6 @@ fn models_dir(root: &Path) -> std::path::PathBuf {
     safetensors::write_sparse(&fifo.join("model.safetensors"), &[("w", "BF16", &[64, 64])])
         .unwrap();
     models
-}
-
-async fn call(
-    gw: &Gateway,
-    c: &Client,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    admin_call(gw, c, method, &format!("/admin{path}"), body).await
 }
 
 #[tokio::test]
