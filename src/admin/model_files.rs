@@ -133,7 +133,7 @@ fn describe(dir: &Path, name: String) -> LocalFolder {
             }
         }
     }
-    f.size_gb = (f.size_bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
+    f.size_gb = crate::modelfiles::gib(f.size_bytes as f64);
     f
 }
 

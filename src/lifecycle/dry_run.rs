@@ -619,7 +619,7 @@ pub fn dry_run(
             }
         };
         vram = Some(VramEstimate {
-            weights_gib: (shape.weight_bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0,
+            weights_gib: crate::modelfiles::gib(shape.weight_bytes as f64),
             kv_per_token_bytes: kv_token,
             vllm: v,
             llamacpp: l,

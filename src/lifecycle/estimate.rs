@@ -14,6 +14,7 @@
 //! The activation peak and runtime overhead are approximations (see [`Margins`]); the weights
 //! and the KV cache are exact.
 
+use crate::modelfiles::gib;
 use serde::Serialize;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -111,10 +112,6 @@ pub struct VllmEstimate {
     /// The longest context one sequence could have (capped at the model's own).
     pub max_model_len_that_fits: u64,
     pub fits: bool,
-}
-
-fn gib(bytes: f64) -> f64 {
-    (bytes / GIB * 100.0).round() / 100.0
 }
 
 /// vLLM's memory on each GPU.

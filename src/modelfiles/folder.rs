@@ -143,10 +143,6 @@ fn size_of(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-fn gib(bytes: u64) -> f64 {
-    (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0
-}
-
 fn mib(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0
 }
@@ -221,7 +217,7 @@ pub fn inspect(root: &Path, folder: &str, path: &Path) -> FolderReport {
         st.total_bytes = st.total_bytes.saturating_add(len);
     }
     st.file_count = st.files.len();
-    st.total_size_gb = gib(st.total_bytes);
+    st.total_size_gb = super::gib(st.total_bytes as f64);
     st.dtype = st
         .by_dtype
         .iter()

@@ -27,6 +27,11 @@ pub fn open_inside(root: &Path, path: &Path) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
+/// Bytes in GiB, to two decimals (as every size in the admin API is shown).
+pub fn gib(bytes: f64) -> f64 {
+    (bytes / (1u64 << 30) as f64 * 100.0).round() / 100.0
+}
+
 pub mod folder;
 pub mod gguf;
 pub mod hfconfig;
