@@ -5,7 +5,8 @@
 //! (model pools, affinity and selection), `upstream` (servers), `health` (probes and passive
 //! failures), `store` (shared state), `telemetry` (metrics, TTFT and usage), `admin` (the admin
 //! listener), `identity` (organizations, users, API keys), `lifecycle` (managed models: their
-//! records, and the engines the gateway runs for them), `pods` (pod providers), `mock` (a
+//! records, and the engines the gateway runs for them), `monitoring` (host, GPU, throughput
+//! and engine figures), `pods` (pod providers), `mock` (a
 //! mock vLLM server for tests, benchmarks and the demo), `serve` (process assembly).
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod mock;
 pub mod modelfiles;
+pub mod monitoring;
 pub mod pods;
 pub mod proxy;
 pub mod routing;

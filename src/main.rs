@@ -71,6 +71,9 @@ enum Command {
         /// Exit with status 1 this long after start (an engine crashing); 0: never.
         #[arg(long, default_value_t = 0)]
         exit_after_ms: u64,
+        /// KV-cache capacity in tokens (its use and the prefix cache's hits on /metrics).
+        #[arg(long, default_value_t = 65_536)]
+        kv_cache_tokens: u64,
     },
     /// A stand-in for `vllm serve` (the demo's managed model): takes vLLM's command line,
     /// serves the mock under the served name, with the key in VLLM_API_KEY.
@@ -147,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             api_key,
             load_ms,
             exit_after_ms,
+            kv_cache_tokens,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.max(1))
@@ -160,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                     itl: Duration::from_millis(itl_ms),
                     default_tokens: tokens,
                     api_key,
+                    kv_cache_tokens,
                 };
                 let server = MockServer::start(listen, cfg)
                     .await

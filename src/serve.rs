@@ -85,9 +85,14 @@ pub fn run_with(
     let mut health = background_service("health", HealthChecker::new(gw.clone())?);
     health.threads = Some(1);
     let life = crate::lifecycle::Lifecycle::new(gw.clone()).map_err(ServeError::Lifecycle)?;
+    let monitor = crate::monitoring::Monitor::new(
+        gw.clone(),
+        std::sync::Arc::new(crate::gpu::Nvml::load()),
+        crate::health::server_client(&gw.config)?,
+    );
     let mut admin = background_service(
         "admin",
-        AdminService::new(gw.clone(), life.clone(), admin_listener)?,
+        AdminService::new(gw.clone(), life.clone(), monitor.clone(), admin_listener)?,
     );
     admin.threads = Some(cfg.admin.threads);
     // Managed engines are spawned and watched on this service's one thread.
@@ -132,6 +137,12 @@ pub fn run_with(
     );
     limits.threads = Some(1);
     server.add_service(limits);
+    let mut monitoring = background_service(
+        "monitoring",
+        crate::monitoring::MonitoringService { monitor },
+    );
+    monitoring.threads = Some(1);
+    server.add_service(monitoring);
     server.run_forever()
 }
 

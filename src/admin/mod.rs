@@ -20,6 +20,7 @@ pub mod page;
 mod pods;
 mod registry;
 mod servers;
+mod system;
 mod upstreams;
 mod usage;
 mod users;
@@ -56,6 +57,8 @@ pub struct AdminState {
     pub hub: crate::modelfiles::hub::Hub,
     /// This machine's GPUs (NVML, loaded at start when a driver is there).
     pub gpus: Arc<dyn crate::gpu::GpuSource>,
+    /// Host, GPU, throughput and engine figures (`/admin/system/*`, `/admin/models/metrics`).
+    pub monitor: Arc<crate::monitoring::Monitor>,
 }
 
 /// Why the admin service could not be set up.
@@ -73,6 +76,7 @@ impl AdminState {
     pub fn new(
         gw: Arc<Gateway>,
         life: Arc<crate::lifecycle::Lifecycle>,
+        monitor: Arc<crate::monitoring::Monitor>,
     ) -> Result<Self, AdminSetupError> {
         Ok(Self {
             creds: Credentials::from_env_and_config(&gw.config.admin)?,
@@ -80,7 +84,8 @@ impl AdminState {
             client: crate::health::server_client(&gw.config)?,
             prober: crate::health::HealthChecker::new(gw.clone())?,
             usage_scans: tokio::sync::Semaphore::new(2),
-            gpus: Arc::new(crate::gpu::Nvml::load()),
+            gpus: monitor.gpu_source.clone(),
+            monitor,
             hub: crate::modelfiles::hub::Hub::from_env(std::time::Duration::from_secs(
                 gw.config.runner.hub_timeout_secs,
             )),
@@ -111,10 +116,11 @@ impl AdminService {
     pub fn new(
         gw: Arc<Gateway>,
         life: Arc<crate::lifecycle::Lifecycle>,
+        monitor: Arc<crate::monitoring::Monitor>,
         listener: std::net::TcpListener,
     ) -> Result<Self, AdminSetupError> {
         Ok(Self {
-            state: Arc::new(AdminState::new(gw, life)?),
+            state: Arc::new(AdminState::new(gw, life, monitor)?),
             listener: Mutex::new(Some(listener)),
         })
     }
@@ -167,6 +173,13 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .route("/models/dry-run", post(model_lifecycle::dry_run_unsaved))
         .route("/models/{id}/dry-run", post(model_lifecycle::dry_run))
         .route("/models/inspect-folder", get(model_files::inspect_folder))
+        .route("/models/metrics", get(system::model_metrics))
+        .route("/system/summary", get(system::summary))
+        .route("/system/throughput", get(system::throughput))
+        .route("/system/gpus", get(system::gpus))
+        .route("/system/host/summary", get(system::host_summary))
+        .route("/system/host/trends", get(system::host_trends))
+        .route("/system/capabilities", get(system::capabilities))
         .route(
             "/models/{id}",
             get(models::get).patch(models::patch).delete(models::delete),

@@ -3,7 +3,7 @@
 
 use super::{
     affinity, demand, error, identity_views, keys, model_files, model_lifecycle, model_registry,
-    models, orgs, pods, registry, servers, upstreams, usage, users,
+    models, orgs, pods, registry, servers, system, upstreams, usage, users,
 };
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -14,7 +14,8 @@ use utoipa::{Modify, OpenApi};
     info(
         title = "infergate admin API",
         description = "Fleet admin endpoints (pods, server pool health, session affinity, model \
-registry, demand telemetry) and identity endpoints (organizations, users, API keys). Every path is also served under /admin/... instead of \
+registry, demand telemetry), identity endpoints (organizations, users, API keys), managed models, \
+and system monitoring (host, GPUs, throughput, engines' metrics). Every path is also served under /admin/... instead of \
 /api/ai/v1/admin/.... All endpoints require the ai_admin role. Errors carry the x-error and \
 x-error-id headers."
     ),
@@ -35,6 +36,8 @@ x-error-id headers."
         model_lifecycle::readiness, model_lifecycle::logs, model_lifecycle::test,
         model_lifecycle::dry_run, model_lifecycle::dry_run_unsaved,
         model_files::get_base_dir, model_files::put_base_dir, model_files::local_folders, model_files::inspect_folder, model_files::hf_config,
+        system::summary, system::throughput, system::gpus, system::host_summary, system::host_trends, system::capabilities,
+        system::model_metrics,
     ),
     components(schemas(
         error::ErrorBody,
@@ -63,6 +66,16 @@ x-error-id headers."
         crate::lifecycle::TestResult, crate::lifecycle::diagnose::Finding, crate::lifecycle::diagnose::Summary,
         crate::lifecycle::ModelSpec, crate::lifecycle::ModelState, crate::lifecycle::EngineType, crate::lifecycle::Task,
         crate::lifecycle::EngineArg, crate::lifecycle::ArgType, crate::lifecycle::EnvVar,
+        system::SystemSummary, system::HostSummary, system::Throughput, crate::gpu::GpuStats,
+        crate::monitoring::host::HostSample, crate::monitoring::host::HostTrends, crate::monitoring::host::Point,
+        crate::monitoring::host::DiskRate, crate::monitoring::host::NetRate, crate::monitoring::host::ReadWrite,
+        crate::monitoring::host::RxTx, crate::monitoring::HostProvider,
+        crate::monitoring::throughput::ThroughputSummary, crate::monitoring::throughput::ThroughputWindow,
+        crate::monitoring::capabilities::Capabilities, crate::monitoring::capabilities::GpuCapability,
+        crate::monitoring::capabilities::ExporterCapability, crate::monitoring::capabilities::Exporters,
+        crate::monitoring::capabilities::Providers,
+        crate::monitoring::model_metrics::ModelMetrics, crate::monitoring::model_metrics::ServerMetrics,
+        crate::monitoring::model_metrics::EngineMetrics, crate::monitoring::engine_figures::EngineKind,
     )),
     modifiers(&Security),
 )]

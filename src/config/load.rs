@@ -71,7 +71,27 @@ impl Validator<'_> {
         use Seg::*;
         self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
         self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
-        let positive: [(&str, &str, u64); 14] = [
+        let positive: [(&str, &str, u64); 18] = [
+            (
+                "monitoring",
+                "sample_interval_secs",
+                c.monitoring.sample_interval_secs,
+            ),
+            (
+                "monitoring",
+                "history_minutes",
+                c.monitoring.history_minutes,
+            ),
+            (
+                "monitoring",
+                "scrape_timeout_ms",
+                c.monitoring.scrape_timeout_ms,
+            ),
+            (
+                "monitoring",
+                "scrape_concurrency",
+                c.monitoring.scrape_concurrency as u64,
+            ),
             (
                 "proxy",
                 "client_read_buffer_bytes",
@@ -149,6 +169,16 @@ impl Validator<'_> {
                 &[Key("store"), Key("prefix")],
                 "must be non-empty and contain no '{' or '}' (they are hash tags)".into(),
             );
+        }
+        for (key, url) in [
+            ("node_exporter_url", &c.monitoring.node_exporter_url),
+            ("dcgm_url", &c.monitoring.dcgm_url),
+        ] {
+            if let Some(url) = url {
+                if let Err(e) = crate::upstream::ServerUrl::parse(url) {
+                    self.fail(&[Key("monitoring"), Key(key)], e.to_string());
+                }
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in c.servers.iter().enumerate() {

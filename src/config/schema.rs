@@ -17,7 +17,46 @@ pub struct Config {
     pub auth: AuthConfig,
     pub usage: UsageConfig,
     pub runner: RunnerConfig,
+    pub monitoring: MonitoringConfig,
     pub servers: Vec<ServerConfig>,
+}
+
+/// `[monitoring]`: host, GPU and engine figures for the admin API's system endpoints and the
+/// gateway's `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// Host, GPU and throughput samples are taken this often.
+    pub sample_interval_secs: u64,
+    /// Host samples kept for `/admin/system/host/trends`.
+    pub history_minutes: u64,
+    /// Every server in the routing table has its `/metrics` scraped this often (0: never).
+    pub scrape_interval_secs: u64,
+    /// A scrape that takes longer fails with its reason.
+    pub scrape_timeout_ms: u64,
+    /// Scrapes in flight at once.
+    pub scrape_concurrency: usize,
+    /// The filesystem whose size and use the summaries report.
+    pub disk_path: std::path::PathBuf,
+    /// node_exporter's metrics URL: host figures are read from it instead of in-process.
+    pub node_exporter_url: Option<String>,
+    /// dcgm-exporter's metrics URL: GPU figures are read from it, NVML fills what it lacks.
+    pub dcgm_url: Option<String>,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            sample_interval_secs: 5,
+            history_minutes: 60,
+            scrape_interval_secs: 5,
+            scrape_timeout_ms: 2_000,
+            scrape_concurrency: 16,
+            disk_path: "/".into(),
+            node_exporter_url: None,
+            dcgm_url: None,
+        }
+    }
 }
 
 /// How managed models' engines are run.

@@ -17,6 +17,7 @@ pub fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
@@ -59,6 +60,18 @@ async fn health(State(st): S) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE.into_response()
     }
+}
+
+/// vLLM's `/metrics` (not behind the API key, as in vLLM).
+async fn metrics(State(st): S) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn models(State(st): S) -> Response {
@@ -154,14 +167,26 @@ async fn generate(
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let run = st.metrics.start(&model, &body, prompt_tokens);
         return named(
             &st,
-            sse(st.clone(), model, n, prompt_tokens, include_usage, chat),
+            sse(
+                st.clone(),
+                run,
+                model,
+                n,
+                prompt_tokens,
+                include_usage,
+                chat,
+            ),
         );
     }
+    let mut run = st.metrics.start(&model, &body, prompt_tokens);
     st.in_flight.fetch_add(1, Relaxed);
     pause(st.config.ttft + st.config.itl * n.saturating_sub(1) as u32).await;
     st.in_flight.fetch_sub(1, Relaxed);
+    run.tokens(n as u64, st.config.ttft, st.config.itl);
+    run.finish();
     let text = "tok ".repeat(n);
     let choice = if chat {
         json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
@@ -195,6 +220,7 @@ impl Drop for StreamGuard {
 
 fn sse(
     st: Arc<MockState>,
+    mut run: super::metrics::Running,
     model: String,
     n: usize,
     prompt_tokens: u64,
@@ -218,6 +244,7 @@ fn sse(
             if i > 0 {
                 pause(itl).await;
             }
+            run.token();
             let ev = if chat {
                 json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
                     "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}]})
@@ -242,6 +269,7 @@ fn sse(
             .is_ok()
         {
             guard.done = true;
+            run.finish();
         }
         drop(guard);
     });

@@ -1,8 +1,10 @@
 //! A mock vLLM server: the OpenAI endpoints the gateway routes, SSE streams with configurable
-//! time to first token and inter-token delay, `/health` and `/v1/models`. Used by the tests,
+//! time to first token and inter-token delay, `/health`, `/v1/models` and a vLLM-format
+//! `/metrics` that moves with the load (`metrics`). Used by the tests,
 //! the benchmarks (`infergate mock`) and the demo (`infergate serve --demo`).
 
 mod handlers;
+pub mod metrics;
 
 use axum::Router;
 use bytes::Bytes;
@@ -25,6 +27,8 @@ pub struct MockConfig {
     pub default_tokens: usize,
     /// When set, inference and probes need `Authorization: Bearer <key>` (like vLLM's `--api-key`).
     pub api_key: Option<String>,
+    /// KV-cache capacity in tokens (`/metrics`: its use and the prefix cache's hits).
+    pub kv_cache_tokens: u64,
 }
 
 impl Default for MockConfig {
@@ -36,6 +40,7 @@ impl Default for MockConfig {
             itl: Duration::ZERO,
             default_tokens: 16,
             api_key: None,
+            kv_cache_tokens: 65_536,
         }
     }
 }
@@ -60,11 +65,14 @@ pub struct MockState {
     pub last_body: Mutex<Bytes>,
     pub last_authorization: Mutex<Option<String>>,
     pub last_path: Mutex<String>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<metrics::MockMetrics>,
 }
 
 impl MockState {
     pub fn new(config: MockConfig) -> Arc<Self> {
         Arc::new(Self {
+            metrics: Arc::new(metrics::MockMetrics::new(config.kv_cache_tokens)),
             config,
             healthy: AtomicBool::new(true),
             ..Default::default()

@@ -88,6 +88,11 @@ impl RoutingTable {
         &self.backends
     }
 
+    /// Every model with a pool, in no order.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.pools.keys().map(|m| &**m)
+    }
+
     /// Models with at least one healthy server, sorted.
     pub fn healthy_models(&self) -> BTreeSet<&str> {
         self.pools

@@ -37,6 +37,8 @@ pub struct MemoryStore {
     docs: super::docs::MemoryDocs,
     /// Heartbeats, messages and replies of the one node this store serves.
     nodes: super::nodes::MemoryNodes,
+    /// Monitoring reports by kind, with the instant each stops counting (same).
+    reports: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<u8>)>>,
     /// Registry routes (same).
     registry: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     registry_tx: tokio::sync::watch::Sender<u64>,
@@ -72,6 +74,7 @@ impl MemoryStore {
             on_touch: None,
             docs: Default::default(),
             nodes: Default::default(),
+            reports: Default::default(),
             registry: Default::default(),
             registry_tx: tokio::sync::watch::channel(0).0,
             usage: Default::default(),
@@ -227,6 +230,28 @@ impl Store for MemoryStore {
 
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.docs.changes()
+    }
+
+    async fn report_put(&self, kind: &str, body: &[u8], ttl_ms: u64) -> Result<(), StoreError> {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ttl_ms);
+        if let Ok(mut r) = self.reports.lock() {
+            r.insert(kind.to_string(), (until, body.to_vec()));
+        }
+        Ok(())
+    }
+
+    async fn reports(&self, kind: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let now = std::time::Instant::now();
+        Ok(self
+            .reports
+            .lock()
+            .ok()
+            .and_then(|r| {
+                r.get(kind)
+                    .filter(|(until, _)| *until > now)
+                    .map(|(_, b)| vec![b.clone()])
+            })
+            .unwrap_or_default())
     }
 
     async fn node_beat(&self, node: &str, info: &[u8]) -> Result<(), StoreError> {

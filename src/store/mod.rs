@@ -121,6 +121,13 @@ pub trait Store: Send + Sync + 'static {
     /// any instance (within a second).
     fn doc_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
+    /// Publish this instance's report of `kind` (monitoring figures); it counts for `ttl_ms`
+    /// unless published again, so a stopped instance's report fades.
+    async fn report_put(&self, kind: &str, body: &[u8], ttl_ms: u64) -> Result<(), StoreError>;
+
+    /// The live reports of `kind` of every instance, this one included.
+    async fn reports(&self, kind: &str) -> Result<Vec<Vec<u8>>, StoreError>;
+
     /// Record that `node` is alive, with what it says of itself (a lifecycle heartbeat).
     async fn node_beat(&self, node: &str, info: &[u8]) -> Result<(), StoreError>;
 

@@ -213,6 +213,15 @@ impl Metrics {
         self.retries.with_label_values(&[server]).inc();
     }
 
+    /// Add metrics kept elsewhere (the engine figures of `monitoring`) to this registry, so one
+    /// scrape of the gateway's `/metrics` shows them.
+    pub fn register(
+        &self,
+        c: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(c)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(16 * 1024);

@@ -17,6 +17,7 @@ mod lifecycle_nodes;
 mod limits;
 mod model_files;
 mod models;
+mod monitoring;
 mod routing;
 mod smuggling;
 mod streaming;

@@ -99,6 +99,12 @@ impl Keys {
         format!("{}:reply:{}", self.prefix, id)
     }
 
+    /// HASH of every instance's monitoring report of one kind (`<instance>` -> report,
+    /// `<instance>:until` -> Unix ms it stops counting): `<p>:reports:<kind>`.
+    pub fn reports(&self, kind: &str) -> String {
+        format!("{}:reports:{}", self.prefix, kind)
+    }
+
     /// STRING marker whose absence means Valkey lost its data: `<p>:epoch`.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

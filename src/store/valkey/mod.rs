@@ -17,6 +17,7 @@ mod docs;
 mod keys;
 mod nodes;
 mod registry;
+mod reports;
 mod sync;
 mod usage;
 
@@ -347,6 +348,14 @@ impl Store for ValkeyStore {
 
     fn node_inbox(&self) -> tokio::sync::broadcast::Receiver<super::NodeMessage> {
         self.nodes.inbox()
+    }
+
+    async fn report_put(&self, kind: &str, body: &[u8], ttl_ms: u64) -> Result<(), StoreError> {
+        reports::put(self, kind, body, ttl_ms).await
+    }
+
+    async fn reports(&self, kind: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        reports::all(self, kind).await
     }
 
     async fn reply_put(&self, id: &str, body: &[u8]) -> Result<(), StoreError> {
