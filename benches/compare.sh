@@ -9,8 +9,12 @@
 # protocol) and the Valkey commands per proxied request are reported. With WITH_AUTH=1 another
 # infergate requires an API key (sent by oha) and records usage, compared with the plain one
 # (keys and usage off). With WITH_MANAGED=1 another infergate also runs ten managed models (mock
-# engines started through the admin API, all running) and is compared with the plain one.
-# Usage: benches/compare.sh  (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0 WITH_AUTH=0 WITH_MANAGED=0)
+# engines started through the admin API, all running) and is compared with the plain one. With
+# WITH_MONITORING=1 another infergate also routes 50 idle mock servers, scrapes all 51 every 5 s
+# (the default interval) while a dashboard polls its system endpoints every second, and is
+# compared with the plain one (which scrapes its one server).
+# Usage: benches/compare.sh  (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0 WITH_AUTH=0
+# WITH_MANAGED=0 WITH_MONITORING=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -19,6 +23,7 @@ ROUNDS=${ROUNDS:-3}
 WITH_VALKEY=${WITH_VALKEY:-0}
 WITH_AUTH=${WITH_AUTH:-0}
 WITH_MANAGED=${WITH_MANAGED:-0}
+WITH_MONITORING=${WITH_MONITORING:-0}
 BIN=target/release/infergate
 [ -x "$BIN" ] || cargo build --release
 source benches/lib.sh
@@ -50,6 +55,19 @@ if [ "$WITH_MANAGED" = 1 ]; then
   start_managed_models "$ADMINM" 10
   extra_targets="$extra_targets infergate-managed:$GWM:$GWM_PID"
 fi
+if [ "$WITH_MONITORING" = 1 ]; then
+  start_fleet 50
+  GWO=$(free_port); ADMINO=$(free_port)
+  { gateway_config "$GWO" "$ADMINO" "memory://"; fleet_servers; } >"$work/infergate-monitored.toml"
+  INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
+    taskset -c 0 "$BIN" serve --config "$work/infergate-monitored.toml" 2>"$work/infergate-monitored.log" &
+  GWO_PID=$!; pids+=($GWO_PID)
+  wait_port "$ADMINO"; wait_port "$GWO"
+  # A dashboard: every system endpoint once a second (on core 1, with oha and the backends).
+  taskset -c 1 bash -c "$(declare -p SYSTEM_PATHS); $(declare -f poll_dashboard); poll_dashboard $ADMINO" &
+  pids+=($!)
+  extra_targets="$extra_targets infergate-monitored:$GWO:$GWO_PID"
+fi
 start_nginx
 wait_port "$MOCK"; wait_port "$GW"; sleep 0.5
 targets="direct:$MOCK: nginx:$NGX:$NGX_PID infergate:$GW:$GW_PID $extra_targets"
@@ -78,6 +96,7 @@ PY
 DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX" >/dev/null; DURATION=2s run warm-gw "$GW" >/dev/null
 if [ "$WITH_AUTH" = 1 ]; then DURATION=2s run infergate-auth-warm "$GWA" "$GWA_PID" >/dev/null; fi
 if [ "$WITH_MANAGED" = 1 ]; then DURATION=2s run infergate-managed-warm "$GWM" "$GWM_PID" >/dev/null; fi
+if [ "$WITH_MONITORING" = 1 ]; then DURATION=2s run infergate-monitored-warm "$GWO" "$GWO_PID" >/dev/null; fi
 : >"$work/results"
 for r in $(seq "$ROUNDS"); do
   # Alternate the order from round to round, so that no target always runs last.
@@ -100,7 +119,7 @@ print(f"non-streaming chat, 16 tokens, {sys.argv[3]} connections, {sys.argv[2]} 
 print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | req/s vs nginx | p99 vs nginx |")
 print("|---|---|---|---|---|---|---|")
 n = med["nginx"]
-for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth", "infergate-managed"):
+for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth", "infergate-managed", "infergate-monitored"):
     if name not in med: continue
     r = med[name]
     cpu = f"{r[3]:.1f}" if name != "direct" else "-"
@@ -130,6 +149,12 @@ fi
 
 if [ "$WITH_MANAGED" = 1 ]; then
   ratio infergate-managed "ten managed models running vs none"
+fi
+
+if [ "$WITH_MONITORING" = 1 ]; then
+  ratio infergate-monitored "51 servers scraped every 5 s and a dashboard polling vs 1 server"
+  scraped=$(curl -sf "http://127.0.0.1:$ADMINO/metrics" | grep -c '^infergate_engine_scrape_up{.*} 1' || true)
+  echo "servers the monitored gateway scraped successfully at the end: $scraped"
 fi
 
 if [ "$WITH_VALKEY" = 1 ]; then

@@ -20,6 +20,37 @@ start_mock() {
   pids+=($!)
 }
 
+# N more mock servers on core 1 (model "fleet", idle): sets FLEET to their ports.
+start_fleet() {
+  FLEET=()
+  for _ in $(seq "$1"); do
+    local port; port=$(free_port)
+    taskset -c 1 "$BIN" mock --listen 127.0.0.1:"$port" --models fleet --threads 1 2>/dev/null &
+    pids+=($!); FLEET+=("$port")
+  done
+  for port in "${FLEET[@]}"; do wait_port "$port"; done
+}
+
+# [[servers]] entries for the FLEET ports.
+fleet_servers() {
+  for port in "${FLEET[@]}"; do
+    printf '[[servers]]\nurl = "http://127.0.0.1:%s/v1"\nprovider = "vllm"\nmodels = ["fleet"]\n' "$port"
+  done
+}
+
+# The admin paths a monitoring dashboard reads.
+SYSTEM_PATHS="system/summary system/throughput system/gpus system/host/summary system/host/trends?minutes=15&step_s=15 system/capabilities models/metrics"
+
+# Ask every one of SYSTEM_PATHS of the admin port $1 once a second, forever.
+poll_dashboard() {
+  while true; do
+    for p in $SYSTEM_PATHS; do
+      curl -sf -o /dev/null -H 'Authorization: Bearer bench:bench-secret' "http://127.0.0.1:$1/admin/$p" || true
+    done
+    sleep 1
+  done
+}
+
 gateway_config() { # listen admin store-url [keys: off|required]
   local keys=${4:-off} usage=false
   [ "$keys" = required ] && usage=true
