@@ -70,7 +70,7 @@ x-error-id headers."
         crate::monitoring::host::HostSample, crate::monitoring::host::HostTrends, crate::monitoring::host::Point,
         crate::monitoring::host::DiskRate, crate::monitoring::host::NetRate, crate::monitoring::host::ReadWrite,
         crate::monitoring::host::RxTx, crate::monitoring::HostProvider,
-        crate::monitoring::throughput::ThroughputSummary, crate::monitoring::throughput::ThroughputWindow,
+        crate::monitoring::throughput::ThroughputSummary, crate::monitoring::throughput::ThroughputWindow, crate::monitoring::throughput::Rates,
         crate::monitoring::capabilities::Capabilities, crate::monitoring::capabilities::GpuCapability,
         crate::monitoring::capabilities::ExporterCapability, crate::monitoring::capabilities::Exporters,
         crate::monitoring::capabilities::Providers,

@@ -140,13 +140,9 @@ impl Snapshots {
     }
 }
 
-/// One window of the answer, summed over instances.
+/// The Cortex fields of a window: rates, percentiles and error rate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct ThroughputWindow {
-    /// The longest span any instance's counts cover (less than the window after a start).
-    pub window_s: f64,
-    pub requests: f64,
-    pub errors: f64,
+pub struct Rates {
     pub req_per_sec: f64,
     pub prompt_tokens_per_sec: f64,
     pub generation_tokens_per_sec: f64,
@@ -160,17 +156,22 @@ pub struct ThroughputWindow {
     pub error_rate: Option<f64>,
 }
 
-/// `GET /admin/system/throughput`: the Cortex fields (the last minute) and both windows.
+/// One window of the answer, summed over instances.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ThroughputWindow {
+    /// The longest span any instance's counts cover (less than the window after a start).
+    pub window_s: f64,
+    pub requests: f64,
+    pub errors: f64,
+    #[serde(flatten)]
+    pub rates: Rates,
+}
+
+/// `GET /admin/system/throughput`: the Cortex fields (of the last minute) and both windows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ThroughputSummary {
-    pub req_per_sec: f64,
-    pub prompt_tokens_per_sec: f64,
-    pub generation_tokens_per_sec: f64,
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p95_ms: Option<f64>,
-    pub ttft_p50_ms: Option<f64>,
-    pub ttft_p95_ms: Option<f64>,
-    pub error_rate: Option<f64>,
+    #[serde(flatten)]
+    pub last_minute: Rates,
     /// The last minute.
     #[serde(rename = "1m")]
     pub one_minute: ThroughputWindow,
@@ -183,6 +184,7 @@ pub struct ThroughputSummary {
 
 fn sum_window(instances: &[InstanceWindows], i: usize) -> ThroughputWindow {
     let mut w = ThroughputWindow::default();
+    let r = &mut w.rates;
     let mut latency = Buckets::default();
     let mut ttft = Buckets::default();
     for c in instances.iter().filter_map(|inst| inst.windows.get(i)) {
@@ -190,37 +192,29 @@ fn sum_window(instances: &[InstanceWindows], i: usize) -> ThroughputWindow {
         w.requests += c.requests;
         w.errors += c.errors;
         if c.span_s > 0.0 {
-            w.req_per_sec += c.requests / c.span_s;
-            w.prompt_tokens_per_sec += c.prompt_tokens / c.span_s;
-            w.generation_tokens_per_sec += c.generation_tokens / c.span_s;
+            r.req_per_sec += c.requests / c.span_s;
+            r.prompt_tokens_per_sec += c.prompt_tokens / c.span_s;
+            r.generation_tokens_per_sec += c.generation_tokens / c.span_s;
         }
         latency = latency.add(&c.latency);
         ttft = ttft.add(&c.ttft);
     }
     let ms = |b: &Buckets, q| b.quantile(q).map(|s| s * 1000.0);
-    w.latency_p50_ms = ms(&latency, 0.5);
-    w.latency_p95_ms = ms(&latency, 0.95);
-    w.ttft_p50_ms = ms(&ttft, 0.5);
-    w.ttft_p95_ms = ms(&ttft, 0.95);
-    w.error_rate = (w.requests > 0.0).then(|| w.errors / w.requests);
+    r.latency_p50_ms = ms(&latency, 0.5);
+    r.latency_p95_ms = ms(&latency, 0.95);
+    r.ttft_p50_ms = ms(&ttft, 0.5);
+    r.ttft_p95_ms = ms(&ttft, 0.95);
+    r.error_rate = (w.requests > 0.0).then(|| w.errors / w.requests);
     w
 }
 
 /// The answer from every instance's windows.
 pub fn summary(instances: &[InstanceWindows]) -> ThroughputSummary {
     let one = sum_window(instances, 0);
-    let five = sum_window(instances, 1);
     ThroughputSummary {
-        req_per_sec: one.req_per_sec,
-        prompt_tokens_per_sec: one.prompt_tokens_per_sec,
-        generation_tokens_per_sec: one.generation_tokens_per_sec,
-        latency_p50_ms: one.latency_p50_ms,
-        latency_p95_ms: one.latency_p95_ms,
-        ttft_p50_ms: one.ttft_p50_ms,
-        ttft_p95_ms: one.ttft_p95_ms,
-        error_rate: one.error_rate,
+        last_minute: one.rates.clone(),
         one_minute: one,
-        five_minutes: five,
+        five_minutes: sum_window(instances, 1),
         instances: instances.len(),
     }
 }
@@ -272,20 +266,23 @@ mod tests {
         assert_eq!(w.windows[0].requests, 600.0);
         assert_eq!(w.windows[0].latency.count, 600.0);
         let one = summary(std::slice::from_ref(&w));
-        assert_eq!(one.req_per_sec, 10.0);
-        assert_eq!(one.prompt_tokens_per_sec, 1000.0);
-        assert_eq!(one.error_rate, Some(0.1));
+        assert_eq!(one.last_minute.req_per_sec, 10.0);
+        assert_eq!(one.last_minute.prompt_tokens_per_sec, 1000.0);
+        assert_eq!(one.last_minute.error_rate, Some(0.1));
         // Every request of the last minute took 50 ms to 1 s: the median is inside that bucket.
-        let p50 = one.latency_p50_ms.unwrap();
+        let p50 = one.last_minute.latency_p50_ms.unwrap();
         assert!(p50 > 50.0 && p50 <= 1000.0, "{p50}");
         // Five minutes: 48 steps of 20 fast and 12 of 50 slow requests; most were fast.
         assert_eq!(one.five_minutes.requests, 48.0 * 20.0 + 600.0);
         assert_eq!(one.five_minutes.window_s, 300.0);
-        assert!(one.five_minutes.latency_p50_ms.unwrap() <= 50.0);
+        assert!(one.five_minutes.rates.latency_p50_ms.unwrap() <= 50.0);
         // Two instances with the same traffic: twice the rate, the same percentiles.
         let two = summary(&[w.clone(), w]);
-        assert_eq!((two.instances, two.req_per_sec), (2, 20.0));
-        assert_eq!(two.latency_p50_ms, one.latency_p50_ms);
+        assert_eq!((two.instances, two.last_minute.req_per_sec), (2, 20.0));
+        assert_eq!(
+            two.last_minute.latency_p50_ms,
+            one.last_minute.latency_p50_ms
+        );
     }
 
     #[test]
@@ -295,7 +292,11 @@ mod tests {
         s.push(snap(5_000, 0.0, 0.0, 0.0));
         let sum = summary(&[s.windows()]);
         assert_eq!(
-            (sum.req_per_sec, sum.latency_p50_ms, sum.error_rate),
+            (
+                sum.last_minute.req_per_sec,
+                sum.last_minute.latency_p50_ms,
+                sum.last_minute.error_rate
+            ),
             (0.0, None, None)
         );
         assert_eq!(summary(&[]).instances, 0);
