@@ -22,18 +22,27 @@ fn fixture(name: &str) -> String {
 }
 
 /// An HTTP server answering `GET /metrics` with the pages of `pages` in turn (the last one
-/// repeats): a real engine's or exporter's export, as it would be scraped.
-async fn exporter(pages: Vec<String>) -> (String, tokio::task::JoinHandle<()>) {
+/// repeats) after `delay`: a real engine's or exporter's export, as it would be scraped.
+struct Exporter {
+    url: String,
+    /// Requests received.
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn exporter_after(pages: Vec<String>, delay: Duration) -> Exporter {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (pages, served) = (pages.clone(), served.clone());
+            let (pages, counted) = (pages.clone(), counted.clone());
             async move {
-                let i = served.fetch_add(1, Ordering::Relaxed).min(pages.len() - 1);
+                let i = counted.fetch_add(1, Ordering::Relaxed).min(pages.len() - 1);
+                tokio::time::sleep(delay).await;
                 pages[i].clone()
             }
         }),
@@ -41,7 +50,15 @@ async fn exporter(pages: Vec<String>) -> (String, tokio::task::JoinHandle<()>) {
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (format!("http://{addr}"), task)
+    Exporter {
+        url: format!("http://{addr}"),
+        asked,
+        _task: task,
+    }
+}
+
+async fn exporter(pages: Vec<String>) -> Exporter {
+    exporter_after(pages, Duration::ZERO).await
 }
 
 fn proc_kib(key: &str) -> f64 {
@@ -346,18 +363,20 @@ async fn engine_metrics_are_scraped_per_server_summed_per_model_and_exported() {
 
 #[tokio::test]
 async fn real_engine_exports_and_exporters_are_read_over_http() {
-    let (sglang, _a) = exporter(vec![fixture("sglang.prom")]).await;
-    let (llama, _b) = exporter(vec![fixture("llamacpp.prom")]).await;
-    let (node, _c) = exporter(vec![
+    let sglang = exporter(vec![fixture("sglang.prom")]).await;
+    let llama = exporter(vec![fixture("llamacpp.prom")]).await;
+    let node = exporter(vec![
         fixture("node_exporter_a.prom"),
         fixture("node_exporter_b.prom"),
     ])
     .await;
-    let (dcgm, _d) = exporter(vec![fixture("dcgm.prom")]).await;
+    let dcgm = exporter(vec![fixture("dcgm.prom")]).await;
     let gw = Gateway::start(&format!(
-        "{FAST}node_exporter_url = \"{node}/metrics\"\ndcgm_url = \"{dcgm}/metrics\"\n{}{}",
-        server(&format!("{sglang}/v1"), &["sg"]),
-        server(&format!("{llama}/v1"), &["ll"])
+        "{FAST}node_exporter_url = \"{}/metrics\"\ndcgm_url = \"{}/metrics\"\n{}{}",
+        node.url,
+        dcgm.url,
+        server(&format!("{}/v1", sglang.url), &["sg"]),
+        server(&format!("{}/v1", llama.url), &["ll"])
     ))
     .await;
     let c = Client::new();
@@ -431,4 +450,61 @@ async fn real_engine_exports_and_exporters_are_read_over_http() {
     };
     assert!(has(&t["cpu_util_pct"], 48.75), "{t}");
     assert!(has(&t["cpu_per_core_pct"]["1"], 92.0), "{t}");
+}
+
+#[tokio::test]
+async fn scrapes_run_once_per_interval_concurrently_within_their_deadline() {
+    // One quick server and six that answer after 3 s; scrapes give up after 500 ms.
+    let quick = exporter(vec![fixture("vllm_v1.prom")]).await;
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        slow.push(exporter_after(vec![fixture("vllm_v1.prom")], Duration::from_secs(3)).await);
+    }
+    let mut extra = format!(
+        "{FAST}scrape_timeout_ms = 500\n{}",
+        server(&format!("{}/v1", quick.url), &["m"])
+    );
+    for s in &slow {
+        extra += &server(&format!("{}/v1", s.url), &["m"]);
+    }
+    let gw = Gateway::start(&extra).await;
+    let c = Client::new();
+    let started = std::time::Instant::now();
+    let asked_before = quick.asked.load(std::sync::atomic::Ordering::Relaxed);
+    // Forty callers at a time for four seconds: none of them makes a scrape.
+    while started.elapsed() < Duration::from_secs(4) {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let call = gw.admin(&c, reqwest::Method::GET, "/admin/models/metrics");
+            calls.spawn(async move { call.send().await.map(|r| r.status().as_u16()) });
+        }
+        while let Some(done) = calls.join_next().await {
+            assert_eq!(done.unwrap().unwrap(), 200);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let asked = quick.asked.load(std::sync::atomic::Ordering::Relaxed) - asked_before;
+    // Once a second, whatever the callers; and the slow servers, scraped alongside, do not
+    // hold the quick one back (one after the other, a round would take 3.5 s).
+    assert!(
+        asked as f64 <= elapsed + 1.0,
+        "{asked} scrapes in {elapsed:.1} s"
+    );
+    assert!(asked >= 3, "{asked} scrapes in {elapsed:.1} s");
+    let list = ok(&gw, &c, "/admin/models/metrics").await;
+    let servers = list[0]["servers"].as_array().unwrap();
+    let failed: Vec<&Value> = servers.iter().filter(|s| s["error"].is_string()).collect();
+    assert_eq!(failed.len(), 6, "{list}");
+    assert!(
+        failed
+            .iter()
+            .all(|s| s["error"] == "no answer within 500 ms"),
+        "{list}"
+    );
+    assert_eq!(list[0]["error"], "6 of 7 servers could not be scraped");
+    assert_eq!(
+        list[0]["num_requests_running"].as_f64(),
+        Some(40.0),
+        "the quick one's figures"
+    );
 }
