@@ -1,13 +1,55 @@
-//! Monitoring reports in Valkey: one hash per kind, one field per instance with the Unix ms
-//! it stops counting beside it. Readers skip and remove reports whose instance stopped
-//! publishing (a dead instance leaves nothing that counts).
+//! Monitoring reports in Valkey: one hash per kind, one field per instance with the time it
+//! stops counting beside it (`<instance>:until`, on Valkey's own clock, so instances' clocks
+//! need not agree). Writing and reading are scripts: a report is only removed when it is stale
+//! at that moment (never a fresh one a reader raced with), and each write also removes the
+//! stale reports of instances that stopped, so the hash never grows with restarts.
 
 use super::ValkeyStore;
 use crate::store::StoreError;
-use crate::telemetry::now_ms;
+use std::sync::LazyLock;
 
-/// The hash itself expires when no instance publishes any more.
+/// The hash itself expires when no instance writes any more.
 const KEY_TTL_MS: u64 = 3_600_000;
+
+/// Remove the stale fields of KEYS[1] at Valkey's time `now` (ms); answer the live reports.
+const SWEEP: &str = r"
+local function sweep(key, now)
+  local all = redis.call('HGETALL', key)
+  local fields = {}
+  for i = 1, #all, 2 do fields[all[i]] = all[i + 1] end
+  local live = {}
+  for f, v in pairs(fields) do
+    if string.sub(f, -6) ~= ':until' then
+      local untl = tonumber(fields[f .. ':until'])
+      if untl and untl > now then
+        table.insert(live, v)
+      else
+        redis.call('HDEL', key, f, f .. ':until')
+      end
+    elseif fields[string.sub(f, 1, -7)] == nil then
+      redis.call('HDEL', key, f)
+    end
+  end
+  return live
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS[1] the hash; ARGV: instance, report, ttl ms, key ttl ms.
+static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{SWEEP}
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':until', now + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+sweep(KEYS[1], now)
+return 1"
+    ))
+});
+
+/// KEYS[1] the hash: the live reports.
+static ALL: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&format!("{SWEEP}\nreturn sweep(KEYS[1], now)")));
 
 pub async fn put(
     store: &ValkeyStore,
@@ -17,68 +59,25 @@ pub async fn put(
 ) -> Result<(), StoreError> {
     let key = store.keys.reports(kind);
     let (inst, body) = (store.instance.clone(), body.to_vec());
-    let until = now_ms() + ttl_ms;
     store
         .valkey
         .run(|mut c| async move {
-            redis::pipe()
-                .cmd("HSET")
-                .arg(&key)
+            PUT.key(&key)
                 .arg(&inst)
                 .arg(&body)
-                .arg(format!("{inst}:until"))
-                .arg(until)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
+                .arg(ttl_ms)
                 .arg(KEY_TTL_MS)
-                .ignore()
-                .query_async::<()>(&mut c)
+                .invoke_async::<i64>(&mut c)
                 .await
         })
         .await
+        .map(drop)
 }
 
 pub async fn all(store: &ValkeyStore, kind: &str) -> Result<Vec<Vec<u8>>, StoreError> {
     let key = store.keys.reports(kind);
-    let fields: Vec<(String, Vec<u8>)> = {
-        let key = key.clone();
-        store
-            .valkey
-            .run(|mut c| async move { redis::cmd("HGETALL").arg(&key).query_async(&mut c).await })
-            .await?
-    };
-    let now = now_ms();
-    let until = |inst: &str| -> Option<u64> {
-        let field = format!("{inst}:until");
-        let (_, v) = fields.iter().find(|(f, _)| *f == field)?;
-        std::str::from_utf8(v).ok()?.parse().ok()
-    };
-    let mut live = Vec::new();
-    let mut stale = Vec::new();
-    for (field, body) in &fields {
-        if field.ends_with(":until") {
-            continue;
-        }
-        match until(field) {
-            Some(t) if t > now => live.push(body.clone()),
-            _ => {
-                stale.push(field.clone());
-                stale.push(format!("{field}:until"));
-            }
-        }
-    }
-    if !stale.is_empty() {
-        let _ = store
-            .valkey
-            .run(|mut c| async move {
-                redis::cmd("HDEL")
-                    .arg(&key)
-                    .arg(&stale)
-                    .query_async::<i64>(&mut c)
-                    .await
-            })
-            .await;
-    }
-    Ok(live)
+    store
+        .valkey
+        .run(|mut c| async move { ALL.key(&key).invoke_async(&mut c).await })
+        .await
 }
