@@ -87,6 +87,7 @@ pub fn run_with(
     let life = crate::lifecycle::Lifecycle::new(gw.clone()).map_err(ServeError::Lifecycle)?;
     let monitor = crate::monitoring::Monitor::new(
         gw.clone(),
+        life.clone(),
         std::sync::Arc::new(crate::gpu::Nvml::load()),
         crate::health::server_client(&gw.config)?,
     );

@@ -91,7 +91,7 @@ pub async fn summary(State(s): State<Arc<AdminState>>) -> Result<Json<SystemSumm
     responses((status = 200, body = Throughput)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn throughput(State(s): State<Arc<AdminState>>) -> Json<Throughput> {
-    let (summary, error) = s.monitor.throughput().await;
+    let (summary, error) = s.monitor.throughput();
     Json(Throughput { summary, error })
 }
 
@@ -150,7 +150,7 @@ pub async fn host_trends(
     let q = q.as_deref();
     let cfg = &s.monitor.config;
     let minutes = number(q, "minutes", 15)?.clamp(1, cfg.history_minutes);
-    let step_s = number(q, "step_s", 15)?.clamp(cfg.sample_interval_secs, 3600);
+    let step_s = number(q, "step_s", 15)?.clamp(cfg.sample_interval_secs.min(3600), 3600);
     Ok(Json(s.monitor.host.trends(
         crate::telemetry::now_ms(),
         minutes,
@@ -172,21 +172,7 @@ pub async fn capabilities(State(s): State<Arc<AdminState>>) -> Json<Capabilities
     responses((status = 200, body = Vec<ModelMetrics>)),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn model_metrics(State(s): State<Arc<AdminState>>) -> Json<Vec<ModelMetrics>> {
-    let managed: Vec<(String, String, String)> = s
-        .life
-        .models
-        .list(&Default::default())
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| {
-            (
-                m.spec.served_model_name.clone(),
-                m.id,
-                m.state.as_str().to_string(),
-            )
-        })
-        .collect();
+    let managed = s.monitor.managed();
     let table = s.gw.table.load_full();
     Json(model_metrics::report(&table, &s.monitor.engines, |name| {
         managed

@@ -170,6 +170,26 @@ impl Validator<'_> {
                 "must be non-empty and contain no '{' or '}' (they are hash tags)".into(),
             );
         }
+        for (key, value, max) in [
+            (
+                "sample_interval_secs",
+                c.monitoring.sample_interval_secs,
+                3600,
+            ),
+            ("history_minutes", c.monitoring.history_minutes, 1440),
+            (
+                "scrape_interval_secs",
+                c.monitoring.scrape_interval_secs,
+                3600,
+            ),
+        ] {
+            if value > max {
+                self.fail(
+                    &[Key("monitoring"), Key(key)],
+                    format!("must be at most {max}"),
+                );
+            }
+        }
         for (key, url) in [
             ("node_exporter_url", &c.monitoring.node_exporter_url),
             ("dcgm_url", &c.monitoring.dcgm_url),

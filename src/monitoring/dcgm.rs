@@ -1,7 +1,8 @@
 //! GPUs from dcgm-exporter's page, by its real names: one series per GPU labelled `gpu` (the
 //! index), `UUID` and `modelName`; memory in MiB as `DCGM_FI_DEV_FB_USED` and `_FB_FREE` (the
-//! default counters have no `FB_TOTAL`: the total is used + free + reserved). NVML's figures of
-//! the same GPU (matched by UUID, else by index; never by list position) fill what DCGM lacks.
+//! default counters have no `FB_TOTAL`: the total is used + free + reserved; a GPU split by MIG
+//! has one memory series per instance, added up). NVML's figures of the same GPU (matched by
+//! UUID; by index only when a side has none; never by list position) fill what DCGM lacks.
 
 use super::promtext::Page;
 use crate::gpu::{GpuSet, GpuStats};
@@ -34,16 +35,25 @@ pub fn from_page(page: &Page) -> GpuSet {
         if driver.is_none() {
             driver = s.label("DCGM_FI_DRIVER_VERSION").map(str::to_string);
         }
-        let v = Some(s.value).filter(|v| v.is_finite());
+        let Some(v) = Some(s.value).filter(|v| v.is_finite()) else {
+            continue;
+        };
+        // Device-wide figures: the first series of the GPU says it (MIG instances repeat it).
+        let first = |field: &mut Option<f64>| *field = field.or(Some(v));
+        // Memory: one series per MIG instance (GPU_I_ID), each with its own share: added up.
+        let mut add = |i: usize| {
+            let slot = &mut fb.entry(index).or_default()[i];
+            *slot = Some(slot.unwrap_or(0.0) + v);
+        };
         match s.name.as_str() {
-            "DCGM_FI_DEV_GPU_UTIL" => g.utilization_pct = v,
-            "DCGM_FI_DEV_GPU_TEMP" => g.temperature_c = v,
-            "DCGM_FI_DEV_POWER_USAGE" => g.power_w = v,
-            "DCGM_FI_DEV_POWER_MGMT_LIMIT" => g.power_limit_w = v,
-            "DCGM_FI_DEV_FB_USED" => fb.entry(index).or_default()[0] = v,
-            "DCGM_FI_DEV_FB_FREE" => fb.entry(index).or_default()[1] = v,
-            "DCGM_FI_DEV_FB_RESERVED" => fb.entry(index).or_default()[2] = v,
-            "DCGM_FI_DEV_FB_TOTAL" => fb.entry(index).or_default()[3] = v,
+            "DCGM_FI_DEV_GPU_UTIL" => first(&mut g.utilization_pct),
+            "DCGM_FI_DEV_GPU_TEMP" => first(&mut g.temperature_c),
+            "DCGM_FI_DEV_POWER_USAGE" => first(&mut g.power_w),
+            "DCGM_FI_DEV_POWER_MGMT_LIMIT" => first(&mut g.power_limit_w),
+            "DCGM_FI_DEV_FB_USED" => add(0),
+            "DCGM_FI_DEV_FB_FREE" => add(1),
+            "DCGM_FI_DEV_FB_RESERVED" => add(2),
+            "DCGM_FI_DEV_FB_TOTAL" => add(3),
             _ => {}
         }
     }
@@ -69,11 +79,17 @@ pub fn merge(dcgm: GpuSet, nvml: Option<GpuSet>) -> GpuSet {
         .gpus
         .into_iter()
         .map(|mut g| {
-            let same = nvml
-                .gpus
-                .iter()
-                .find(|n| g.uuid.is_some() && n.uuid == g.uuid)
-                .or_else(|| nvml.gpus.iter().find(|n| n.index == g.index));
+            // By UUID; by index only when a side has no UUID (NVML in a container numbers
+            // its own GPUs from 0 while DCGM sees the node's).
+            let same = match &g.uuid {
+                Some(u) => nvml.gpus.iter().find(|n| n.uuid.as_ref() == Some(u)),
+                None => None,
+            }
+            .or_else(|| {
+                nvml.gpus
+                    .iter()
+                    .find(|n| n.index == g.index && (g.uuid.is_none() || n.uuid.is_none()))
+            });
             if let Some(n) = same {
                 let fill = |a: &mut Option<f64>, b: Option<f64>| *a = a.or(b);
                 fill(&mut g.utilization_pct, n.utilization_pct);

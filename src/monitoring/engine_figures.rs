@@ -44,8 +44,15 @@ const VLLM: Names = Names {
     kv_cache: &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"],
     cpu_cache: &["vllm:cpu_cache_usage_perc"],
     hit_rate: &["vllm:gpu_prefix_cache_hit_rate"],
-    prefix_queries: &["vllm:prefix_cache_queries_total"],
-    prefix_hits: &["vllm:prefix_cache_hits_total"],
+    // V1 before 0.10 named them gpu_prefix_cache_*.
+    prefix_queries: &[
+        "vllm:prefix_cache_queries_total",
+        "vllm:gpu_prefix_cache_queries_total",
+    ],
+    prefix_hits: &[
+        "vllm:prefix_cache_hits_total",
+        "vllm:gpu_prefix_cache_hits_total",
+    ],
     prompt_tokens: &["vllm:prompt_tokens_total"],
     generation_tokens: &["vllm:generation_tokens_total"],
     ttft: &["vllm:time_to_first_token_seconds"],
@@ -181,9 +188,11 @@ pub struct Figures {
     pub swapped: Option<f64>,
     pub kv_cache: Option<f64>,
     pub cpu_cache: Option<f64>,
-    /// Prefix-cache hits per query over the window (vLLM V1's counters), else the engine's
-    /// own gauge.
+    /// Prefix-cache hits per query over the window (from the counters), else the engine's own
+    /// gauge.
     pub prefix_hit_rate: Option<f64>,
+    /// The window's prefix-cache (hits, queries), to weigh servers' rates by their queries.
+    pub prefix_counts: Option<(f64, f64)>,
     pub prompt_tokens_total: Option<f64>,
     pub generation_tokens_total: Option<f64>,
     pub prompt_tokens_per_sec: Option<f64>,
@@ -193,51 +202,68 @@ pub struct Figures {
     pub histograms: WindowHistograms,
 }
 
-/// The increase of a counter between two readings (a reset counts from zero). A family the
-/// older reading lacks starts at zero: engines print a labelled counter once it first counts.
-fn increase(new: Option<f64>, old: Option<f64>) -> Option<f64> {
-    let (new, old) = (new?, old.unwrap_or(0.0));
-    Some(if new >= old { new - old } else { new })
+/// The increase of a counter over a window, step by step between consecutive readings: a drop
+/// is a reset (a restarted engine counts from zero), as Prometheus' `increase` treats it, even
+/// when the counter later climbs past its old value. A family a reading lacks is at zero there
+/// (engines print a labelled counter once it first counts). None: no step has the counter.
+fn increase(readings: &[Reading], get: fn(&Reading) -> Option<f64>) -> Option<f64> {
+    readings
+        .windows(2)
+        .filter_map(|pair| {
+            let new = get(&pair[1])?;
+            let old = get(&pair[0]).unwrap_or(0.0);
+            Some(if new >= old { new - old } else { new })
+        })
+        .reduce(|a, b| a + b)
+}
+
+/// The observations of a histogram over a window, step by step like [`increase`].
+fn observed(readings: &[Reading], get: fn(&Reading) -> Option<&Buckets>) -> Option<Buckets> {
+    readings
+        .windows(2)
+        .filter_map(|pair| {
+            let new = get(&pair[1])?;
+            Some(match get(&pair[0]) {
+                Some(old) => new.since(old),
+                None => new.clone(),
+            })
+        })
+        .reduce(|a, b| a.add(&b))
 }
 
 impl Figures {
-    /// From `oldest` to `newest` (the same reading when there is one).
-    pub fn between(oldest: &Reading, newest: &Reading) -> Figures {
-        let window_s = newest.at_ms.saturating_sub(oldest.at_ms) as f64 / 1000.0;
-        let rate = |new, old| {
-            increase(new, old)
+    /// Over `readings`, oldest first: gauges from the newest, counters and histograms from the
+    /// steps between consecutive readings (one reading: no window, no rates).
+    pub fn over(readings: &[Reading]) -> Option<Figures> {
+        let (first, newest) = (readings.first()?, readings.last()?);
+        let window_s = newest.at_ms.saturating_sub(first.at_ms) as f64 / 1000.0;
+        let rate = |get| {
+            increase(readings, get)
                 .filter(|_| window_s > 0.0)
                 .map(|d| d / window_s)
         };
-        let window = |new: &Option<Buckets>, old: &Option<Buckets>| match (new, old) {
-            (Some(n), Some(o)) if window_s > 0.0 => Some(n.since(o)),
-            (Some(n), None) if window_s > 0.0 => Some(n.clone()),
-            _ => None,
-        };
-        let queries = increase(newest.prefix_queries, oldest.prefix_queries);
-        let hits = increase(newest.prefix_hits, oldest.prefix_hits);
-        let counted_rate = match (hits, queries) {
-            (Some(h), Some(q)) if q > 0.0 => Some(h / q),
-            _ => None,
-        };
-        Figures {
+        let prefix_counts =
+            increase(readings, |r| r.prefix_hits).zip(increase(readings, |r| r.prefix_queries));
+        let counted_rate = prefix_counts.filter(|(_, q)| *q > 0.0).map(|(h, q)| h / q);
+        Some(Figures {
             running: newest.running,
             waiting: newest.waiting,
             swapped: newest.swapped,
             kv_cache: newest.kv_cache,
             cpu_cache: newest.cpu_cache,
             prefix_hit_rate: counted_rate.or(newest.hit_rate),
+            prefix_counts,
             prompt_tokens_total: newest.prompt_tokens,
             generation_tokens_total: newest.generation_tokens,
-            prompt_tokens_per_sec: rate(newest.prompt_tokens, oldest.prompt_tokens),
-            generation_tokens_per_sec: rate(newest.generation_tokens, oldest.generation_tokens),
+            prompt_tokens_per_sec: rate(|r| r.prompt_tokens),
+            generation_tokens_per_sec: rate(|r| r.generation_tokens),
             window_s,
             histograms: WindowHistograms {
-                ttft: window(&newest.ttft, &oldest.ttft),
-                itl: window(&newest.itl, &oldest.itl),
-                e2e: window(&newest.e2e, &oldest.e2e),
+                ttft: observed(readings, |r| r.ttft.as_ref()),
+                itl: observed(readings, |r| r.itl.as_ref()),
+                e2e: observed(readings, |r| r.e2e.as_ref()),
             },
-        }
+        })
     }
 }
 
@@ -300,7 +326,7 @@ mod tests {
              vllm:e2e_request_latency_seconds_bucket{le=\"1\"} 10\nvllm:e2e_request_latency_seconds_bucket{le=\"+Inf\"} 20\n",
             20_000,
         );
-        let f = Figures::between(&a, &b);
+        let f = Figures::over(&[a.clone(), b.clone()]).unwrap();
         assert_eq!(f.window_s, 10.0);
         assert_eq!(f.prompt_tokens_per_sec, Some(200.0));
         assert_eq!(f.prefix_hit_rate, Some(0.8));
@@ -312,15 +338,32 @@ mod tests {
         );
         // Families printed only once they count start from zero.
         let empty = reading("vllm:num_requests_running 0\n", 0);
-        let first = Figures::between(&empty, &b);
+        let first = Figures::over(&[empty, b.clone()]).unwrap();
         assert_eq!(first.prompt_tokens_per_sec, Some(150.0));
         assert_eq!(first.prefix_hit_rate, Some(0.45));
         assert_eq!(first.histograms.e2e.unwrap().count, 0.0);
-        let lone = Figures::between(&b, &b);
+        let lone = Figures::over(std::slice::from_ref(&b)).unwrap();
         assert_eq!(
             (lone.prompt_tokens_per_sec, lone.histograms.e2e.is_none()),
             (None, true)
         );
         assert_eq!(lone.prompt_tokens_total, Some(3000.0));
+        assert!(Figures::over(&[]).is_none());
+    }
+
+    #[test]
+    fn a_restart_inside_the_window_is_a_reset_even_when_the_counter_climbs_back() {
+        let at = |q: u32, h: u32, t: u64| {
+            reading(
+                &format!("vllm:prefix_cache_queries_total {q}\nvllm:prefix_cache_hits_total {h}\n"),
+                t,
+            )
+        };
+        // 1000/900, a restart (100/50), then 1200/300: 1200 queries and 300 hits in the window
+        // (the first and last readings alone would say 200 queries and 300 hits: 150%).
+        let f =
+            Figures::over(&[at(1000, 900, 0), at(100, 50, 5_000), at(1200, 300, 10_000)]).unwrap();
+        assert_eq!(f.prefix_counts, Some((300.0, 1200.0)));
+        assert_eq!(f.prefix_hit_rate, Some(0.25));
     }
 }

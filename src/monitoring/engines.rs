@@ -1,7 +1,8 @@
 //! Scraping every server in the routing table (config, registry and managed engines alike):
 //! one round per interval, however many callers read the figures; scrapes run concurrently,
 //! each with a deadline; a failure is kept per server with its reason. Each server keeps the
-//! readings of the last [`WINDOW_MS`] for rates and percentiles.
+//! readings of the last [`WINDOW_MS`], and the figures they show are computed once per scrape
+//! (on the monitoring thread), so readers only copy them.
 
 use super::engine_figures::{Figures, Reading};
 use super::fetch;
@@ -17,12 +18,12 @@ pub const WINDOW_MS: u64 = 5 * 60_000;
 /// One server's scrapes.
 #[derive(Debug, Default)]
 struct ServerScrapes {
-    /// Oldest first, spanning at most the window.
+    /// Oldest first, none older than the window.
     readings: VecDeque<Reading>,
+    /// What `readings` show (None: no reading in the window).
+    figures: Option<Figures>,
     /// The last scrape's failure (cleared by a success).
     error: Option<String>,
-    /// Unix ms of the last attempt.
-    tried_ms: u64,
     /// How long the last attempt took.
     took: Duration,
 }
@@ -31,12 +32,22 @@ struct ServerScrapes {
 #[derive(Debug, Clone)]
 pub struct ServerState {
     pub server: Arc<str>,
-    /// The last successful scrape (None: never).
+    /// The last successful scrape in the window (None: none).
     pub newest: Option<Reading>,
+    /// What the window's readings show; when the last scrape failed, these are older figures
+    /// (see `error` and the newest reading's time).
     pub figures: Option<Figures>,
     pub error: Option<String>,
-    pub tried_ms: u64,
     pub took: Duration,
+}
+
+/// A server's metrics page: beside its API (`http://h:8000/v1` → `http://h:8000/metrics`,
+/// `https://h/team/v1` → `https://h/team/metrics`), never outside its base path, since its
+/// key goes with the request (llama-server asks for it; vLLM does not).
+pub fn metrics_url(b: &Backend) -> String {
+    let base = &b.url.base_path;
+    let prefix = base.strip_suffix("/v1").unwrap_or(base);
+    format!("{}{prefix}/metrics", b.url.origin())
 }
 
 /// Every server's scrapes.
@@ -75,34 +86,40 @@ impl Engines {
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let started = std::time::Instant::now();
-                let url = format!("{}/metrics", b.url.origin());
-                let page = fetch::page(&client, &url, b.auth_header.as_ref(), timeout).await;
-                (b.id.clone(), page, started.elapsed())
+                let page =
+                    fetch::page(&client, &metrics_url(&b), b.auth_header.as_ref(), timeout).await;
+                // Read the page here, not under the lock readers take.
+                let reading = page.map(|p| Reading::from_page(&p, now_ms()));
+                (b.id.clone(), reading, started.elapsed())
             });
         }
         while let Some(done) = set.join_next().await {
-            let Ok((id, page, took)) = done else { continue };
+            let Ok((id, reading, took)) = done else {
+                continue;
+            };
             let now = now_ms();
             let Ok(mut servers) = self.servers.lock() else {
                 return;
             };
             let s = servers.entry(id).or_default();
-            s.tried_ms = now;
             s.took = took;
-            match page {
-                Ok(page) => {
+            match reading {
+                Ok(r) => {
                     s.error = None;
-                    s.readings.push_back(Reading::from_page(&page, now));
-                    while s
-                        .readings
-                        .front()
-                        .is_some_and(|r| r.at_ms + WINDOW_MS < now)
-                    {
-                        s.readings.pop_front();
-                    }
+                    s.readings.push_back(r);
                 }
                 Err(why) => s.error = Some(why),
             }
+            // A server that stopped answering keeps nothing older than the window.
+            while s
+                .readings
+                .front()
+                .is_some_and(|r| r.at_ms + WINDOW_MS < now)
+            {
+                s.readings.pop_front();
+            }
+            // Tens of microseconds for a full window: computed once here, copied by readers.
+            s.figures = Figures::over(s.readings.make_contiguous());
         }
     }
 
@@ -113,12 +130,8 @@ impl Engines {
         Some(ServerState {
             server: server.clone(),
             newest: s.readings.back().cloned(),
-            figures: match (s.readings.front(), s.readings.back()) {
-                (Some(oldest), Some(newest)) => Some(Figures::between(oldest, newest)),
-                _ => None,
-            },
+            figures: s.figures.clone(),
             error: s.error.clone(),
-            tried_ms: s.tried_ms,
             took: s.took,
         })
     }

@@ -109,7 +109,9 @@ impl EngineGauges {
         };
         set(&self.up, Some(if s.error.is_none() { 1.0 } else { 0.0 }));
         set(&self.scrape_seconds, Some(s.took.as_secs_f64()));
-        let f = s.figures.as_ref();
+        // Figures are shown while they are current: a server that stopped answering has only
+        // its up and duration series.
+        let f = s.figures.as_ref().filter(|_| s.error.is_none());
         set(&self.running, f.and_then(|f| f.running));
         set(&self.waiting, f.and_then(|f| f.waiting));
         set(&self.kv_cache, f.and_then(|f| f.kv_cache));

@@ -4,8 +4,10 @@
 use super::promtext::Page;
 use std::time::Duration;
 
-/// A page larger than this is refused (vLLM's is about 100 KB with many label sets).
-pub const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
+/// A page larger than this is refused (vLLM's is about 100 KB with two engines; parsing holds
+/// several times a page's size while it runs, and `scrape_concurrency` pages may be read at
+/// once).
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Fetch and parse `url`; the error is the reason to report.
 pub async fn page(

@@ -52,7 +52,7 @@ fn vllm_v1_every_engine_counts() {
     assert_eq!(r.itl.as_ref().unwrap().count, 1256706.0);
     // Lifetime hit ratio, as a window from nothing.
     let nothing = Reading::from_page(&Page::default(), 0);
-    let f = Figures::between(&nothing, &Reading { at_ms: 1000, ..r });
+    let f = Figures::over(&[nothing, Reading { at_ms: 1000, ..r }]).unwrap();
     assert!(close(f.prefix_hit_rate, 1192160.0 / 3000671.0));
 }
 
@@ -164,7 +164,7 @@ fn dcgm_gpus_by_their_labels_and_merged_with_nvml_by_uuid() {
 fn node_exporter_rates_over_two_scrapes() {
     let (a, b) = (page("node_exporter_a.prom"), page("node_exporter_b.prom"));
     let (ca, cb) = (Counters::of(&a, 1_000_000), Counters::of(&b, 1_010_000));
-    let s = sample(&b, &cb, &ca, "/");
+    let s = sample(&b, &cb, &ca, std::path::Path::new("/var/lib/models")).unwrap();
     assert_eq!(s.cpu_count, 4);
     // Idle and iowait are idle time (as /proc-based tools count them).
     let cores = [58.0, 92.0, 15.0, 30.0];
@@ -179,14 +179,54 @@ fn node_exporter_rates_over_two_scrapes() {
         Some(s.mem_used_mb),
         mib(67277438976.0 - 42211606528.0)
     ));
+    // /var/lib/models is on "/" (the longest mount point above it).
     let used_pct = 100.0 * (1005342785536.0 - 612304719872.0) / 1005342785536.0;
     assert!(close(s.disk_used_pct, used_pct));
-    // Physical interfaces only in the totals; every one but lo per interface.
+    // Physical interfaces only, in the totals and each.
     assert!(close(Some(s.net_rx_bps), 5_000_000.0) && close(Some(s.net_tx_bps), 1_200_000.0));
-    assert!(close(Some(s.interfaces["docker0"].tx_bps), 800_000.0));
-    assert!(!s.interfaces.contains_key("lo"));
+    assert_eq!(s.interfaces.keys().collect::<Vec<_>>(), ["eth0"]);
+    // No time measured (the same scrape twice): no sample rather than a 0% CPU one.
+    assert!(sample(&b, &cb, &cb, std::path::Path::new("/")).is_none());
     // Disks: loop and device-mapper devices are left out (dm-0's I/O is nvme0n1's).
     assert_eq!(s.disks.keys().collect::<Vec<_>>(), ["nvme0n1"]);
     assert!(close(Some(s.disks["nvme0n1"].read_bps), 2_048_000.0));
     assert!(close(Some(s.disks["nvme0n1"].write_bps), 4_096_000.0));
+}
+
+#[test]
+fn mig_instances_add_up_and_a_foreign_uuid_is_not_matched_by_index() {
+    let page = Page::parse(
+        "DCGM_FI_DEV_FB_USED{gpu=\"0\",UUID=\"GPU-a\",GPU_I_ID=\"1\"} 10000\n\
+         DCGM_FI_DEV_FB_USED{gpu=\"0\",UUID=\"GPU-a\",GPU_I_ID=\"2\"} 20000\n\
+         DCGM_FI_DEV_FB_FREE{gpu=\"0\",UUID=\"GPU-a\",GPU_I_ID=\"1\"} 5000\n\
+         DCGM_FI_DEV_FB_FREE{gpu=\"0\",UUID=\"GPU-a\",GPU_I_ID=\"2\"} 5000\n\
+         DCGM_FI_DEV_GPU_TEMP{gpu=\"0\",UUID=\"GPU-a\",GPU_I_ID=\"1\"} 50\n\
+         DCGM_FI_DEV_GPU_TEMP{gpu=\"0\",UUID=\"GPU-a\",GPU_I_ID=\"2\"} 50\n",
+    )
+    .unwrap();
+    let set = dcgm::from_page(&page);
+    assert_eq!(set.gpus.len(), 1);
+    assert_eq!(
+        (set.gpus[0].mem_used_mb, set.gpus[0].mem_total_mb),
+        (Some(30000.0), Some(40000.0))
+    );
+    assert_eq!(set.gpus[0].temperature_c, Some(50.0));
+    // NVML in a container numbers its own GPU 0: another UUID, so nothing is taken from it.
+    let nvml = GpuSet {
+        gpus: vec![GpuStats {
+            index: 0,
+            uuid: Some("GPU-b".into()),
+            architecture: Some("Ampere".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let merged = dcgm::merge(set, Some(nvml));
+    assert_eq!(
+        (
+            merged.gpus[0].architecture.as_ref(),
+            merged.gpus[0].source.as_str()
+        ),
+        (None, "dcgm")
+    );
 }

@@ -39,19 +39,50 @@ pub struct HostSample {
     pub disk_total_gb: Option<f64>,
     pub disk_used_gb: Option<f64>,
     pub disk_used_pct: Option<f64>,
-    /// Physical interfaces only (not `lo`, `docker*`, `veth*`, `br-*`, `virbr*`).
+    /// Physical interfaces only (not `lo`, bridges, veths, tunnels, bonds, VLANs, CNI
+    /// devices: see `virtual_interface`).
     pub net_rx_bps: f64,
     pub net_tx_bps: f64,
+    /// By block device (in-process: the mounted ones, e.g. `nvme0n1p2`; node_exporter: whole
+    /// disks); loop, RAM and device-mapper devices are left out.
     pub disks: BTreeMap<String, DiskRate>,
+    /// The physical interfaces of the totals, each.
     pub interfaces: BTreeMap<String, NetRate>,
 }
 
-/// Whether an interface is virtual (left out of the host's totals, kept per interface).
+/// Whether an interface is virtual or an aggregate (left out: its bytes are counted on the
+/// physical interfaces, or never leave the machine). A bond's members are counted, not the
+/// bond; a VLAN (`eth0.10`) is counted on its interface.
 pub fn virtual_interface(name: &str) -> bool {
     name == "lo"
-        || ["docker", "veth", "br-", "virbr", "cni", "flannel", "cali"]
-            .iter()
-            .any(|p| name.starts_with(p))
+        || name.contains(['.', '@'])
+        || [
+            "docker",
+            "veth",
+            "br-",
+            "br0",
+            "virbr",
+            "cni",
+            "flannel",
+            "cali",
+            "cilium",
+            "lxc",
+            "kube-",
+            "vxlan",
+            "tun",
+            "tap",
+            "wg",
+            "bond",
+            "team",
+            "ifb",
+            "dummy",
+            "genev",
+            "nodelocaldns",
+            "tailscale",
+            "zt",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Whether a block device is a loop, RAM or device-mapper device (left out: its I/O is
@@ -160,9 +191,9 @@ impl History {
             .iter()
             .filter(|s| s.at_ms > start && s.at_ms <= now_ms)
             .collect();
-        for group in
-            in_window.chunk_by(|a, b| (a.at_ms - start) / step_ms == (b.at_ms - start) / step_ms)
-        {
+        // Steps aligned to the clock (not to the request's now), so points stay put between
+        // calls.
+        for group in in_window.chunk_by(|a, b| a.at_ms / step_ms == b.at_ms / step_ms) {
             let ts = group.last().map_or(0.0, |s| s.at_ms as f64 / 1000.0);
             let mean = |f: &dyn Fn(&HostSample) -> Option<f64>| {
                 let (n, sum) = group

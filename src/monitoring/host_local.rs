@@ -29,6 +29,9 @@ pub struct LocalHostError(String);
 impl LocalHost {
     /// Read every counter once (the base of the first sample's rates).
     pub fn new(disk_path: &Path) -> Result<Self, LocalHostError> {
+        // A symlinked path is measured where it leads.
+        let disk_path =
+            std::fs::canonicalize(disk_path).unwrap_or_else(|_| disk_path.to_path_buf());
         let system = System::new_with_specifics(
             RefreshKind::nothing()
                 .with_cpu(CpuRefreshKind::nothing().with_usage())
@@ -45,22 +48,53 @@ impl LocalHost {
             system,
             disks,
             networks,
-            disk_path: disk_path.to_path_buf(),
+            disk_path,
             last: Instant::now(),
         })
     }
 
-    /// A sample of now, with rates since the previous call (or since `new`).
-    pub fn sample(&mut self, at_ms: u64) -> HostSample {
+    /// Read every counter without making a sample: the base of the next sample's rates (after
+    /// a time the counters were not read, e.g. while node_exporter answered).
+    pub fn rebase(&mut self) {
+        self.read_counters();
+    }
+
+    /// Refresh what rates come from; the seconds since the previous refresh.
+    fn read_counters(&mut self) -> f64 {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
-        self.disks.refresh_specifics(
-            true,
-            DiskRefreshKind::nothing().with_storage().with_io_usage(),
-        );
+        // The mount list, then each disk's I/O counters, and the size of disk_path's filesystem
+        // only (statvfs on every mount could hang on a dead network or FUSE mount).
+        self.disks
+            .refresh_specifics(true, DiskRefreshKind::nothing());
+        let target = self.target_disk();
+        for (i, d) in self.disks.iter_mut().enumerate() {
+            let kind = DiskRefreshKind::nothing().with_io_usage();
+            d.refresh_specifics(if Some(i) == target {
+                kind.with_storage()
+            } else {
+                kind
+            });
+        }
         self.networks.refresh(true);
         let secs = self.last.elapsed().as_secs_f64().max(0.001);
         self.last = Instant::now();
+        secs
+    }
+
+    /// The filesystem holding disk_path: the longest mount point above it.
+    fn target_disk(&self) -> Option<usize> {
+        self.disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| self.disk_path.starts_with(d.mount_point()))
+            .max_by_key(|(_, d)| d.mount_point().as_os_str().len())
+            .map(|(i, _)| i)
+    }
+
+    /// A sample of now, with rates since the previous call (or since `new` or `rebase`).
+    pub fn sample(&mut self, at_ms: u64) -> HostSample {
+        let secs = self.read_counters();
 
         let cores: Vec<f64> = self
             .system
@@ -86,13 +120,7 @@ impl LocalHost {
             mem_used_mb: mib(total - self.system.available_memory() as f64),
             ..Default::default()
         };
-        // The filesystem holding disk_path: the longest mount point above it.
-        if let Some(d) = self
-            .disks
-            .iter()
-            .filter(|d| self.disk_path.starts_with(d.mount_point()))
-            .max_by_key(|d| d.mount_point().as_os_str().len())
-        {
+        if let Some(d) = self.target_disk().map(|i| &self.disks[i]) {
             set_disk(&mut s, d.total_space() as f64, d.available_space() as f64);
         }
         let mut disks: BTreeMap<String, DiskRate> = BTreeMap::new();
@@ -121,8 +149,6 @@ impl LocalHost {
             if !virtual_interface(&name) {
                 s.net_rx_bps += rate.rx_bps;
                 s.net_tx_bps += rate.tx_bps;
-            }
-            if name != "lo" {
                 s.interfaces.insert(name.into_owned(), rate);
             }
         }
@@ -182,5 +208,9 @@ mod tests {
         let (total, used) = (s.disk_total_gb.unwrap(), s.disk_used_gb.unwrap());
         assert!(total > 0.0 && used >= 0.0 && used <= total);
         assert!(s.net_rx_bps >= 0.0 && !s.interfaces.contains_key("lo"));
+        // A rebase reads the counters without a sample; the next sample has rates again.
+        host.rebase();
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+        assert!((0.0..=100.0).contains(&host.sample(2).cpu_util_pct));
     }
 }

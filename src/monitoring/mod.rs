@@ -59,9 +59,13 @@ pub struct GpuView {
     pub nvml_error: Option<String>,
 }
 
+/// A managed model's record, for `/admin/models/metrics`: (served name, id, state).
+pub type ManagedModel = (String, String, String);
+
 /// Everything monitoring keeps, shared by the sampler and the admin endpoints.
 pub struct Monitor {
     gw: Arc<Gateway>,
+    life: Arc<crate::lifecycle::Lifecycle>,
     pub config: MonitoringConfig,
     client: reqwest::Client,
     pub gpu_source: Arc<dyn GpuSource>,
@@ -70,14 +74,30 @@ pub struct Monitor {
     pub engines: engines::Engines,
     gauges: exported::EngineGauges,
     snapshots: throughput::Snapshots,
-    gpus: Mutex<Option<GpuView>>,
+    /// Every live instance's throughput, summed at the last sample (and why others' could not
+    /// be read).
+    throughput: Mutex<(throughput::ThroughputSummary, Option<String>)>,
+    gpus: Mutex<GpuView>,
+    /// The managed models' records, read at each scrape round.
+    managed: Mutex<Vec<ManagedModel>>,
     pub node_exporter: Mutex<ExporterState>,
     pub dcgm: Mutex<ExporterState>,
 }
 
+fn nvml_view(nvml: Result<GpuSet, String>) -> GpuView {
+    GpuView {
+        provider: if nvml.is_ok() { "nvml" } else { "none" },
+        nvml_error: nvml.as_ref().err().cloned(),
+        set: nvml,
+    }
+}
+
 impl Monitor {
+    /// Built before serving: the GPUs are read once here (NVML answers in milliseconds), so no
+    /// request ever waits on the driver.
     pub fn new(
         gw: Arc<Gateway>,
+        life: Arc<crate::lifecycle::Lifecycle>,
         gpu_source: Arc<dyn GpuSource>,
         client: reqwest::Client,
     ) -> Arc<Self> {
@@ -90,6 +110,7 @@ impl Monitor {
             at_ms: gw.started_ms,
             ..Default::default()
         });
+        let first = throughput::summary(&[snapshots.windows()]);
         Arc::new(Self {
             engines: engines::Engines::new(
                 client.clone(),
@@ -100,12 +121,15 @@ impl Monitor {
             host: host::History::new(samples),
             host_provider: Mutex::new(HostProvider::InProcess),
             snapshots,
-            gpus: Mutex::new(None),
+            throughput: Mutex::new((first, None)),
+            gpus: Mutex::new(nvml_view(gpu_source.devices())),
+            managed: Mutex::new(Vec::new()),
             node_exporter: Default::default(),
             dcgm: Default::default(),
             gpu_source,
             client,
             config,
+            life,
             gw,
         })
     }
@@ -121,17 +145,31 @@ impl Monitor {
             .unwrap_or(HostProvider::InProcess)
     }
 
-    /// The GPUs as last sampled (sampled now if the sampler has not run yet).
+    fn set_host_provider(&self, p: HostProvider) {
+        if let Ok(mut current) = self.host_provider.lock() {
+            *current = p;
+        }
+    }
+
+    /// The GPUs as last sampled.
     pub fn gpus(&self) -> GpuView {
-        if let Some(v) = self.gpus.lock().ok().and_then(|g| g.clone()) {
-            return v;
-        }
-        let nvml = self.gpu_source.devices();
-        GpuView {
-            provider: if nvml.is_ok() { "nvml" } else { "none" },
-            nvml_error: nvml.as_ref().err().cloned(),
-            set: nvml,
-        }
+        self.gpus
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|_| nvml_view(Err("GPU view unavailable".into())))
+    }
+
+    /// The managed models' records as read at the last scrape round.
+    pub fn managed(&self) -> Vec<ManagedModel> {
+        self.managed.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Every live instance's throughput as summed at the last sample.
+    pub fn throughput(&self) -> (throughput::ThroughputSummary, Option<String>) {
+        self.throughput
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
     }
 
     fn timeout(&self) -> Duration {
@@ -155,7 +193,11 @@ impl Monitor {
     }
 
     async fn sample_gpus(&self) {
-        let nvml = self.gpu_source.devices();
+        let source = self.gpu_source.clone();
+        // NVML calls block in the driver: off the runtime's thread.
+        let nvml = tokio::task::spawn_blocking(move || source.devices())
+            .await
+            .unwrap_or_else(|e| Err(format!("NVML query failed: {e}")));
         let nvml_error = nvml.as_ref().err().cloned();
         let dcgm = match self.config.dcgm_url.clone() {
             Some(url) => self
@@ -170,42 +212,30 @@ impl Monitor {
                 provider: "dcgm",
                 nvml_error,
             },
-            _ => GpuView {
-                provider: if nvml.is_ok() { "nvml" } else { "none" },
-                set: nvml,
-                nvml_error,
-            },
+            _ => nvml_view(nvml),
         };
         if let Ok(mut g) = self.gpus.lock() {
-            *g = Some(view);
+            *g = view;
         }
     }
 
-    /// Publish this instance's throughput windows (kept three intervals).
+    /// Publish this instance's throughput windows (they count three intervals), then sum every
+    /// live instance's for the endpoint.
     async fn sample_throughput(&self) {
-        let page = match promtext::Page::parse(&self.gw.metrics.render()) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "the gateway's own metrics did not parse");
-                return;
-            }
-        };
-        self.snapshots
-            .push(throughput::Snapshot::of(&page, now_ms()));
-        let windows = self.snapshots.windows();
-        let Ok(body) = serde_json::to_vec(&windows) else {
-            return;
-        };
-        let ttl = self.config.sample_interval_secs * 3000;
-        if let Err(e) = self.gw.store.report_put(THROUGHPUT, &body, ttl).await {
-            tracing::debug!(error = %e, "throughput not shared");
+        match promtext::Page::parse(&self.gw.metrics.render()) {
+            Ok(page) => self
+                .snapshots
+                .push(throughput::Snapshot::of(&page, now_ms())),
+            Err(e) => tracing::warn!(error = %e, "the gateway's own metrics did not parse"),
         }
-    }
-
-    /// Every live instance's throughput, summed. A store that cannot be read leaves this
-    /// instance's own figures and the reason.
-    pub async fn throughput(&self) -> (throughput::ThroughputSummary, Option<String>) {
-        match self.gw.store.reports(THROUGHPUT).await {
+        let own = self.snapshots.windows();
+        let ttl = self.config.sample_interval_secs * 3000;
+        if let Ok(body) = serde_json::to_vec(&own) {
+            if let Err(e) = self.gw.store.report_put(THROUGHPUT, &body, ttl).await {
+                tracing::debug!(error = %e, "throughput not shared");
+            }
+        }
+        let summed = match self.gw.store.reports(THROUGHPUT).await {
             Ok(bodies) if !bodies.is_empty() => {
                 let all: Vec<throughput::InstanceWindows> = bodies
                     .iter()
@@ -219,15 +249,18 @@ impl Monitor {
                 }
                 (throughput::summary(&all), None)
             }
-            Ok(_) => (throughput::summary(&[self.snapshots.windows()]), None),
+            Ok(_) => (throughput::summary(&[own]), None),
             Err(e) => (
-                throughput::summary(&[self.snapshots.windows()]),
+                throughput::summary(&[own]),
                 Some(format!("other instances' figures unavailable: {e}")),
             ),
+        };
+        if let Ok(mut t) = self.throughput.lock() {
+            *t = summed;
         }
     }
 
-    /// One scrape round of every routed server.
+    /// One scrape round of every routed server, and the managed models' records.
     pub async fn scrape_engines(&self) {
         let table = self.gw.table.load_full();
         let backends = table.backends();
@@ -237,6 +270,21 @@ impl Monitor {
             .filter_map(|b| self.engines.state(&b.id))
             .collect();
         self.gauges.show(&states);
+        match self.life.models.list(&Default::default()).await {
+            Ok(records) => {
+                let managed = records
+                    .into_iter()
+                    .map(|m| {
+                        let state = m.state.as_str().to_string();
+                        (m.spec.served_model_name, m.id, state)
+                    })
+                    .collect();
+                if let Ok(mut m) = self.managed.lock() {
+                    *m = managed;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "managed models not read"),
+        }
     }
 }
 
@@ -245,6 +293,8 @@ impl Monitor {
 struct HostSampler {
     local: Option<host_local::LocalHost>,
     node: Option<node_exporter::Counters>,
+    /// Whether the last sample came from node_exporter (the in-process counters are then old).
+    from_node: bool,
 }
 
 impl HostSampler {
@@ -256,38 +306,76 @@ impl HostSampler {
                 None
             }
         };
-        Self { local, node: None }
+        Self {
+            local,
+            node: None,
+            from_node: false,
+        }
     }
 
     async fn sample(&mut self, m: &Monitor) {
-        let now = now_ms();
         if let Some(url) = m.config.node_exporter_url.clone() {
             if let Some(page) = m.exporter_page(&url, &m.node_exporter).await {
-                let counters = node_exporter::Counters::of(&page, now);
+                // The time of the answer, not of the ask: a slow answer must not stretch rates.
+                let counters = node_exporter::Counters::of(&page, now_ms());
                 let before = self.node.replace(counters.clone());
-                if let Some(before) = before {
-                    let disk = m.config.disk_path.to_string_lossy();
-                    m.host
-                        .push(node_exporter::sample(&page, &counters, &before, &disk));
-                    if let Ok(mut p) = m.host_provider.lock() {
-                        *p = HostProvider::NodeExporter;
-                    }
+                let sample = before.and_then(|before| {
+                    node_exporter::sample(&page, &counters, &before, &m.config.disk_path)
+                });
+                if let Some(sample) = sample {
+                    m.host.push(sample);
+                    m.set_host_provider(HostProvider::NodeExporter);
                 }
+                self.from_node = true;
                 return;
             }
             self.node = None;
         }
-        if let Some(local) = self.local.as_mut() {
-            m.host.push(local.sample(now));
-            if let Ok(mut p) = m.host_provider.lock() {
-                *p = HostProvider::InProcess;
+        let Some(mut local) = self.local.take() else {
+            return;
+        };
+        let rebase = std::mem::take(&mut self.from_node);
+        // /proc and statvfs reads: off the runtime's thread.
+        let done = tokio::task::spawn_blocking(move || {
+            if rebase {
+                // Counters last read before node_exporter took over: a fresh base, no sample.
+                local.rebase();
+                (local, None)
+            } else {
+                let s = local.sample(now_ms());
+                (local, Some(s))
             }
+        })
+        .await;
+        match done {
+            Ok((local, sample)) => {
+                self.local = Some(local);
+                if let Some(s) = sample {
+                    m.host.push(s);
+                    m.set_host_provider(HostProvider::InProcess);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "in-process host sampling stopped"),
         }
     }
 }
 
+/// Run `step` every `every`, forever (a slow step delays the next, never overlaps it).
+async fn every<F, Fut>(every: Duration, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        step().await;
+    }
+}
+
 /// The sampler: host, GPUs and throughput every `sample_interval_secs`, engine scrapes every
-/// `scrape_interval_secs` (rounds never overlap: a slow round delays the next).
+/// `scrape_interval_secs`, each on its own timer (a slow exporter delays only its own figures).
 pub struct MonitoringService {
     pub monitor: Arc<Monitor>,
 }
@@ -296,35 +384,34 @@ pub struct MonitoringService {
 impl BackgroundService for MonitoringService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let m = self.monitor.clone();
-        let scrapes = (m.config.scrape_interval_secs > 0).then(|| {
+        let sample = Duration::from_secs(m.config.sample_interval_secs);
+        let mut tasks = tokio::task::JoinSet::new();
+        if m.config.scrape_interval_secs > 0 {
             let m = m.clone();
-            tokio::spawn(async move {
-                let mut tick =
-                    tokio::time::interval(Duration::from_secs(m.config.scrape_interval_secs));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    m.scrape_engines().await;
-                }
-            })
-        });
-        let mut host = HostSampler::new(&m.config.disk_path);
-        // The first sample's rates need a short base: sampled soon after start, then on time.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let mut tick = tokio::time::interval(Duration::from_secs(m.config.sample_interval_secs));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    host.sample(&m).await;
-                    m.sample_gpus().await;
-                    m.sample_throughput().await;
-                }
-                _ = shutdown.changed() => break,
+            let period = Duration::from_secs(m.config.scrape_interval_secs);
+            tasks.spawn(async move { every(period, || m.scrape_engines()).await });
+        }
+        {
+            let m = m.clone();
+            tasks.spawn(async move { every(sample, || m.sample_gpus()).await });
+        }
+        {
+            let m = m.clone();
+            tasks.spawn(async move { every(sample, || m.sample_throughput()).await });
+        }
+        tasks.spawn(async move {
+            let mut host = HostSampler::new(&m.config.disk_path);
+            // The first sample's rates need a short base: sampled soon after start, then on
+            // time.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let mut tick = tokio::time::interval(sample);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                host.sample(&m).await;
             }
-        }
-        if let Some(s) = scrapes {
-            s.abort();
-        }
+        });
+        let _ = shutdown.changed().await;
+        tasks.abort_all();
     }
 }

@@ -80,7 +80,8 @@ pub struct ServerMetrics {
     pub healthy: bool,
     /// Unix ms of the last successful scrape.
     pub scraped_at_ms: Option<u64>,
-    /// Why the last scrape failed (the figures are then the last good ones, if any).
+    /// Why the last scrape failed (the figures are then those of the last 5 minutes' good
+    /// scrapes, if any, and the model's totals leave this server out).
     pub error: Option<String>,
     #[serde(flatten)]
     pub metrics: EngineMetrics,
@@ -133,7 +134,10 @@ pub fn server_entry(
             .map(EngineMetrics::of)
             .unwrap_or_default(),
     };
-    (entry, s.figures)
+    // A server whose last scrape failed shows its older figures on its own entry, never in
+    // the model's totals.
+    let current = if s.error.is_none() { s.figures } else { None };
+    (entry, current)
 }
 
 fn add(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -157,7 +161,26 @@ fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     (n > 0).then(|| total / f64::from(n))
 }
 
-/// A model's figures from its servers'.
+/// Hits over queries of every server that counts them (a server with many queries weighs
+/// more than one with few), else the mean of the engines' own gauges.
+fn hit_rate(servers: &[Figures]) -> Option<f64> {
+    let (hits, queries) = servers
+        .iter()
+        .filter_map(|f| f.prefix_counts)
+        .fold((0.0, 0.0), |(h, q), (fh, fq)| (h + fh, q + fq));
+    if queries > 0.0 {
+        return Some(hits / queries);
+    }
+    mean(
+        servers
+            .iter()
+            .filter(|f| f.prefix_counts.is_none())
+            .map(|f| f.prefix_hit_rate),
+    )
+}
+
+/// A model's figures from its servers' (a server that serves several models counts in each:
+/// an engine's figures are not split by model).
 pub fn model_totals(servers: &[Figures]) -> EngineMetrics {
     let sum = |get: fn(&Figures) -> Option<f64>| servers.iter().map(get).fold(None, add);
     let mut m = EngineMetrics {
@@ -166,7 +189,7 @@ pub fn model_totals(servers: &[Figures]) -> EngineMetrics {
         num_requests_swapped: sum(|f| f.swapped),
         gpu_cache_usage_pct: mean(servers.iter().map(|f| f.kv_cache)),
         cpu_cache_usage_pct: mean(servers.iter().map(|f| f.cpu_cache)),
-        prefix_cache_hit_rate: mean(servers.iter().map(|f| f.prefix_hit_rate)),
+        prefix_cache_hit_rate: hit_rate(servers),
         prompt_tokens_total: sum(|f| f.prompt_tokens_total),
         generation_tokens_total: sum(|f| f.generation_tokens_total),
         prompt_tokens_per_sec: sum(|f| f.prompt_tokens_per_sec),

@@ -75,8 +75,14 @@ impl Counters {
     }
 }
 
-/// A sample from `page` (taken at `now`'s time) with rates since `before`.
-pub fn sample(page: &Page, now: &Counters, before: &Counters, disk_path: &str) -> HostSample {
+/// A sample from `page` (taken at `now`'s time) with rates since `before`; None when some
+/// core's counters did not move (no time passed that could be measured).
+pub fn sample(
+    page: &Page,
+    now: &Counters,
+    before: &Counters,
+    disk_path: &std::path::Path,
+) -> Option<HostSample> {
     let secs = now.at_ms.saturating_sub(before.at_ms) as f64 / 1000.0;
     let rate = |new: f64, old: f64| {
         if secs > 0.0 && new >= old {
@@ -99,6 +105,9 @@ pub fn sample(page: &Page, now: &Counters, before: &Counters, disk_path: &str) -
             })
         })
         .collect();
+    if cores.is_empty() || cores.len() != now.cpu.len() {
+        return None;
+    }
     // Cores in numeric order ("10" after "9").
     cores.sort_by_key(|(c, _)| c.parse::<u64>().unwrap_or(u64::MAX));
     let total_mem = page.sum("node_memory_MemTotal_bytes").unwrap_or(0.0);
@@ -106,11 +115,7 @@ pub fn sample(page: &Page, now: &Counters, before: &Counters, disk_path: &str) -
     let mut s = HostSample {
         at_ms: now.at_ms,
         cpu_count: now.cpu.len(),
-        cpu_util_pct: if cores.is_empty() {
-            0.0
-        } else {
-            cores.iter().map(|(_, p)| p).sum::<f64>() / cores.len() as f64
-        },
+        cpu_util_pct: cores.iter().map(|(_, p)| p).sum::<f64>() / cores.len() as f64,
         cpu_per_core_pct: cores.into_iter().map(|(_, p)| p).collect(),
         load_avg_1m: page.sum("node_load1").unwrap_or(0.0),
         load_avg_5m: page.sum("node_load5").unwrap_or(0.0),
@@ -119,10 +124,18 @@ pub fn sample(page: &Page, now: &Counters, before: &Counters, disk_path: &str) -
         mem_used_mb: mib(total_mem - available),
         ..Default::default()
     };
+    // The filesystem holding disk_path: the longest mount point above it.
+    let mount = page
+        .series
+        .iter()
+        .filter(|x| x.name == "node_filesystem_size_bytes")
+        .filter_map(|x| x.label("mountpoint"))
+        .filter(|m| disk_path.starts_with(m))
+        .max_by_key(|m| m.len());
     let fs = |name: &str| {
         page.series
             .iter()
-            .find(|x| x.name == name && x.label("mountpoint") == Some(disk_path))
+            .find(|x| x.name == name && x.label("mountpoint") == mount)
             .map(|x| x.value)
     };
     if let (Some(size), Some(avail)) = (
@@ -153,10 +166,8 @@ pub fn sample(page: &Page, now: &Counters, before: &Counters, disk_path: &str) -
         if !virtual_interface(i) {
             s.net_rx_bps += r.rx_bps;
             s.net_tx_bps += r.tx_bps;
-        }
-        if i != "lo" {
             s.interfaces.insert(i.clone(), r);
         }
     }
-    s
+    Some(s)
 }

@@ -55,7 +55,7 @@ impl Page {
         };
         let mut series = Vec::new();
         for m in metrics {
-            for s in m.samples {
+            for mut s in m.samples {
                 let suffix = match (m.kind, s.value.value_type) {
                     (Type::Histogram, ValueType::Sample) => "_bucket",
                     (Type::Histogram | Type::Summary, ValueType::Sum) => "_sum",
@@ -64,10 +64,9 @@ impl Page {
                 };
                 series.push(Series {
                     name: format!("{}{suffix}", m.name),
-                    labels: s
-                        .labels
-                        .iter()
-                        .map(|l| (l.key.clone(), l.value.clone()))
+                    labels: std::mem::take(&mut *s.labels)
+                        .into_iter()
+                        .map(|l| (l.key, l.value))
                         .collect(),
                     value: s.value.value.parse().unwrap_or(f64::NAN),
                 });

@@ -124,39 +124,43 @@ async fn host_gpu_and_capability_figures_come_from_the_machine() {
     assert!((0.0..=100.0).contains(&host["disk_used_pct"].as_f64().unwrap()));
     assert!(host["net_rx_bps"].as_f64().unwrap() >= 0.0);
     assert!(host["interfaces"].get("lo").is_none());
-    // The summary (both prefixes) agrees; no GPU driver here: 0 GPUs, said why, no error.
+    // The summary (both prefixes) agrees. Without a GPU driver (as here): 0 GPUs, said why,
+    // no error; a machine with one answers with its GPUs.
+    let caps = ok(&gw, &c, "/admin/system/capabilities").await;
+    let driver = caps["gpu"]["nvml"] == true;
     for prefix in ["/admin", "/api/ai/v1/admin"] {
         let s = ok(&gw, &c, &format!("{prefix}/system/summary")).await;
         assert_eq!(s["cpu_count"], host["cpu_count"]);
         assert!((s["mem_total_mb"].as_f64().unwrap() - total_mb).abs() < 1.0);
         assert!(s["disk_total_gb"].as_f64().unwrap() > 0.0);
+        assert_eq!(s["gpus"], caps["gpu"]["count"]);
+        assert_eq!(s["cuda_driver"].is_null(), !driver);
+    }
+    let gpus = ok(&gw, &c, "/admin/system/gpus").await;
+    assert_eq!(
+        gpus.as_array().unwrap().len() as u64,
+        caps["gpu"]["count"].as_u64().unwrap()
+    );
+    assert_eq!(caps["os"], "linux");
+    if !driver {
+        assert_eq!(gpus, json!([]));
+        assert!(
+            caps["gpu"]["reason"].as_str().unwrap().contains("NVML"),
+            "{caps}"
+        );
         assert_eq!(
-            (s["gpus"].as_u64(), s["cuda_driver"].is_null()),
-            (Some(0), true)
+            caps["selectedProviders"],
+            json!({"host": "in_process", "gpu": "none"})
         );
     }
-    assert_eq!(ok(&gw, &c, "/admin/system/gpus").await, json!([]));
-    let caps = ok(&gw, &c, "/admin/system/capabilities").await;
-    assert_eq!(caps["os"], "linux");
-    assert_eq!(caps["gpu"]["nvml"], false);
-    assert!(
-        caps["gpu"]["reason"].as_str().unwrap().contains("NVML"),
-        "{caps}"
-    );
-    assert_eq!(
-        caps["selectedProviders"],
-        json!({"host": "in_process", "gpu": "none"})
-    );
     assert_eq!(caps["exporters"]["nodeExporter"]["status"], "down");
     assert_eq!(
         caps["exporters"]["dcgmExporter"]["status"],
         "not_configured"
     );
     let suggestions = caps["suggestions"].to_string();
-    assert!(
-        suggestions.contains("dcgm_url") && suggestions.contains(&gone),
-        "{caps}"
-    );
+    assert!(suggestions.contains(&gone), "{caps}");
+    assert!(driver || suggestions.contains("dcgm_url"), "{caps}");
     // Trends: only samples taken (one a second since the start), never padded to the window.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t = ok(&gw, &c, "/admin/system/host/trends?minutes=60&step_s=1").await;
@@ -166,7 +170,7 @@ async fn host_gpu_and_capability_figures_come_from_the_machine() {
     );
     let cpu = t["cpu_util_pct"].as_array().unwrap();
     assert!(
-        (3..=12).contains(&cpu.len()),
+        (2..=12).contains(&cpu.len()),
         "{} points after ~4 s",
         cpu.len()
     );
@@ -263,13 +267,14 @@ async fn throughput_sums_known_traffic_over_two_instances() {
     assert!(t["prompt_tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert!(t["generation_tokens_per_sec"].as_f64().unwrap() > 0.0);
     // Percentiles from the buckets: 30 of 35 requests took 35 ms and more (the 25–50 ms
-    // bucket), the 5 errors a few ms; TTFT only of streams, all ~35 ms.
+    // bucket, or the next on a loaded machine), the 5 errors a few ms; TTFT only of streams,
+    // all ~35 ms.
     let p50 = t["latency_p50_ms"].as_f64().unwrap();
-    assert!((25.0..=50.0).contains(&p50), "latency p50 {p50}");
+    assert!((25.0..=100.0).contains(&p50), "latency p50 {p50}");
     let ttft50 = t["ttft_p50_ms"].as_f64().unwrap();
     let ttft95 = t["ttft_p95_ms"].as_f64().unwrap();
     assert!(
-        (25.0..=50.0).contains(&ttft50) && ttft50 <= ttft95 && ttft95 <= 100.0,
+        (25.0..=100.0).contains(&ttft50) && ttft50 <= ttft95 && ttft95 <= 250.0,
         "{t}"
     );
     assert_eq!(t["5m"]["requests"].as_f64(), Some(35.0));
@@ -359,6 +364,39 @@ async fn engine_metrics_are_scraped_per_server_summed_per_model_and_exported() {
         text.contains("infergate_engine_ttft_seconds{quantile=\"0.5\""),
         "quantile gauges"
     );
+    // A server that stops answering: its last figures stay on its own entry (with the
+    // error), leave the model's totals, and leave the gateway's gauges (but for up = 0).
+    m2.stop();
+    let list = until(&gw, &c, "/admin/models/metrics", |l| {
+        l[0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["server"] == m2.url() && s["error"].is_string())
+    })
+    .await;
+    let gone = list[0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server"] == m2.url())
+        .unwrap()
+        .clone();
+    assert_eq!(gone["generation_tokens_total"].as_f64(), Some(gen(&s2)));
+    assert_eq!(list[0]["generation_tokens_total"].as_f64(), Some(gen(&s1)));
+    assert_eq!(list[0]["error"], "2 of 3 servers could not be scraped");
+    let text = gw.metrics().await;
+    let up = |url: &str| {
+        metric_value(
+            &text,
+            &format!("infergate_engine_scrape_up{{server=\"{url}\"}}"),
+        )
+    };
+    assert_eq!(up(&m2.url()), 0.0);
+    assert!(!text.contains(&format!(
+        "infergate_engine_kv_cache_usage{{server=\"{}\"}}",
+        m2.url()
+    )));
 }
 
 #[tokio::test]
