@@ -3,13 +3,15 @@
 # one worker) routing the bench mock and 50 idle mock servers, all scraped every 5 s, after a
 # short load so the throughput windows hold requests. Each endpoint is asked REQUESTS times, one
 # at a time, under oha; reports p50/p99 latency per endpoint, and the longest scrape of the run.
+# With WITH_VALKEY=1 the gateway's store is a local redis-server (Valkey protocol).
 #
-# Needs: oha, python3, taskset, curl.
-# Usage: benches/monitoring.sh  (env: FLEET=50 REQUESTS=300)
+# Needs: oha, python3, taskset, curl (and redis-server with WITH_VALKEY=1).
+# Usage: benches/monitoring.sh  (env: FLEET=50 REQUESTS=300 WITH_VALKEY=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLEET_SIZE=${FLEET:-50}
 REQUESTS=${REQUESTS:-300}
+WITH_VALKEY=${WITH_VALKEY:-0}
 BIN=target/release/infergate
 [ -x "$BIN" ] || cargo build --release
 source benches/lib.sh
@@ -17,8 +19,17 @@ need oha python3 taskset curl
 
 start_mock
 start_fleet "$FLEET_SIZE"
+STORE="memory://"
+if [ "$WITH_VALKEY" = 1 ]; then
+  need redis-server
+  VK=$(free_port)
+  taskset -c 1 redis-server --port "$VK" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+  pids+=($!)
+  wait_port "$VK"
+  STORE="redis://127.0.0.1:$VK/"
+fi
 GW=$(free_port); ADMIN=$(free_port)
-{ gateway_config "$GW" "$ADMIN" "memory://"; fleet_servers; } >"$work/gw.toml"
+{ gateway_config "$GW" "$ADMIN" "$STORE"; fleet_servers; } >"$work/gw.toml"
 INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
   taskset -c 0 "$BIN" serve --config "$work/gw.toml" 2>"$work/gw.log" &
 pids+=($!)
@@ -27,7 +38,7 @@ taskset -c 1 oha -z 5s -c 16 --no-tui -m POST -H 'content-type: application/json
   "http://127.0.0.1:$GW/v1/chat/completions" >/dev/null
 sleep 11 # two scrape rounds of every server, and samples after the load
 
-echo "system endpoints, $((FLEET_SIZE + 1)) servers scraped every 5 s, $REQUESTS sequential requests each (ms)"
+echo "system endpoints, $((FLEET_SIZE + 1)) servers scraped every 5 s, store $STORE, $REQUESTS sequential requests each (ms)"
 echo "| endpoint | p50 | p99 | slowest |"
 echo "|---|---|---|---|"
 for p in $SYSTEM_PATHS; do
