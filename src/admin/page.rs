@@ -58,6 +58,11 @@ pub fn flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// A positive integer query parameter (`default` when absent), as [`positive`] reads it.
+pub fn positive_param(query: Option<&str>, name: &str, default: u64) -> Result<u64, ApiError> {
+    param(query, name).map_or(Ok(default), |v| positive(name, &v))
+}
+
 fn positive(name: &str, v: &str) -> Result<u64, ApiError> {
     let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
     match v.parse::<u64>() {

@@ -3,7 +3,7 @@
 //! waits on a host read, a GPU query or a scrape.
 
 use super::error::{ApiError, ErrorBody};
-use super::page::param;
+use super::page::positive_param;
 use super::AdminState;
 use crate::gpu::GpuStats;
 use crate::monitoring::capabilities::{self, Capabilities};
@@ -120,22 +120,12 @@ pub async fn host_summary(State(s): State<Arc<AdminState>>) -> Result<Json<HostS
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct TrendParams {
-    /// The window (default 15; clamped to 1 ..= `[monitoring] history_minutes`).
+    /// The window, a positive integer (default 15; at most `[monitoring] history_minutes`: a
+    /// larger one is served as that, and said in the answer).
     minutes: Option<u64>,
-    /// One point per step (default 15; clamped to the sample interval ..= 3600).
+    /// One point per step, a positive integer (default 15; served between the sample interval
+    /// and 3600).
     step_s: Option<u64>,
-}
-
-fn number(q: Option<&str>, name: &str, default: u64) -> Result<u64, ApiError> {
-    match param(q, name) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            ApiError::bad_request(
-                format!("invalid {name}"),
-                format!("{name} must be a whole number, got {v:?}"),
-            )
-        }),
-    }
 }
 
 /// Host series over the last `minutes`, one point per `step_s` that has samples (their mean).
@@ -149,8 +139,8 @@ pub async fn host_trends(
 ) -> Result<Json<HostTrends>, ApiError> {
     let q = q.as_deref();
     let cfg = &s.monitor.config;
-    let minutes = number(q, "minutes", 15)?.clamp(1, cfg.history_minutes);
-    let step_s = number(q, "step_s", 15)?.clamp(cfg.sample_interval_secs.min(3600), 3600);
+    let minutes = positive_param(q, "minutes", 15)?.clamp(1, cfg.history_minutes);
+    let step_s = positive_param(q, "step_s", 15)?.clamp(cfg.sample_interval_secs.min(3600), 3600);
     Ok(Json(s.monitor.host.trends(
         crate::telemetry::now_ms(),
         minutes,

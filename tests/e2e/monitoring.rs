@@ -181,7 +181,7 @@ async fn host_gpu_and_capability_figures_come_from_the_machine() {
         cpu.len()
     );
     // Out-of-range values are clamped (and said); a value that is not a number is refused.
-    let t = ok(&gw, &c, "/admin/system/host/trends?minutes=100000&step_s=0").await;
+    let t = ok(&gw, &c, "/admin/system/host/trends?minutes=100000&step_s=1").await;
     assert_eq!(
         (t["minutes"].as_u64(), t["step_s"].as_u64()),
         (Some(60), Some(1))
@@ -190,7 +190,7 @@ async fn host_gpu_and_capability_figures_come_from_the_machine() {
         &gw,
         &c,
         reqwest::Method::GET,
-        "/admin/system/host/trends?minutes=x",
+        "/admin/system/host/trends?minutes=x&step_s=0",
         None,
     )
     .await;
