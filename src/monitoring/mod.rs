@@ -223,9 +223,10 @@ impl Monitor {
     /// live instance's for the endpoint.
     async fn sample_throughput(&self) {
         match promtext::Page::parse(&self.gw.metrics.render()) {
-            Ok(page) => self
-                .snapshots
-                .push(throughput::Snapshot::of(&page, now_ms())),
+            Ok(page) => self.snapshots.push(throughput::Snapshot {
+                at_ms: now_ms(),
+                totals: throughput::Totals::of(&page),
+            }),
             Err(e) => tracing::warn!(error = %e, "the gateway's own metrics did not parse"),
         }
         let own = self.snapshots.windows();

@@ -13,10 +13,9 @@ use std::sync::Mutex;
 /// The windows, in seconds.
 pub const WINDOWS_S: [u64; 2] = [60, 300];
 
-/// The data plane's cumulative figures at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    pub at_ms: u64,
+/// The data plane's counts: cumulative in a snapshot, a window's difference in [`Counts`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
     pub requests: f64,
     /// Answers with a 5xx status (the gateway's own 502/503/504 included).
     pub errors: f64,
@@ -26,11 +25,18 @@ pub struct Snapshot {
     pub ttft: Buckets,
 }
 
-impl Snapshot {
+fn increase(new: f64, old: f64) -> f64 {
+    if new >= old {
+        new - old
+    } else {
+        new
+    }
+}
+
+impl Totals {
     /// From the gateway's own exposition.
-    pub fn of(page: &Page, at_ms: u64) -> Snapshot {
-        let mut s = Snapshot {
-            at_ms,
+    pub fn of(page: &Page) -> Totals {
+        let mut t = Totals {
             latency: page
                 .histogram("infergate_request_duration_seconds")
                 .unwrap_or_default(),
@@ -43,21 +49,40 @@ impl Snapshot {
             }
             match x.name.as_str() {
                 "infergate_requests_total" => {
-                    s.requests += x.value;
+                    t.requests += x.value;
                     if x.label("status").is_some_and(|st| st.starts_with('5')) {
-                        s.errors += x.value;
+                        t.errors += x.value;
                     }
                 }
                 "infergate_tokens_total" => match x.label("kind") {
-                    Some("prompt") => s.prompt_tokens += x.value,
-                    Some("completion") => s.generation_tokens += x.value,
+                    Some("prompt") => t.prompt_tokens += x.value,
+                    Some("completion") => t.generation_tokens += x.value,
                     _ => {}
                 },
                 _ => {}
             }
         }
-        s
+        t
     }
+
+    /// What was counted since `earlier`.
+    fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            requests: increase(self.requests, earlier.requests),
+            errors: increase(self.errors, earlier.errors),
+            prompt_tokens: increase(self.prompt_tokens, earlier.prompt_tokens),
+            generation_tokens: increase(self.generation_tokens, earlier.generation_tokens),
+            latency: self.latency.since(&earlier.latency),
+            ttft: self.ttft.since(&earlier.ttft),
+        }
+    }
+}
+
+/// The data plane's totals at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub at_ms: u64,
+    pub totals: Totals,
 }
 
 /// One instance's counts over one window (what it publishes).
@@ -65,12 +90,8 @@ impl Snapshot {
 pub struct Counts {
     /// Seconds between the window's first and last snapshots.
     pub span_s: f64,
-    pub requests: f64,
-    pub errors: f64,
-    pub prompt_tokens: f64,
-    pub generation_tokens: f64,
-    pub latency: Buckets,
-    pub ttft: Buckets,
+    #[serde(flatten)]
+    pub counted: Totals,
 }
 
 /// One instance's windows, in the order of [`WINDOWS_S`].
@@ -89,14 +110,6 @@ impl Default for Snapshots {
         Self {
             ring: Mutex::new(VecDeque::new()),
         }
-    }
-}
-
-fn increase(new: f64, old: f64) -> f64 {
-    if new >= old {
-        new - old
-    } else {
-        new
     }
 }
 
@@ -127,12 +140,7 @@ impl Snapshots {
                 let oldest = ring.iter().find(|s| s.at_ms >= from).unwrap_or(newest);
                 Counts {
                     span_s: newest.at_ms.saturating_sub(oldest.at_ms) as f64 / 1000.0,
-                    requests: increase(newest.requests, oldest.requests),
-                    errors: increase(newest.errors, oldest.errors),
-                    prompt_tokens: increase(newest.prompt_tokens, oldest.prompt_tokens),
-                    generation_tokens: increase(newest.generation_tokens, oldest.generation_tokens),
-                    latency: newest.latency.since(&oldest.latency),
-                    ttft: newest.ttft.since(&oldest.ttft),
+                    counted: newest.totals.since(&oldest.totals),
                 }
             })
             .collect();
@@ -187,14 +195,18 @@ fn sum_window(instances: &[InstanceWindows], i: usize) -> ThroughputWindow {
     let r = &mut w.rates;
     let mut latency = Buckets::default();
     let mut ttft = Buckets::default();
-    for c in instances.iter().filter_map(|inst| inst.windows.get(i)) {
-        w.window_s = w.window_s.max(c.span_s);
+    for (span_s, c) in instances
+        .iter()
+        .filter_map(|inst| inst.windows.get(i))
+        .map(|c| (c.span_s, &c.counted))
+    {
+        w.window_s = w.window_s.max(span_s);
         w.requests += c.requests;
         w.errors += c.errors;
-        if c.span_s > 0.0 {
-            r.req_per_sec += c.requests / c.span_s;
-            r.prompt_tokens_per_sec += c.prompt_tokens / c.span_s;
-            r.generation_tokens_per_sec += c.generation_tokens / c.span_s;
+        if span_s > 0.0 {
+            r.req_per_sec += c.requests / span_s;
+            r.prompt_tokens_per_sec += c.prompt_tokens / span_s;
+            r.generation_tokens_per_sec += c.generation_tokens / span_s;
         }
         latency = latency.add(&c.latency);
         ttft = ttft.add(&c.ttft);
@@ -226,20 +238,22 @@ mod tests {
     fn snap(at_ms: u64, requests: f64, fast: f64, slow: f64) -> Snapshot {
         Snapshot {
             at_ms,
-            requests,
-            errors: requests / 10.0,
-            prompt_tokens: requests * 100.0,
-            generation_tokens: requests * 10.0,
-            latency: Buckets::new(
-                vec![
-                    (0.05, fast),
-                    (1.0, fast + slow),
-                    (f64::INFINITY, fast + slow),
-                ],
-                0.0,
-                fast + slow,
-            ),
-            ttft: Buckets::default(),
+            totals: Totals {
+                requests,
+                errors: requests / 10.0,
+                prompt_tokens: requests * 100.0,
+                generation_tokens: requests * 10.0,
+                latency: Buckets::new(
+                    vec![
+                        (0.05, fast),
+                        (1.0, fast + slow),
+                        (f64::INFINITY, fast + slow),
+                    ],
+                    0.0,
+                    fast + slow,
+                ),
+                ttft: Buckets::default(),
+            },
         }
     }
 
@@ -263,8 +277,8 @@ mod tests {
         let w = s.windows();
         // The last minute: 12 steps of 50 slow requests, 60 s.
         assert_eq!(w.windows[0].span_s, 60.0);
-        assert_eq!(w.windows[0].requests, 600.0);
-        assert_eq!(w.windows[0].latency.count, 600.0);
+        assert_eq!(w.windows[0].counted.requests, 600.0);
+        assert_eq!(w.windows[0].counted.latency.count, 600.0);
         let one = summary(std::slice::from_ref(&w));
         assert_eq!(one.last_minute.req_per_sec, 10.0);
         assert_eq!(one.last_minute.prompt_tokens_per_sec, 1000.0);
@@ -303,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_reads_the_gateways_own_exposition() {
+    fn totals_read_the_gateways_own_exposition() {
         let m = crate::telemetry::Metrics::new();
         m.count_request("m", "s", 200);
         m.count_request("m", "s", 502);
@@ -312,7 +326,7 @@ mod tests {
         r.duration.observe(0.02);
         r.prompt_tokens.inc_by(7);
         r.completion_tokens.inc_by(3);
-        let s = Snapshot::of(&Page::parse(&m.render()).unwrap(), 1);
+        let s = Totals::of(&Page::parse(&m.render()).unwrap());
         assert_eq!((s.requests, s.errors), (3.0, 2.0));
         assert_eq!((s.prompt_tokens, s.generation_tokens), (7.0, 3.0));
         assert_eq!(s.latency.count, 1.0);
