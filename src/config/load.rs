@@ -71,7 +71,15 @@ impl Validator<'_> {
         use Seg::*;
         self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
         self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
-        let positive: [(&str, &str, u64); 18] = [
+        let positive: [(&str, &str, u64); 22] = [
+            ("proxy", "header_timeout_secs", c.proxy.header_timeout_secs),
+            ("proxy", "body_timeout_secs", c.proxy.body_timeout_secs),
+            (
+                "proxy",
+                "keepalive_timeout_secs",
+                c.proxy.keepalive_timeout_secs,
+            ),
+            ("proxy", "max_connections", c.proxy.max_connections as u64),
             (
                 "monitoring",
                 "sample_interval_secs",

@@ -285,6 +285,17 @@ pub struct ProxyConfig {
     pub ca_file: Option<String>,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
+    /// A request head must arrive whole within this, from its first bytes.
+    pub header_timeout_secs: u64,
+    /// Longest pause between two reads of a request body.
+    pub body_timeout_secs: u64,
+    /// A body must arrive at least this fast on average once header_timeout_secs have passed
+    /// since it started (0: no minimum).
+    pub body_min_rate_bytes_per_sec: u64,
+    /// An idle keep-alive client connection is closed after this long.
+    pub keepalive_timeout_secs: u64,
+    /// Client connections open at once; beyond, a new one is answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -304,6 +315,11 @@ impl Default for ProxyConfig {
             ca_file: None,
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 60,
+            header_timeout_secs: 10,
+            body_timeout_secs: 60,
+            body_min_rate_bytes_per_sec: 1024,
+            keepalive_timeout_secs: 60,
+            max_connections: 10_000,
         }
     }
 }

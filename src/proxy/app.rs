@@ -18,10 +18,8 @@ use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long an idle client connection is kept open.
-const KEEPALIVE: Duration = Duration::from_secs(60);
-/// Longest wait for a client's next bytes (head or body) and for a write to it to progress.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a write to a client to progress.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest `user` (body field or `x-user-id` header) accepted as an affinity identity.
 pub const MAX_USER_BYTES: usize = 256;
 
@@ -35,6 +33,9 @@ pub(super) struct Settings {
     pub pool_idle_timeout: Duration,
     pub pool_size: usize,
     pub client_read_buffer: usize,
+    pub client_limits: super::h1::client::ClientLimits,
+    pub keepalive: Duration,
+    pub max_connections: usize,
 }
 
 /// The data-plane app.
@@ -61,6 +62,14 @@ impl ProxyApp {
             pool_idle_timeout: Duration::from_millis(p.pool_idle_timeout_ms),
             pool_size: p.pool_size,
             client_read_buffer: p.client_read_buffer_bytes,
+            client_limits: super::h1::client::ClientLimits {
+                header: Duration::from_secs(p.header_timeout_secs),
+                body_pause: Duration::from_secs(p.body_timeout_secs),
+                body_min_rate: p.body_min_rate_bytes_per_sec,
+                write: CLIENT_WRITE_TIMEOUT,
+            },
+            keepalive: Duration::from_secs(p.keepalive_timeout_secs),
+            max_connections: p.max_connections,
         };
         Self {
             connector: TransportConnector::new(Some(opts)),
@@ -202,6 +211,13 @@ impl ProxyApp {
                 self.fail(ex, err, "", "").await;
                 return;
             }
+            Err(BodyError::TimedOut) => {
+                ex.keepalive = false;
+                self.gw.metrics.client_timeout("body");
+                self.fail(ex, ProxyError::ClientTimeout("body"), "", "")
+                    .await;
+                return;
+            }
             Err(BodyError::Io) => {
                 ex.keepalive = false;
                 return;
@@ -311,6 +327,20 @@ impl ProxyApp {
         };
     }
 
+    /// A connection over `max_connections`: 503 before its request is read, then closed.
+    async fn refuse_connection(&self, conn: &mut ClientConn) {
+        let err = ProxyError::TooManyConnections;
+        let field = err.field(self.settings.retry_after_secs);
+        let mut ex = Exchange {
+            conn,
+            head: &RequestHead::default(),
+            keepalive: false,
+        };
+        let fields: Vec<(&str, &[u8])> = field.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        ex.respond_json(err.status(), &fields, &err.body()).await;
+        conn.shutdown().await;
+    }
+
     /// A head that could not be parsed: 400 (or 431), then the connection closes.
     async fn refuse_head(
         &self,
@@ -334,13 +364,37 @@ impl ProxyApp {
 #[async_trait]
 impl ServerApp for ProxyApp {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let mut conn = ClientConn::new(io, self.settings.client_read_buffer, CLIENT_TIMEOUT);
+        let s = &self.settings;
+        let mut conn = ClientConn::new(io, s.client_read_buffer, s.client_limits);
+        let metrics = &self.gw.metrics;
+        // One atomic add per connection (not per request): the cap on open connections.
+        let _slot = ConnectionSlot::take(&metrics.client_connections);
+        if metrics.client_connections.get() as usize > s.max_connections {
+            metrics.client_refused.inc();
+            self.refuse_connection(&mut conn).await;
+            return None;
+        }
         let mut head = RequestHead::default();
         let mut shutdown = shutdown.clone();
         loop {
-            match conn.next_request(&mut head, KEEPALIVE, &mut shutdown).await {
+            match conn
+                .next_request(&mut head, s.keepalive, &mut shutdown)
+                .await
+            {
                 NextRequest::Ready => {}
                 NextRequest::Closed => return None,
+                NextRequest::TimedOut => {
+                    metrics.client_timeout("head");
+                    let err = ProxyError::ClientTimeout("head");
+                    let mut ex = Exchange {
+                        conn: &mut conn,
+                        head: &RequestHead::default(),
+                        keepalive: false,
+                    };
+                    ex.respond_json(err.status(), &[], &err.body()).await;
+                    conn.shutdown().await;
+                    return None;
+                }
                 NextRequest::Bad(e) => {
                     self.refuse_head(&mut conn, &RequestHead::default(), e)
                         .await;
@@ -360,5 +414,21 @@ impl ServerApp for ProxyApp {
                 return None;
             }
         }
+    }
+}
+
+/// A client connection counted in the gauge while it lives.
+struct ConnectionSlot<'a>(&'a prometheus::IntGauge);
+
+impl<'a> ConnectionSlot<'a> {
+    fn take(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -30,6 +30,11 @@ pub enum ProxyError {
     MissingScope(&'static str),
     #[error("Rate limit reached for this API key: {0}. Retry after {1} s.")]
     RateLimited(String, u64),
+    /// The client sent its request (`head` or `body`) too slowly.
+    #[error("The request {0} did not arrive in time.")]
+    ClientTimeout(&'static str),
+    #[error("The gateway has too many open connections; retry later.")]
+    TooManyConnections,
 }
 
 impl ProxyError {
@@ -54,6 +59,8 @@ impl ProxyError {
             ProxyError::UnknownModel(_) | ProxyError::UnknownPath(..) => 404,
             ProxyError::WrongMethod(_) => 405,
             ProxyError::TooLarge(_) => 413,
+            ProxyError::ClientTimeout(_) => 408,
+            ProxyError::TooManyConnections => 503,
             ProxyError::Unreachable(_) | ProxyError::BadResponse(_) => 502,
             ProxyError::NoHealthyServer(_) => 503,
             ProxyError::Timeout(_) => 504,
@@ -70,6 +77,8 @@ impl ProxyError {
             ProxyError::UnknownPath(..) => ("invalid_request_error", "unknown_url"),
             ProxyError::WrongMethod(_) => ("invalid_request_error", "method_not_allowed"),
             ProxyError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ProxyError::ClientTimeout(_) => ("invalid_request_error", "request_timeout"),
+            ProxyError::TooManyConnections => ("server_error", "too_many_connections"),
             ProxyError::NoHealthyServer(_) => ("server_error", "no_healthy_server"),
             ProxyError::Unreachable(_) => ("server_error", "upstream_unreachable"),
             ProxyError::Timeout(_) => ("server_error", "upstream_timeout"),
@@ -90,7 +99,9 @@ impl ProxyError {
     /// makes sense, `WWW-Authenticate` on a 401, `Allow` on a 405.
     pub fn field(&self, retry_after_secs: u64) -> Option<(&'static str, String)> {
         match self {
-            ProxyError::NoHealthyServer(_) => Some(("retry-after", retry_after_secs.to_string())),
+            ProxyError::NoHealthyServer(_) | ProxyError::TooManyConnections => {
+                Some(("retry-after", retry_after_secs.to_string()))
+            }
             ProxyError::RateLimited(_, secs) => Some(("retry-after", secs.to_string())),
             ProxyError::Unauthorized(_) => Some(("www-authenticate", "Bearer".into())),
             ProxyError::WrongMethod(m) => Some(("allow", (*m).into())),

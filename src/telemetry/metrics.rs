@@ -55,6 +55,12 @@ pub struct Metrics {
     healthy: IntGaugeVec,
     affinity: IntCounterVec,
     retries: IntCounterVec,
+    /// Client connections open now.
+    pub client_connections: IntGauge,
+    /// Client connections answered 503 at once (over `max_connections`).
+    pub client_refused: IntCounter,
+    /// Clients too slow, by phase (`head`, `body`).
+    client_timeouts: IntCounterVec,
 }
 
 /// Pre-resolved handles for one (model, server) route.
@@ -143,8 +149,29 @@ impl Metrics {
             &["server"],
         )
         .expect("valid metric");
+        let client_connections = IntGauge::new(
+            "infergate_client_connections",
+            "Client connections open on the data plane",
+        )
+        .expect("valid metric");
+        let client_refused = IntCounter::new(
+            "infergate_client_connections_refused_total",
+            "Client connections answered 503 at once because max_connections were open",
+        )
+        .expect("valid metric");
+        let client_timeouts = IntCounterVec::new(
+            Opts::new(
+                "infergate_client_timeouts_total",
+                "Requests whose client was too slow, by phase (head: header_timeout_secs; body: a pause over body_timeout_secs or under the minimum rate), answered 408",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_refused.clone()),
+            Box::new(client_timeouts.clone()),
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(ttft.clone()),
             Box::new(itl.clone()),
@@ -167,7 +194,15 @@ impl Metrics {
             healthy,
             affinity,
             retries,
+            client_connections,
+            client_refused,
+            client_timeouts,
         }
+    }
+
+    /// A client too slow in `phase` (`head` or `body`).
+    pub fn client_timeout(&self, phase: &str) {
+        self.client_timeouts.with_label_values(&[phase]).inc();
     }
 
     pub fn route(&self, model: &str, server: &str) -> RouteMetrics {

@@ -19,6 +19,7 @@ mod model_files;
 mod models;
 mod monitoring;
 mod routing;
+mod slow_clients;
 mod smuggling;
 mod streaming;
 mod tls;

@@ -27,7 +27,9 @@ pub enum BodyError {
     TooLarge,
     /// Broken chunked framing.
     Framing(ChunkError),
-    /// The client went away, timed out or the connection failed.
+    /// The client sent it too slowly (a pause over the body timeout, or under the minimum rate).
+    TimedOut,
+    /// The client went away or the connection failed.
     Io,
 }
 
@@ -36,7 +38,53 @@ pub enum NextRequest {
     Ready,
     /// The client closed, idled out, or the server is shutting down.
     Closed,
+    /// A head was started but not finished within the header timeout.
+    TimedOut,
     Bad(HeadError),
+}
+
+/// How long a client may take (slow clients hold a connection and its buffer).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// The whole request head, from its first bytes.
+    pub header: Duration,
+    /// Longest pause between two reads of a body.
+    pub body_pause: Duration,
+    /// A body must arrive at least this fast on average, once `header` has passed since it
+    /// started (0: no minimum).
+    pub body_min_rate: u64,
+    /// Longest wait for a write to the client to progress.
+    pub write: Duration,
+}
+
+/// The pace of one body: how long the next read may wait.
+struct BodyPace {
+    limits: ClientLimits,
+    /// Set at the first read that has to wait (no clock read for a body already buffered).
+    started: Option<tokio::time::Instant>,
+}
+
+impl BodyPace {
+    fn new(limits: ClientLimits) -> Self {
+        Self {
+            limits,
+            started: None,
+        }
+    }
+
+    /// The wait allowed for the next read, `received` bytes in; zero: too slow already.
+    fn next_wait(&mut self, received: usize) -> Duration {
+        let now = tokio::time::Instant::now();
+        let started = *self.started.get_or_insert(now);
+        let l = self.limits;
+        if l.body_min_rate == 0 {
+            return l.body_pause;
+        }
+        // By when `received` bytes must have been followed by more, at the minimum rate.
+        let due =
+            started + l.header + Duration::from_secs_f64(received as f64 / l.body_min_rate as f64);
+        due.saturating_duration_since(now).min(l.body_pause)
+    }
 }
 
 /// One client connection.
@@ -48,18 +96,18 @@ pub struct ClientConn {
     pub out: Vec<u8>,
     /// Where requests to servers are assembled (kept between requests).
     pub scratch: Vec<u8>,
-    timeout: Duration,
+    limits: ClientLimits,
 }
 
 impl ClientConn {
-    pub fn new(io: Stream, read_size: usize, timeout: Duration) -> Self {
+    pub fn new(io: Stream, read_size: usize, limits: ClientLimits) -> Self {
         Self {
             io,
             rbuf: BytesMut::new(),
             read_size: read_size.max(1024),
             out: Vec::with_capacity(1024),
             scratch: Vec::new(),
-            timeout,
+            limits,
         }
     }
 
@@ -94,8 +142,9 @@ impl ClientConn {
                 return NextRequest::Closed;
             }
         }
-        // The whole head must arrive within the timeout, however it is split (the deadline is
-        // set when a second read is needed).
+        // The whole head must arrive within the header timeout, however it is split. The
+        // deadline is set when a second read is needed, which starts as soon as the first
+        // bytes were read: it counts from them, without a clock read for a head that came whole.
         let mut deadline = None;
         let mut scanned = 0;
         loop {
@@ -116,10 +165,12 @@ impl ClientConn {
             }
             scanned = self.rbuf.len();
             let deadline =
-                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.timeout);
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.limits.header);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if !matches!(self.fill(left).await, Ok(n) if n > 0) {
-                return NextRequest::Closed;
+            match self.fill(left).await {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return NextRequest::TimedOut,
+                _ => return NextRequest::Closed,
             }
         }
     }
@@ -150,13 +201,16 @@ impl ClientConn {
                 let mut body = BytesMut::with_capacity(n.min(BODY_STEP));
                 body.extend_from_slice(&self.rbuf);
                 self.rbuf.clear();
+                let mut pace = BodyPace::new(self.limits);
                 while body.len() < n {
                     if body.capacity() == body.len() {
                         body.reserve((n - body.len()).min(body.len().max(BODY_STEP)));
                     }
-                    let read = super::timed::timed(self.timeout, self.io.read_buf(&mut body));
+                    let wait = pace.next_wait(body.len());
+                    let read = super::timed::timed(wait, self.io.read_buf(&mut body));
                     match read.await {
-                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(BodyError::Io),
+                        Err(_) => return Err(BodyError::TimedOut),
+                        Ok(Ok(0)) | Ok(Err(_)) => return Err(BodyError::Io),
                         Ok(Ok(_)) => {}
                     }
                 }
@@ -169,6 +223,9 @@ impl ClientConn {
             Some(BodyFraming::Chunked) => {
                 let mut decoder = Chunked::default();
                 let mut body = BytesMut::new();
+                let mut pace = BodyPace::new(self.limits);
+                // Bytes of the body read so far, framing included.
+                let mut received = self.rbuf.len();
                 loop {
                     match decoder.step(&mut self.rbuf).map_err(BodyError::Framing)? {
                         Step::Data(n) => {
@@ -178,11 +235,13 @@ impl ClientConn {
                             body.extend_from_slice(&self.rbuf[..n]);
                             bytes::Buf::advance(&mut self.rbuf, n);
                         }
-                        Step::NeedMore => {
-                            if !matches!(self.fill(self.timeout).await, Ok(n) if n > 0) {
-                                return Err(BodyError::Io);
+                        Step::NeedMore => match self.fill(pace.next_wait(received)).await {
+                            Ok(n) if n > 0 => received += n,
+                            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                                return Err(BodyError::TimedOut)
                             }
-                        }
+                            _ => return Err(BodyError::Io),
+                        },
                         Step::Done => return Ok(body.freeze()),
                     }
                 }
@@ -201,7 +260,7 @@ impl ClientConn {
             }
             self.io.flush().await
         };
-        let r = match super::timed::timed(self.timeout, write).await {
+        let r = match super::timed::timed(self.limits.write, write).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         };
@@ -274,14 +333,42 @@ fn ends_head(buf: &[u8], from: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_may_pause_within_its_timeout_and_must_keep_the_minimum_rate() {
+        let limits = ClientLimits {
+            header: Duration::from_secs(10),
+            body_pause: Duration::from_secs(60),
+            body_min_rate: 1000,
+            write: Duration::from_secs(60),
+        };
+        let mut pace = BodyPace::new(limits);
+        // The first 10 s are free, whatever has arrived.
+        assert_eq!(pace.next_wait(0), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(pace.next_wait(0), Duration::from_secs(5));
+        // 10,000 bytes buy 10 s more at 1,000 B/s: due at 20 s, 15 s from now.
+        assert_eq!(pace.next_wait(10_000), Duration::from_secs(15));
+        // A megabyte buys more than the longest pause: the pause bounds the wait.
+        assert_eq!(pace.next_wait(1_000_000), Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(pace.next_wait(10_000), Duration::ZERO, "too slow already");
+        let mut no_minimum = BodyPace::new(ClientLimits {
+            body_min_rate: 0,
+            ..limits
+        });
+        assert_eq!(no_minimum.next_wait(0), Duration::from_secs(60));
+    }
+
     #[test]
     fn finds_the_end_of_a_head_across_reads() {
         let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        assert!(super::ends_head(head, 0));
-        assert!(!super::ends_head(&head[..head.len() - 1], 0));
+        assert!(ends_head(head, 0));
+        assert!(!ends_head(&head[..head.len() - 1], 0));
         for from in 0..head.len() {
-            assert!(super::ends_head(head, from), "from {from}");
+            assert!(ends_head(head, from), "from {from}");
         }
-        assert!(super::ends_head(b"GET / HTTP/1.0\n\n", 14));
+        assert!(ends_head(b"GET / HTTP/1.0\n\n", 14));
     }
 }
