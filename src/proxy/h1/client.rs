@@ -145,7 +145,9 @@ impl ClientConn {
         // The whole head must arrive within the header timeout, however it is split. The
         // deadline is set when a second read is needed, which starts as soon as the first
         // bytes were read: it counts from them, without a clock read for a head that came whole.
-        let mut deadline = None;
+        // One timer serves every later read of the head (a slow client's bytes each cost a
+        // read, not a timer too).
+        let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut scanned = 0;
         loop {
             // Parse only once the blank line is in (a head sent in pieces is not re-parsed
@@ -164,13 +166,18 @@ impl ClientConn {
                 return NextRequest::Bad(HeadError::TooLarge(MAX_HEAD_BYTES));
             }
             scanned = self.rbuf.len();
-            let deadline =
-                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.limits.header);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.fill(left).await {
-                Ok(n) if n > 0 => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return NextRequest::TimedOut,
-                _ => return NextRequest::Closed,
+            let header = self.limits.header;
+            let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(header)));
+            if self.rbuf.capacity() - self.rbuf.len() < 512 {
+                self.rbuf.reserve(self.read_size);
+            }
+            tokio::select! {
+                biased;
+                r = self.io.read_buf(&mut self.rbuf) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return NextRequest::Closed,
+                },
+                _ = timer.as_mut() => return NextRequest::TimedOut,
             }
         }
     }
