@@ -10,6 +10,7 @@ mod demand;
 pub mod error;
 mod identity_views;
 mod keys;
+mod lockout;
 mod model_files;
 mod model_lifecycle;
 mod model_registry;
@@ -59,6 +60,8 @@ pub struct AdminState {
     pub gpus: Arc<dyn crate::gpu::GpuSource>,
     /// Host, GPU, throughput and engine figures (`/admin/system/*`, `/admin/models/metrics`).
     pub monitor: Arc<crate::monitoring::Monitor>,
+    /// Addresses blocked after repeated failed authentications.
+    lockout: lockout::Lockout,
 }
 
 /// Why the admin service could not be set up.
@@ -86,6 +89,11 @@ impl AdminState {
             usage_scans: tokio::sync::Semaphore::new(2),
             gpus: monitor.gpu_source.clone(),
             monitor,
+            lockout: lockout::Lockout::new(
+                gw.config.admin.auth_failures_max,
+                std::time::Duration::from_secs(gw.config.admin.auth_failures_window_secs),
+                std::time::Duration::from_secs(gw.config.admin.auth_block_secs),
+            ),
             hub: crate::modelfiles::hub::Hub::from_env(std::time::Duration::from_secs(
                 gw.config.runner.hub_timeout_secs,
             )),
@@ -246,10 +254,42 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
 }
 
 async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    // The TCP peer (set by the listener; absent when the router is served otherwise).
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(a)| a.ip());
+    if let Some(left) = ip.and_then(|ip| s.lockout.blocked(ip)) {
+        return too_many_failures(left, ip);
+    }
     match s.creds.authorize(req.headers(), &s.gw.keys, AI_ADMIN) {
         Ok(_) => next.run(req).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if e.status() == StatusCode::UNAUTHORIZED {
+                if let Some(block) = ip.and_then(|ip| s.lockout.failed(ip)) {
+                    return too_many_failures(block, ip);
+                }
+            }
+            e.into_response()
+        }
     }
+}
+
+/// 429 for an address blocked after failed authentications (logged with the error id and the
+/// address; the credentials it sent are never logged).
+fn too_many_failures(left: std::time::Duration, ip: Option<std::net::IpAddr>) -> Response {
+    let secs = left.as_secs().max(1);
+    tracing::warn!(address = ?ip, retry_after_secs = secs, "admin authentication refused: too many failures from this address");
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed authentications",
+    )
+    .detail(format!("this address is blocked for {secs} s"))
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 async fn not_found() -> ApiError {
@@ -287,6 +327,7 @@ impl BackgroundService for AdminService {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -71,7 +71,13 @@ impl Validator<'_> {
         use Seg::*;
         self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
         self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
-        let positive: [(&str, &str, u64); 22] = [
+        let positive: [(&str, &str, u64); 24] = [
+            (
+                "admin",
+                "auth_failures_window_secs",
+                c.admin.auth_failures_window_secs,
+            ),
+            ("admin", "auth_block_secs", c.admin.auth_block_secs),
             ("proxy", "header_timeout_secs", c.proxy.header_timeout_secs),
             ("proxy", "body_timeout_secs", c.proxy.body_timeout_secs),
             (

@@ -332,6 +332,12 @@ pub struct AdminConfig {
     pub threads: usize,
     /// Service accounts besides the environment's admin pair.
     pub credentials: Vec<CredentialConfig>,
+    /// Failed authentications from one address within `auth_failures_window_secs` that block
+    /// it (0: never).
+    pub auth_failures_max: u32,
+    pub auth_failures_window_secs: u64,
+    /// How long a blocked address is answered 429.
+    pub auth_block_secs: u64,
 }
 
 impl Default for AdminConfig {
@@ -340,6 +346,9 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9090".into(),
             threads: 1,
             credentials: Vec::new(),
+            auth_failures_max: 20,
+            auth_failures_window_secs: 60,
+            auth_block_secs: 60,
         }
     }
 }

@@ -1042,3 +1042,71 @@ async fn runpod_read_failures_are_502_and_nothing_secret_is_logged() {
     let (_, body) = assert_error(r, 502, "runpod API error").await;
     assert!(body["detail"].as_str().unwrap().contains("401"), "{body}");
 }
+
+#[tokio::test]
+async fn repeated_failed_authentications_block_the_address_for_a_while() {
+    let m = mock("a", &["m"]).await;
+    let gw = Gateway::start_logged(
+        &format!(
+            "admin.auth_failures_max = 3\nadmin.auth_block_secs = 2\n{}",
+            server(&m.url(), &["m"])
+        ),
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/admin/servers", gw.admin);
+    let c = Client::new();
+    let guess = |n: u32| {
+        c.get(&url)
+            .bearer_auth(format!("{ADMIN_KEY}:wrong-guess-{n}"))
+            .send()
+    };
+    for n in 0..2 {
+        assert_eq!(guess(n).await.unwrap().status(), 401);
+    }
+    // The third failure blocks: 429 with Retry-After, in the admin API's error shape.
+    let r = guess(2).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "2");
+    assert!(r.headers().contains_key("x-error-id"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "too many failed authentications");
+    // While blocked, even the right credentials are refused from this address...
+    let right = gw
+        .admin(&c, Method::GET, "/admin/servers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 429);
+    // ... but not from another one.
+    let other = Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = gw
+        .admin(&other, Method::GET, "/admin/servers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Unauthenticated endpoints stay open.
+    let health = c
+        .get(format!("http://{}/health", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // The block ends.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = gw
+        .admin(&c, Method::GET, "/admin/servers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Logged with the address, never with the secret tried.
+    let log = gw.log();
+    assert!(log.contains("too many failures"), "{log}");
+    assert!(!log.contains("wrong-guess"), "a tried secret was logged");
+    assert!(!log.contains(ADMIN_SECRET), "the secret was logged");
+}
