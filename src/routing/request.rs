@@ -145,4 +145,44 @@ mod tests {
             ))
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_body_is_routed_or_refused_without_a_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            ct in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let _ = route_key_json(&body);
+            let _ = route_key_multipart(&body, &ct);
+            let _ = route_key_multipart(&body, b"multipart/form-data; boundary=xyz");
+        }
+
+        #[test]
+        fn the_top_level_model_is_found_among_any_other_fields(
+            model in "[a-zA-Z0-9/._-]{1,40}",
+            others in proptest::collection::vec(("[a-z]{1,8}", proptest::prelude::any::<i32>()), 0..6),
+            at in proptest::prelude::any::<usize>(),
+        ) {
+            // The model at any position among other fields, one of them a nested decoy.
+            let mut fields: Vec<String> = others
+                .iter()
+                .filter(|(k, _)| k != "model" && k != "user")
+                .map(|(k, v)| format!("{:?}:{v}", k))
+                .collect();
+            fields.push(r#""meta":{"model":"decoy"}"#.to_string());
+            let pos = at % (fields.len() + 1);
+            fields.insert(pos, format!("\"model\":{}", serde_json::to_string(&model).unwrap()));
+            let body = format!("{{{}}}", fields.join(","));
+            let k = route_key_json(body.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(k.model.as_ref(), model.as_str());
+            // The same model as a form field, after a file part.
+            let form = format!(
+                "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n{body}\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--b--\r\n"
+            );
+            let k = route_key_multipart(form.as_bytes(), b"multipart/form-data; boundary=b").unwrap();
+            proptest::prop_assert_eq!(k.model.as_ref(), model.as_str());
+        }
+    }
 }

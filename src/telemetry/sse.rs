@@ -278,4 +278,54 @@ mod tests {
         );
         assert_eq!(s.token_events, 3);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_stream_scans_the_same_however_it_is_split(
+            contents in proptest::collection::vec(proptest::collection::vec(0x20u8..0x7f, 0..12), 1..12),
+            usage in proptest::option::of((0u64..1000, 0u64..1000)),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..10),
+            crlf in proptest::prelude::any::<bool>(),
+        ) {
+            let mut stream = String::new();
+            for c in &contents {
+                // JSON-escaped text (quotes and backslashes are in the range).
+                let text = serde_json::to_string(&String::from_utf8(c.clone()).unwrap()).unwrap();
+                stream.push_str(&format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{text}}}}}]}}\n\n"));
+            }
+            if let Some((p, c)) = usage {
+                stream.push_str(&format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}}}\n\n"));
+            }
+            stream.push_str("data: [DONE]\n\n");
+            if crlf {
+                stream = stream.replace('\n', "\r\n");
+            }
+            let bytes = stream.as_bytes();
+            let scan = |points: &[usize]| {
+                let t0 = Instant::now();
+                let mut s = SseScanner::default();
+                let mut from = 0;
+                for &p in points.iter().chain(std::iter::once(&bytes.len())) {
+                    s.feed(&bytes[from..p], t0);
+                    from = p;
+                }
+                (s.token_events, s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), s.first_token.is_some())
+            };
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let whole = scan(&[]);
+            let tokens = contents.iter().filter(|c| !c.is_empty()).count() as u64;
+            proptest::prop_assert_eq!(whole.0, tokens);
+            proptest::prop_assert_eq!(whole.1, usage);
+            proptest::prop_assert_eq!(scan(&points), whole);
+        }
+
+        #[test]
+        fn any_bytes_are_scanned_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut s = SseScanner::default();
+            s.feed(&bytes, Instant::now());
+        }
+    }
 }

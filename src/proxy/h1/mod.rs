@@ -11,6 +11,8 @@ pub mod chunked;
 pub mod client;
 pub mod fields;
 pub mod pool;
+#[cfg(test)]
+mod proptests;
 pub mod request;
 pub mod target;
 pub mod timed;
