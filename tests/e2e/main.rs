@@ -8,6 +8,7 @@ mod wire;
 
 mod admin;
 mod cli;
+mod differential;
 mod errors;
 mod health;
 mod http1;
