@@ -5,7 +5,8 @@
 # figure repeats to a fraction of a percent whatever else the machine is doing.
 #
 # Each target runs under callgrind in turn, alone on the machine but for the mock backend:
-# infergate with one worker thread and one health probe an hour, nginx with one process. It takes
+# infergate with one worker thread, health probes and monitoring once an hour, nginx with one
+# process. It takes
 # WARMUP requests, its counters are zeroed, it serves REQUESTS issue-2 requests (non-streaming
 # chat completions with a 16-token answer, over CONNS keep-alive connections, sent by a Python
 # client), and its counters are dumped: the figure is every thread of the process divided by
@@ -79,7 +80,9 @@ PY
 gateway() { # NAME BINARY: runs the gateway under callgrind
   local port admin
   port=$(free_port); admin=$(free_port)
-  { gateway_config "$port" "$admin" "memory://"; printf '[health]\ninterval_ms = 3600000\n'; } >"$work/$1.toml"
+  # Periodic background work (health probes, monitoring samples and scrapes) once an hour: the
+  # figure is the request path's.
+  { gateway_config "$port" "$admin" "memory://"; printf '[health]\ninterval_ms = 3600000\n[monitoring]\nsample_interval_secs = 3600\nscrape_interval_secs = 3600\n'; } >"$work/$1.toml"
   INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
     measure "$1" "$port" "$2" serve --config "$work/$1.toml"
 }

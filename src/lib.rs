@@ -6,7 +6,7 @@
 //! failures), `store` (shared state), `telemetry` (metrics, TTFT and usage), `admin` (the admin
 //! listener), `identity` (organizations, users, API keys), `lifecycle` (managed models: their
 //! records, and the engines the gateway runs for them), `monitoring` (host, GPU, throughput
-//! and engine figures), `pods` (pod providers), `mock` (a
+//! and engine figures), `pods` (pod providers), `tls` (the listeners' certificates), `mock` (a
 //! mock vLLM server for tests, benchmarks and the demo), `serve` (process assembly).
 
 pub mod admin;
@@ -25,5 +25,6 @@ pub mod routing;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod usage;

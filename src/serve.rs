@@ -24,6 +24,11 @@ pub enum ServeError {
     Admin(#[from] crate::admin::AdminSetupError),
     #[error("cannot start the model lifecycle thread: {0}")]
     Lifecycle(std::io::Error),
+    #[error("{key}: {source}")]
+    Tls {
+        key: &'static str,
+        source: crate::tls::TlsError,
+    },
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         addr: String,
@@ -77,9 +82,17 @@ pub fn run_with(
     let mut proxy = Service::new("infergate proxy".into(), ProxyApp::new(gw.clone()));
     // The data plane buffers reads and assembles writes itself (`proxy::h1`), so the
     // listener's streams are unbuffered.
-    proxy.add_listener(
-        ListenerConfig::tcp(cfg.proxy.listen.clone()).l4_buffer(L4BufferSettings::unbuffered()),
-    );
+    let mut listener =
+        ListenerConfig::tcp(cfg.proxy.listen.clone()).l4_buffer(L4BufferSettings::unbuffered());
+    if let Some(files) = crate::config::tls_files(&cfg.proxy.tls_cert, &cfg.proxy.tls_key) {
+        let cert = crate::tls::ReloadingCert::load(files).map_err(|source| ServeError::Tls {
+            key: "proxy.tls_cert",
+            source,
+        })?;
+        cert.watch("proxy");
+        listener = listener.tls(crate::tls::listener_settings(cert));
+    }
+    proxy.add_listener(listener);
     proxy.threads = Some(cfg.proxy.threads);
 
     let mut health = background_service("health", HealthChecker::new(gw.clone())?);
@@ -91,9 +104,22 @@ pub fn run_with(
         std::sync::Arc::new(crate::gpu::Nvml::load()),
         crate::health::server_client(&gw.config)?,
     );
+    let admin_tls = match crate::config::tls_files(&cfg.admin.tls_cert, &cfg.admin.tls_key) {
+        Some(files) => {
+            let cert =
+                crate::tls::ReloadingCert::load(files).map_err(|source| ServeError::Tls {
+                    key: "admin.tls_cert",
+                    source,
+                })?;
+            cert.watch("admin");
+            Some(crate::tls::acceptor(cert))
+        }
+        None => None,
+    };
     let mut admin = background_service(
         "admin",
-        AdminService::new(gw.clone(), life.clone(), monitor.clone(), admin_listener)?,
+        AdminService::new(gw.clone(), life.clone(), monitor.clone(), admin_listener)?
+            .with_tls(admin_tls),
     );
     admin.threads = Some(cfg.admin.threads);
     // Managed engines are spawned and watched on this service's one thread.

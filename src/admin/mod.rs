@@ -22,6 +22,7 @@ mod pods;
 mod registry;
 mod servers;
 mod system;
+mod tls_listener;
 mod upstreams;
 mod usage;
 mod users;
@@ -118,6 +119,8 @@ pub struct PageParams {
 pub struct AdminService {
     state: Arc<AdminState>,
     listener: Mutex<Option<std::net::TcpListener>>,
+    /// Set when the admin port speaks TLS (`[admin] tls_cert`).
+    tls: Option<pingora::tls::TlsAcceptor>,
 }
 
 impl AdminService {
@@ -130,7 +133,14 @@ impl AdminService {
         Ok(Self {
             state: Arc::new(AdminState::new(gw, life, monitor)?),
             listener: Mutex::new(Some(listener)),
+            tls: None,
         })
+    }
+
+    /// Serve over TLS with this acceptor.
+    pub fn with_tls(mut self, tls: Option<pingora::tls::TlsAcceptor>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -257,8 +267,8 @@ async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Nex
     // The TCP peer (set by the listener; absent when the router is served otherwise).
     let ip = req
         .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|axum::extract::ConnectInfo(a)| a.ip());
+        .get::<axum::extract::ConnectInfo<tls_listener::Peer>>()
+        .map(|axum::extract::ConnectInfo(tls_listener::Peer(a))| a.ip());
     if let Some(left) = ip.and_then(|ip| s.lockout.blocked(ip)) {
         return too_many_failures(left, ip);
     }
@@ -327,11 +337,20 @@ impl BackgroundService for AdminService {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+        let app = app.into_make_service_with_connect_info::<tls_listener::Peer>();
+        let served = match self.tls.clone() {
+            Some(acceptor) => {
+                axum::serve(tls_listener::TlsListener::new(listener, acceptor), app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "admin service stopped");
         }
     }

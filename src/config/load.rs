@@ -184,6 +184,22 @@ impl Validator<'_> {
                 "must be non-empty and contain no '{' or '}' (they are hash tags)".into(),
             );
         }
+        for (table, cert, key) in [
+            ("proxy", &c.proxy.tls_cert, &c.proxy.tls_key),
+            ("admin", &c.admin.tls_cert, &c.admin.tls_key),
+        ] {
+            if cert.is_some() != key.is_some() {
+                let missing = if cert.is_some() {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                };
+                self.fail(
+                    &[Key(table), Key(missing)],
+                    "tls_cert and tls_key are set together".into(),
+                );
+            }
+        }
         for (key, value, max) in [
             (
                 "sample_interval_secs",

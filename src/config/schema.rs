@@ -296,6 +296,9 @@ pub struct ProxyConfig {
     pub keepalive_timeout_secs: u64,
     /// Client connections open at once; beyond, a new one is answered 503 and closed.
     pub max_connections: usize,
+    /// PEM certificate chain and private key: the listener speaks TLS (both or neither).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -320,6 +323,8 @@ impl Default for ProxyConfig {
             body_min_rate_bytes_per_sec: 1024,
             keepalive_timeout_secs: 60,
             max_connections: 10_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -338,6 +343,9 @@ pub struct AdminConfig {
     pub auth_failures_window_secs: u64,
     /// How long a blocked address is answered 429.
     pub auth_block_secs: u64,
+    /// PEM certificate chain and private key: the admin port speaks TLS (both or neither).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -349,6 +357,8 @@ impl Default for AdminConfig {
             auth_failures_max: 20,
             auth_failures_window_secs: 60,
             auth_block_secs: 60,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -532,4 +542,15 @@ pub struct ServerConfig {
     pub models: Vec<String>,
     #[serde(default)]
     pub api_key_env: Option<String>,
+}
+
+/// A listener's TLS files, when both are set (validation refuses one without the other).
+pub fn tls_files(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+) -> Option<crate::tls::CertFiles> {
+    Some(crate::tls::CertFiles {
+        cert: cert.clone()?,
+        key: key.clone()?,
+    })
 }

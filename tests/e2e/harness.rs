@@ -57,6 +57,8 @@ pub struct Gateway {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     _dir: tempfile::TempDir,
+    /// The CA of the listeners' certificate (for `localhost`) when they speak TLS.
+    tls_ca: Option<String>,
 }
 
 impl Gateway {
@@ -67,6 +69,38 @@ impl Gateway {
 
     pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Gateway {
         Self::launch(extra, env, false, &[]).await
+    }
+
+    /// Both listeners over TLS with a certificate for `localhost` signed by `ca_pem` (`extra`
+    /// sets the tls_cert and tls_key keys).
+    pub async fn start_tls(extra: &str, ca_pem: &str) -> Gateway {
+        for _ in 0..3 {
+            if let Some(gw) = Self::try_launch(extra, &[], false, &[], Some(ca_pem)).await {
+                return gw;
+            }
+        }
+        panic!("the gateway did not start on three sets of free ports");
+    }
+
+    /// A client for this gateway: trusting its CA and reaching `localhost` on loopback.
+    pub fn client(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .resolve("localhost", self.proxy)
+            .resolve("localhost", self.admin);
+        if let Some(ca) = &self.tls_ca {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    }
+
+    /// `http(s)://localhost:<port>` of a listener.
+    pub fn base(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://localhost:{}", addr.port())
     }
 
     /// Like [`Self::start_with_env`], logging at info level into a file that [`Self::log`]
@@ -89,7 +123,7 @@ impl Gateway {
         // A port free when chosen can be taken (by another test's server) before the gateway
         // binds it: the gateway then exits, or something else answers. Try fresh ports.
         for _ in 0..3 {
-            if let Some(gw) = Self::try_launch(extra, env, capture, args).await {
+            if let Some(gw) = Self::try_launch(extra, env, capture, args, None).await {
                 return gw;
             }
         }
@@ -101,6 +135,7 @@ impl Gateway {
         env: &[(&str, &str)],
         capture: bool,
         args: &[&str],
+        tls_ca: Option<&str>,
     ) -> Option<Gateway> {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -134,6 +169,7 @@ impl Gateway {
             proxy,
             admin,
             _dir: dir,
+            tls_ca: tls_ca.map(str::to_string),
         };
         gw.wait_ready().await.then_some(gw)
     }
@@ -141,7 +177,7 @@ impl Gateway {
     /// Whether this gateway (not another server that took one of its ports) answers on both.
     async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let client = reqwest::Client::new();
+        let client = self.client();
         let ours = |r: Result<reqwest::Response, reqwest::Error>| async move {
             match r {
                 Ok(r) => r.text().await.is_ok_and(|t| t == r#"{"status":"ok"}"#),
@@ -154,14 +190,14 @@ impl Gateway {
             }
             let admin_ok = ours(
                 client
-                    .get(format!("http://{}/health", self.admin))
+                    .get(format!("{}/health", self.base(self.admin)))
                     .send()
                     .await,
             )
             .await;
             let proxy_ok = ours(
                 client
-                    .get(format!("http://{}/health", self.proxy))
+                    .get(format!("{}/health", self.base(self.proxy)))
                     .send()
                     .await,
             )

@@ -147,3 +147,165 @@ async fn https_servers_are_verified_and_stream() {
         0
     );
 }
+
+/// A CA, and leaf certificates for `localhost` signed by it.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "infergate listener CA");
+        Ca {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// (certificate PEM, its DER, key PEM)
+    fn leaf(&self) -> (String, Vec<u8>, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        (cert.pem(), cert.der().to_vec(), key.serialize_pem())
+    }
+}
+
+/// A TLS connection to `addr` offering h2 and http/1.1: (the protocol chosen, the
+/// certificate presented).
+async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> (Option<Vec<u8>>, Vec<u8>) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let conn = tls.get_ref().1;
+    (
+        conn.alpn_protocol().map(<[u8]>::to_vec),
+        conn.peer_certificates().unwrap()[0].to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn both_listeners_speak_tls_over_http11_and_pick_up_a_new_certificate() {
+    let ca = Ca::new();
+    let ca_pem = ca.cert.pem();
+    let (cert, der, key) = ca.leaf();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let m = mock("a", &["m"]).await;
+    let files = format!("tls_cert = {cert_path:?}\ntls_key = {key_path:?}\n");
+    let gw = Gateway::start_tls(
+        &format!(
+            "{}{}{}",
+            files
+                .lines()
+                .map(|l| format!("proxy.{l}\n"))
+                .collect::<String>(),
+            files
+                .lines()
+                .map(|l| format!("admin.{l}\n"))
+                .collect::<String>(),
+            server(&m.url(), &["m"])
+        ),
+        &ca_pem,
+    )
+    .await;
+    let c = gw.client();
+    let chat = format!("{}/v1/chat/completions", gw.base(gw.proxy));
+    let r = c.post(&chat).json(&chat_body("m")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    // A stream over TLS.
+    let body = json!({"model": "m", "stream": true, "max_tokens": 3,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let text = c
+        .post(&chat)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("data: [DONE]"), "{text}");
+    // The admin API over TLS.
+    let r = c
+        .get(format!("{}/admin/servers", gw.base(gw.admin)))
+        .bearer_auth(format!("{ADMIN_KEY}:{ADMIN_SECRET}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on a TLS port gets no answer.
+    let plain = Client::new()
+        .get(format!("http://{}/health", gw.proxy))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // HTTP/1.1 only, even to a client offering h2 first; the certificate from the files.
+    for addr in [gw.proxy, gw.admin] {
+        let (alpn, presented) = handshake(addr, &ca_pem).await;
+        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(presented, der);
+    }
+    // New files: new handshakes get the new certificate, without a restart.
+    let (cert2, der2, key2) = ca.leaf();
+    std::fs::write(&key_path, &key2).unwrap();
+    std::fs::write(&cert_path, &cert2).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for addr in [gw.proxy, gw.admin] {
+        loop {
+            if handshake(addr, &ca_pem).await.1 == der2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new certificate was not served"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The client's open connection (old certificate) and new ones both work.
+    let r = c.post(&chat).json(&chat_body("m")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let fresh = gw.client();
+    assert_eq!(
+        fresh
+            .post(&chat)
+            .json(&chat_body("m"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Files that are not a certificate keep the running one.
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(handshake(gw.proxy, &ca_pem).await.1, der2);
+}
