@@ -309,3 +309,76 @@ async fn both_listeners_speak_tls_over_http11_and_pick_up_a_new_certificate() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(handshake(gw.proxy, &ca_pem).await.1, der2);
 }
+
+/// A Python with the OpenAI SDK: `INFERGATE_TEST_PYTHON` (set by `.ci/run`, which installs the
+/// SDK in a virtual environment), else `python3` if it has the SDK.
+fn python_with_openai() -> Option<String> {
+    let candidates = std::env::var("INFERGATE_TEST_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(["python3".to_string()]);
+    for py in candidates {
+        let ok = std::process::Command::new(&py)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn the_openai_sdk_works_over_https_with_its_own_ca() {
+    let Some(python) = python_with_openai() else {
+        // .ci/run installs the SDK, so CI always runs this test.
+        eprintln!("SKIPPED: no Python with the openai package (set INFERGATE_TEST_PYTHON)");
+        return;
+    };
+    let ca = Ca::new();
+    let (cert, _, key) = ca.leaf();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    std::fs::write(path("ca.pem"), ca.cert.pem()).unwrap();
+    let m = mock("a", &["m"]).await;
+    let gw = Gateway::start_tls(
+        &format!(
+            "proxy.tls_cert = {0:?}\nproxy.tls_key = {1:?}\nadmin.tls_cert = {0:?}\nadmin.tls_key = {1:?}\n{2}",
+            path("cert.pem"),
+            path("key.pem"),
+            server(&m.url(), &["m"])
+        ),
+        &ca.cert.pem(),
+    )
+    .await;
+    let script = format!(
+        r#"
+from openai import OpenAI
+c = OpenAI(base_url="https://localhost:{port}/v1", api_key="unused")
+print("models", [m.id for m in c.models.list()])
+r = c.chat.completions.create(model="m", messages=[{{"role": "user", "content": "hi"}}], max_tokens=4)
+print("chat", r.choices[0].message.content.strip(), r.usage.completion_tokens)
+s = c.chat.completions.create(model="m", messages=[{{"role": "user", "content": "hi"}}], max_tokens=3, stream=True)
+print("stream", sum(1 for ch in s if ch.choices and ch.choices[0].delta.content))
+"#,
+        port = gw.proxy.port()
+    );
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", &script])
+        .env("SSL_CERT_FILE", path("ca.pem"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("models ['m']"), "{stdout}");
+    assert!(stdout.contains("chat tok tok tok tok 4"), "{stdout}");
+    assert!(stdout.contains("stream 3"), "{stdout}");
+}
