@@ -95,6 +95,7 @@ start_keyed_gateway() {
 
 # The nginx config (one worker, a keep-alive upstream pool to the mock) in $work/nginx.conf:
 # sets NGX, its port.
+# nginx proxying to the mock; over TLS when NGX_TLS_CERT and NGX_TLS_KEY name PEM files.
 nginx_config() {
   NGX=$(free_port)
   mkdir -p "$work/nginx"
@@ -113,7 +114,8 @@ http {
   scgi_temp_path $work/nginx/scgi;
   upstream backend { server 127.0.0.1:$MOCK; keepalive 128; }
   server {
-    listen 127.0.0.1:$NGX;
+    listen 127.0.0.1:$NGX${NGX_TLS_CERT:+ ssl};
+    ${NGX_TLS_CERT:+ssl_certificate $NGX_TLS_CERT; ssl_certificate_key $NGX_TLS_KEY; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;}
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
