@@ -272,11 +272,17 @@ async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Nex
     if let Some(left) = ip.and_then(|ip| s.lockout.blocked(ip)) {
         return too_many_failures(left, ip);
     }
+    // Only credentials that were presented and wrong count (a caller without any, behind the
+    // same NAT as others, is not guessing).
+    let presented =
+        req.headers().contains_key(header::AUTHORIZATION) || req.headers().contains_key("api-key");
     match s.creds.authorize(req.headers(), &s.gw.keys, AI_ADMIN) {
         Ok(_) => next.run(req).await,
         Err(e) => {
-            if e.status() == StatusCode::UNAUTHORIZED {
+            if e.status() == StatusCode::UNAUTHORIZED && presented {
                 if let Some(block) = ip.and_then(|ip| s.lockout.failed(ip)) {
+                    // Logged once, when the block starts (never the credentials tried).
+                    tracing::warn!(address = ?ip, block_secs = block.as_secs(), "admin authentication blocked: too many failures from this address");
                     return too_many_failures(block, ip);
                 }
             }
@@ -285,16 +291,16 @@ async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Nex
     }
 }
 
-/// 429 for an address blocked after failed authentications (logged with the error id and the
-/// address; the credentials it sent are never logged).
+/// 429 for an address blocked after failed authentications (the answer's log line carries its
+/// error id and the address; the credentials it sent are never logged).
 fn too_many_failures(left: std::time::Duration, ip: Option<std::net::IpAddr>) -> Response {
     let secs = left.as_secs().max(1);
-    tracing::warn!(address = ?ip, retry_after_secs = secs, "admin authentication refused: too many failures from this address");
+    let address = ip.map_or_else(|| "?".to_string(), |ip| ip.to_string());
     let mut resp = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too many failed authentications",
     )
-    .detail(format!("this address is blocked for {secs} s"))
+    .detail(format!("{address} is blocked for {secs} s"))
     .into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
         resp.headers_mut().insert(header::RETRY_AFTER, v);

@@ -200,24 +200,53 @@ impl Validator<'_> {
                 );
             }
         }
-        for (key, value, max) in [
+        for (table, key, value, max) in [
             (
+                "monitoring",
                 "sample_interval_secs",
                 c.monitoring.sample_interval_secs,
                 3600,
             ),
-            ("history_minutes", c.monitoring.history_minutes, 1440),
             (
+                "monitoring",
+                "history_minutes",
+                c.monitoring.history_minutes,
+                1440,
+            ),
+            (
+                "monitoring",
                 "scrape_interval_secs",
                 c.monitoring.scrape_interval_secs,
                 3600,
             ),
+            (
+                "proxy",
+                "header_timeout_secs",
+                c.proxy.header_timeout_secs,
+                86_400,
+            ),
+            (
+                "proxy",
+                "body_timeout_secs",
+                c.proxy.body_timeout_secs,
+                86_400,
+            ),
+            (
+                "proxy",
+                "keepalive_timeout_secs",
+                c.proxy.keepalive_timeout_secs,
+                86_400,
+            ),
+            (
+                "admin",
+                "auth_failures_window_secs",
+                c.admin.auth_failures_window_secs,
+                86_400,
+            ),
+            ("admin", "auth_block_secs", c.admin.auth_block_secs, 86_400),
         ] {
             if value > max {
-                self.fail(
-                    &[Key("monitoring"), Key(key)],
-                    format!("must be at most {max}"),
-                );
+                self.fail(&[Key(table), Key(key)], format!("must be at most {max}"));
             }
         }
         for (key, url) in [

@@ -43,6 +43,8 @@ pub struct ProxyApp {
     pub(super) gw: Arc<Gateway>,
     pub(super) connector: TransportConnector,
     pub(super) settings: Settings,
+    /// Client connections admitted and open (the cap's count; refused ones are not in it).
+    open: std::sync::atomic::AtomicUsize,
     started_unix: u64,
     /// `[auth] proxy = "required"`.
     auth_required: bool,
@@ -74,6 +76,7 @@ impl ProxyApp {
         Self {
             connector: TransportConnector::new(Some(opts)),
             settings,
+            open: std::sync::atomic::AtomicUsize::new(0),
             started_unix: crate::telemetry::now_ms() / 1000,
             auth_required: gw.config.auth.proxy == crate::config::ProxyAuth::Required,
             gw,
@@ -338,7 +341,7 @@ impl ProxyApp {
         };
         let fields: Vec<(&str, &[u8])> = field.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         ex.respond_json(err.status(), &fields, &err.body()).await;
-        conn.shutdown().await;
+        conn.close_soon().await;
     }
 
     /// A head that could not be parsed: 400 (or 431), then the connection closes.
@@ -367,20 +370,24 @@ impl ServerApp for ProxyApp {
         let s = &self.settings;
         let mut conn = ClientConn::new(io, s.client_read_buffer, s.client_limits);
         let metrics = &self.gw.metrics;
-        // One atomic add per connection (not per request): the cap on open connections.
-        let _slot = ConnectionSlot::take(&metrics.client_connections);
-        if metrics.client_connections.get() as usize > s.max_connections {
+        // One atomic update per connection (not per request): admitted while under the cap; a
+        // refused connection is never counted, so a flood of them cannot keep the count up.
+        let Some(_slot) =
+            ConnectionSlot::take(&self.open, s.max_connections, &metrics.client_connections)
+        else {
             metrics.client_refused.inc();
             self.refuse_connection(&mut conn).await;
             return None;
-        }
+        };
         let mut head = RequestHead::default();
         let mut shutdown = shutdown.clone();
+        // A new connection must send its first head as promptly as any head; keep-alive idling
+        // is for the time between requests.
+        let mut idle = s.client_limits.header;
         loop {
-            match conn
-                .next_request(&mut head, s.keepalive, &mut shutdown)
-                .await
-            {
+            let next = conn.next_request(&mut head, idle, &mut shutdown).await;
+            idle = s.keepalive;
+            match next {
                 NextRequest::Ready => {}
                 NextRequest::Closed => return None,
                 NextRequest::TimedOut => {
@@ -417,18 +424,30 @@ impl ServerApp for ProxyApp {
     }
 }
 
-/// A client connection counted in the gauge while it lives.
-struct ConnectionSlot<'a>(&'a prometheus::IntGauge);
+/// An admitted client connection, counted (and shown in the gauge) while it lives.
+struct ConnectionSlot<'a> {
+    open: &'a std::sync::atomic::AtomicUsize,
+    gauge: &'a prometheus::IntGauge,
+}
 
 impl<'a> ConnectionSlot<'a> {
-    fn take(gauge: &'a prometheus::IntGauge) -> Self {
+    /// A slot when fewer than `max` are open.
+    fn take(
+        open: &'a std::sync::atomic::AtomicUsize,
+        max: usize,
+        gauge: &'a prometheus::IntGauge,
+    ) -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        open.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()?;
         gauge.inc();
-        Self(gauge)
+        Some(Self { open, gauge })
     }
 }
 
 impl Drop for ConnectionSlot<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.gauge.dec();
     }
 }

@@ -34,11 +34,18 @@ impl CertFiles {
         format!("{} and {}", self.cert.display(), self.key.display())
     }
 
-    /// The files' modification times and sizes (what a change is told by).
-    fn stamp(&self) -> Option<[(SystemTime, u64); 2]> {
+    /// What a change of the files is told by: their inode (a file replaced by a rename, as
+    /// certificate tools do), modification and change times (a chmod), and size.
+    fn stamp(&self) -> Option<[(u64, i64, SystemTime, u64); 2]> {
+        use std::os::unix::fs::MetadataExt;
         let one = |p: &Path| {
             let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
+            Some((
+                m.ino(),
+                m.ctime_nsec() + m.ctime() * 1_000_000_000,
+                m.modified().ok()?,
+                m.len(),
+            ))
         };
         Some([one(&self.cert)?, one(&self.key)?])
     }
@@ -86,14 +93,16 @@ impl ReloadingCert {
             .name(format!("tls-{name}"))
             .spawn(move || {
                 let mut seen = me.files.stamp();
+                // A load that failed is tried again at every check until one succeeds.
+                let mut failed = false;
                 loop {
                     std::thread::sleep(WATCH_EVERY);
                     let now = me.files.stamp();
-                    if now.is_none() || now == seen {
+                    if now.is_none() || (now == seen && !failed) {
                         continue;
                     }
                     seen = now;
-                    me.reload(name);
+                    failed = !me.reload(name, failed);
                 }
             });
         if let Err(e) = spawned {
@@ -101,15 +110,22 @@ impl ReloadingCert {
         }
     }
 
-    /// Load the files again; the running certificate stays when they are unusable.
-    pub fn reload(&self, name: &str) {
+    /// Load the files again; the running certificate stays when they are unusable (logged as a
+    /// warning the first time, `again` is a retry). Whether the new one was loaded.
+    pub fn reload(&self, name: &str, again: bool) -> bool {
         match self.files.load() {
             Ok(ck) => {
                 self.current.store(ck);
                 tracing::info!(listener = name, files = %self.files.describe(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) if again => {
+                tracing::debug!(listener = name, error = %e, "TLS certificate still not reloadable");
+                false
             }
             Err(e) => {
-                tracing::warn!(listener = name, error = %e, "TLS certificate not reloaded; the running one stays")
+                tracing::warn!(listener = name, error = %e, "TLS certificate not reloaded; the running one stays (tried again every 2 s)");
+                false
             }
         }
     }

@@ -68,6 +68,27 @@ async fn a_head_sent_slowly_is_cut_at_the_header_timeout_with_a_408() {
 }
 
 #[tokio::test]
+async fn a_new_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let (_m, gw) = gateway("proxy.header_timeout_secs = 1").await;
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the gateway, not held for the keep-alive timeout")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "nothing is sent to a connection that sent nothing: {rest:?}"
+    );
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_body_under_the_minimum_rate_or_pausing_too_long_is_a_408() {
     let (_m, gw) = gateway(
         "proxy.header_timeout_secs = 1\nproxy.body_min_rate_bytes_per_sec = 100\nproxy.body_timeout_secs = 1",

@@ -313,20 +313,21 @@ async fn both_listeners_speak_tls_over_http11_and_pick_up_a_new_certificate() {
 /// A Python with the OpenAI SDK: `INFERGATE_TEST_PYTHON` (set by `.ci/run`, which installs the
 /// SDK in a virtual environment), else `python3` if it has the SDK.
 fn python_with_openai() -> Option<String> {
-    let candidates = std::env::var("INFERGATE_TEST_PYTHON")
-        .ok()
-        .into_iter()
-        .chain(["python3".to_string()]);
-    for py in candidates {
-        let ok = std::process::Command::new(&py)
+    let has_sdk = |py: &str| {
+        std::process::Command::new(py)
             .args(["-c", "import openai"])
             .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(py);
-        }
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Ok(py) = std::env::var("INFERGATE_TEST_PYTHON") {
+        // Named on purpose (CI): it must work.
+        assert!(
+            has_sdk(&py),
+            "INFERGATE_TEST_PYTHON={py} cannot import openai"
+        );
+        return Some(py);
     }
-    None
+    has_sdk("python3").then(|| "python3".to_string())
 }
 
 #[tokio::test]

@@ -308,14 +308,24 @@ impl ClientConn {
         }
     }
 
+    /// Close with a short linger (a refused connection: 100 ms and 4 KiB at most, so that
+    /// refusing costs little).
+    pub async fn close_soon(&mut self) {
+        self.linger(Duration::from_millis(100), 4096).await;
+    }
+
     /// Close after the last response: send FIN, then drain what the client still sends until
     /// it closes too (bounded by [`LINGER`] and [`LINGER_BYTES`]).
     pub async fn shutdown(&mut self) {
+        self.linger(LINGER, LINGER_BYTES).await;
+    }
+
+    async fn linger(&mut self, limit: Duration, bytes: usize) {
         let linger = async {
             self.io.shutdown().await?;
             let mut drained = 0;
             let mut sink = [0u8; 4096];
-            while drained < LINGER_BYTES {
+            while drained < bytes {
                 match self.io.read(&mut sink).await? {
                     0 => break,
                     n => drained += n,
@@ -323,7 +333,7 @@ impl ClientConn {
             }
             Ok::<_, io::Error>(())
         };
-        let _ = tokio::time::timeout(LINGER, linger).await;
+        let _ = tokio::time::timeout(limit, linger).await;
     }
 }
 
