@@ -79,20 +79,29 @@ pub fn run_with(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = Service::new("infergate proxy".into(), ProxyApp::new(gw.clone()));
+    // TLS, when set, is the app's: it shakes hands once a connection is admitted, within the
+    // header timeout (Pingora's listener would allow 60 s, before any limit applies).
+    let proxy_tls = match crate::config::tls_files(&cfg.proxy.tls_cert, &cfg.proxy.tls_key) {
+        Some(files) => {
+            let cert =
+                crate::tls::ReloadingCert::load(files).map_err(|source| ServeError::Tls {
+                    key: "proxy.tls_cert",
+                    source,
+                })?;
+            cert.watch("proxy");
+            Some(crate::tls::listener_settings(cert).build())
+        }
+        None => None,
+    };
+    let mut proxy = Service::new(
+        "infergate proxy".into(),
+        ProxyApp::new(gw.clone()).with_tls(proxy_tls),
+    );
     // The data plane buffers reads and assembles writes itself (`proxy::h1`), so the
     // listener's streams are unbuffered.
-    let mut listener =
-        ListenerConfig::tcp(cfg.proxy.listen.clone()).l4_buffer(L4BufferSettings::unbuffered());
-    if let Some(files) = crate::config::tls_files(&cfg.proxy.tls_cert, &cfg.proxy.tls_key) {
-        let cert = crate::tls::ReloadingCert::load(files).map_err(|source| ServeError::Tls {
-            key: "proxy.tls_cert",
-            source,
-        })?;
-        cert.watch("proxy");
-        listener = listener.tls(crate::tls::listener_settings(cert));
-    }
-    proxy.add_listener(listener);
+    proxy.add_listener(
+        ListenerConfig::tcp(cfg.proxy.listen.clone()).l4_buffer(L4BufferSettings::unbuffered()),
+    );
     proxy.threads = Some(cfg.proxy.threads);
 
     let mut health = background_service("health", HealthChecker::new(gw.clone())?);

@@ -45,6 +45,9 @@ pub struct ProxyApp {
     pub(super) settings: Settings,
     /// Client connections admitted and open (the cap's count; refused ones are not in it).
     open: std::sync::atomic::AtomicUsize,
+    /// Set when the listener speaks TLS: the handshake runs here, once the connection is
+    /// admitted and within the header timeout (Pingora's own allows 60 s, uncounted).
+    tls: Option<pingora::listeners::tls::Acceptor>,
     started_unix: u64,
     /// `[auth] proxy = "required"`.
     auth_required: bool,
@@ -77,6 +80,7 @@ impl ProxyApp {
             connector: TransportConnector::new(Some(opts)),
             settings,
             open: std::sync::atomic::AtomicUsize::new(0),
+            tls: None,
             started_unix: crate::telemetry::now_ms() / 1000,
             auth_required: gw.config.auth.proxy == crate::config::ProxyAuth::Required,
             gw,
@@ -330,6 +334,43 @@ impl ProxyApp {
         };
     }
 
+    /// Serve this app's connections over TLS with `acceptor`.
+    pub fn with_tls(mut self, acceptor: Option<pingora::listeners::tls::Acceptor>) -> Self {
+        self.tls = acceptor;
+        self
+    }
+
+    /// The TLS handshake of an admitted connection, within the header timeout.
+    async fn tls_handshake(
+        &self,
+        acceptor: &pingora::listeners::tls::Acceptor,
+        io: Stream,
+    ) -> Option<Stream> {
+        // The listener is plain TCP: its streams are Pingora's L4 streams.
+        let l4 = match io
+            .into_any()
+            .downcast::<pingora::protocols::l4::stream::Stream>()
+        {
+            Ok(l4) => *l4,
+            Err(_) => {
+                tracing::warn!("a TLS listener's connection is not a TCP stream");
+                return None;
+            }
+        };
+        let limit = self.settings.client_limits.header;
+        match tokio::time::timeout(limit, acceptor.tls_handshake(l4)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.gw.metrics.client_timeout("tls");
+                None
+            }
+        }
+    }
+
     /// A connection over `max_connections`: 503 before its request is read, then closed.
     async fn refuse_connection(&self, conn: &mut ClientConn) {
         let err = ProxyError::TooManyConnections;
@@ -368,13 +409,21 @@ impl ProxyApp {
 impl ServerApp for ProxyApp {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let s = &self.settings;
-        let mut conn = ClientConn::new(io, s.client_read_buffer, s.client_limits);
         let metrics = &self.gw.metrics;
         // One atomic update per connection (not per request): admitted while under the cap; a
         // refused connection is never counted, so a flood of them cannot keep the count up.
-        let Some(_slot) =
-            ConnectionSlot::take(&self.open, s.max_connections, &metrics.client_connections)
-        else {
+        let slot = ConnectionSlot::take(&self.open, s.max_connections, &metrics.client_connections);
+        let io = match (&self.tls, &slot) {
+            // Over the cap on TLS: closed before any handshake work.
+            (Some(_), None) => {
+                metrics.client_refused.inc();
+                return None;
+            }
+            (Some(acceptor), Some(_)) => self.tls_handshake(acceptor, io).await?,
+            (None, _) => io,
+        };
+        let mut conn = ClientConn::new(io, s.client_read_buffer, s.client_limits);
+        let Some(_slot) = slot else {
             metrics.client_refused.inc();
             self.refuse_connection(&mut conn).await;
             return None;

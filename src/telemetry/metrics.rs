@@ -162,7 +162,7 @@ impl Metrics {
         let client_timeouts = IntCounterVec::new(
             Opts::new(
                 "infergate_client_timeouts_total",
-                "Requests whose client was too slow, by phase (head: header_timeout_secs; body: a pause over body_timeout_secs or under the minimum rate), answered 408",
+                "Clients too slow, by phase (head: header_timeout_secs; body: a pause over body_timeout_secs or under the minimum rate; both answered 408; tls: a handshake not finished within header_timeout_secs, closed)",
             ),
             &["phase"],
         )

@@ -383,3 +383,61 @@ print("stream", sum(1 for ch in s if ch.choices and ch.choices[0].delta.content)
     assert!(stdout.contains("chat tok tok tok tok 4"), "{stdout}");
     assert!(stdout.contains("stream 3"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_tls_client_that_never_finishes_its_handshake_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let (cert, _, key) = ca.leaf();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    let m = mock("a", &["m"]).await;
+    let gw = Gateway::start_tls(
+        &format!(
+            "proxy.header_timeout_secs = 1\nproxy.tls_cert = {0:?}\nproxy.tls_key = {1:?}\nadmin.tls_cert = {0:?}\nadmin.tls_key = {1:?}\n{2}",
+            path("cert.pem"),
+            path("key.pem"),
+            server(&m.url(), &["m"])
+        ),
+        &ca.cert.pem(),
+    )
+    .await;
+    // A TLS record header and nothing more: the handshake never completes.
+    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("closed at the header timeout, not Pingora's 60 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let metrics = gw
+        .client()
+        .get(format!("{}/metrics", gw.base(gw.admin)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&metrics, "infergate_client_timeouts_total{phase=\"tls\"}"),
+        1.0
+    );
+    // Others are served meanwhile.
+    let chat = format!("{}/v1/chat/completions", gw.base(gw.proxy));
+    let r = gw
+        .client()
+        .post(&chat)
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
