@@ -81,18 +81,13 @@ pub fn run_with(
 
     // TLS, when set, is the app's: it shakes hands once a connection is admitted, within the
     // header timeout (Pingora's listener would allow 60 s, before any limit applies).
-    let proxy_tls = match crate::config::tls_files(&cfg.proxy.tls_cert, &cfg.proxy.tls_key) {
-        Some(files) => {
-            let cert =
-                crate::tls::ReloadingCert::load(files).map_err(|source| ServeError::Tls {
-                    key: "proxy.tls_cert",
-                    source,
-                })?;
-            cert.watch("proxy");
-            Some(crate::tls::listener_settings(cert).build())
-        }
-        None => None,
-    };
+    let proxy_tls = watched_cert(
+        &cfg.proxy.tls_cert,
+        &cfg.proxy.tls_key,
+        "proxy",
+        "proxy.tls_cert",
+    )?
+    .map(|cert| crate::tls::listener_settings(cert).build());
     let mut proxy = Service::new(
         "infergate proxy".into(),
         ProxyApp::new(gw.clone()).with_tls(proxy_tls),
@@ -113,18 +108,13 @@ pub fn run_with(
         std::sync::Arc::new(crate::gpu::Nvml::load()),
         crate::health::server_client(&gw.config)?,
     );
-    let admin_tls = match crate::config::tls_files(&cfg.admin.tls_cert, &cfg.admin.tls_key) {
-        Some(files) => {
-            let cert =
-                crate::tls::ReloadingCert::load(files).map_err(|source| ServeError::Tls {
-                    key: "admin.tls_cert",
-                    source,
-                })?;
-            cert.watch("admin");
-            Some(crate::tls::acceptor(cert))
-        }
-        None => None,
-    };
+    let admin_tls = watched_cert(
+        &cfg.admin.tls_cert,
+        &cfg.admin.tls_key,
+        "admin",
+        "admin.tls_cert",
+    )?
+    .map(crate::tls::acceptor);
     let mut admin = background_service(
         "admin",
         AdminService::new(gw.clone(), life.clone(), monitor.clone(), admin_listener)?
@@ -180,6 +170,25 @@ pub fn run_with(
     monitoring.threads = Some(1);
     server.add_service(monitoring);
     server.run_forever()
+}
+
+/// A listener's certificate, loaded (or the start fails) and watched for changes; None when
+/// the listener speaks plain HTTP.
+fn watched_cert(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    listener: &'static str,
+    setting: &'static str,
+) -> Result<Option<std::sync::Arc<crate::tls::ReloadingCert>>, ServeError> {
+    let Some(files) = crate::config::tls_files(cert, key) else {
+        return Ok(None);
+    };
+    let cert = crate::tls::ReloadingCert::load(files).map_err(|source| ServeError::Tls {
+        key: setting,
+        source,
+    })?;
+    cert.watch(listener);
+    Ok(Some(cert))
 }
 
 /// Load the API keys before serving, so that the first requests are checked against them.

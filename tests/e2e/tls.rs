@@ -4,7 +4,7 @@
 use crate::harness::*;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use infergate::mock::{MockConfig, MockState};
+use infergate::mock::{MockConfig, MockServer, MockState};
 use reqwest::Client;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -310,6 +310,25 @@ async fn both_listeners_speak_tls_over_http11_and_pick_up_a_new_certificate() {
     assert_eq!(handshake(gw.proxy, &ca_pem).await.1, der2);
 }
 
+/// A gateway whose two listeners speak TLS with a fresh leaf of `ca` (files in `dir`), with
+/// `extra` settings and a mock serving "m".
+async fn tls_gateway(ca: &Ca, dir: &std::path::Path, extra: &str) -> (MockServer, Gateway) {
+    let (cert, _, key) = ca.leaf();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, &cert).unwrap();
+    std::fs::write(&k, &key).unwrap();
+    let m = mock("a", &["m"]).await;
+    let gw = Gateway::start_tls(
+        &format!(
+            "{extra}proxy.tls_cert = {c:?}\nproxy.tls_key = {k:?}\nadmin.tls_cert = {c:?}\nadmin.tls_key = {k:?}\n{}",
+            server(&m.url(), &["m"])
+        ),
+        &ca.cert.pem(),
+    )
+    .await;
+    (m, gw)
+}
+
 /// A Python with the OpenAI SDK: `INFERGATE_TEST_PYTHON` (set by `.ci/run`, which installs the
 /// SDK in a virtual environment), else `python3` if it has the SDK.
 fn python_with_openai() -> Option<String> {
@@ -338,23 +357,10 @@ async fn the_openai_sdk_works_over_https_with_its_own_ca() {
         return;
     };
     let ca = Ca::new();
-    let (cert, _, key) = ca.leaf();
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n);
-    std::fs::write(path("cert.pem"), &cert).unwrap();
-    std::fs::write(path("key.pem"), &key).unwrap();
     std::fs::write(path("ca.pem"), ca.cert.pem()).unwrap();
-    let m = mock("a", &["m"]).await;
-    let gw = Gateway::start_tls(
-        &format!(
-            "proxy.tls_cert = {0:?}\nproxy.tls_key = {1:?}\nadmin.tls_cert = {0:?}\nadmin.tls_key = {1:?}\n{2}",
-            path("cert.pem"),
-            path("key.pem"),
-            server(&m.url(), &["m"])
-        ),
-        &ca.cert.pem(),
-    )
-    .await;
+    let (_m, gw) = tls_gateway(&ca, dir.path(), "").await;
     let script = format!(
         r#"
 from openai import OpenAI
@@ -388,22 +394,8 @@ print("stream", sum(1 for ch in s if ch.choices and ch.choices[0].delta.content)
 async fn a_tls_client_that_never_finishes_its_handshake_is_cut_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = Ca::new();
-    let (cert, _, key) = ca.leaf();
     let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| dir.path().join(n);
-    std::fs::write(path("cert.pem"), &cert).unwrap();
-    std::fs::write(path("key.pem"), &key).unwrap();
-    let m = mock("a", &["m"]).await;
-    let gw = Gateway::start_tls(
-        &format!(
-            "proxy.header_timeout_secs = 1\nproxy.tls_cert = {0:?}\nproxy.tls_key = {1:?}\nadmin.tls_cert = {0:?}\nadmin.tls_key = {1:?}\n{2}",
-            path("cert.pem"),
-            path("key.pem"),
-            server(&m.url(), &["m"])
-        ),
-        &ca.cert.pem(),
-    )
-    .await;
+    let (_m, gw) = tls_gateway(&ca, dir.path(), "proxy.header_timeout_secs = 1\n").await;
     // A TLS record header and nothing more: the handshake never completes.
     let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
