@@ -134,10 +134,6 @@ impl Monitor {
         })
     }
 
-    pub fn gw(&self) -> &Arc<Gateway> {
-        &self.gw
-    }
-
     pub fn host_provider(&self) -> HostProvider {
         self.host_provider
             .lock()
