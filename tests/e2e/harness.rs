@@ -246,7 +246,9 @@ impl Gateway {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin))
+        self.client()
+            .get(format!("{}/metrics", self.base(self.admin)))
+            .send()
             .await
             .unwrap()
             .text()

@@ -18,19 +18,9 @@ struct TlsMock {
 
 /// A CA and a server certificate for `localhost` signed by it (PEMs).
 fn pki() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "infergate test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
+    let ca = Ca::new();
+    let (cert, _, key) = ca.leaf();
+    (ca.cert.pem(), cert, key)
 }
 
 async fn tls_mock(cert_pem: &str, key_pem: &str, config: MockConfig) -> TlsMock {
@@ -409,17 +399,9 @@ async fn a_tls_client_that_never_finishes_its_handshake_is_cut_at_the_header_tim
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "{took:?}"
     );
-    let metrics = gw
-        .client()
-        .get(format!("{}/metrics", gw.base(gw.admin)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        metric_value(&metrics, "infergate_client_timeouts_total{phase=\"tls\"}"),
+        gw.metric("infergate_client_timeouts_total{phase=\"tls\"}")
+            .await,
         1.0
     );
     // Others are served meanwhile.
