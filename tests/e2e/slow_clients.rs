@@ -157,6 +157,45 @@ async fn idle_keep_alive_connections_close_after_their_timeout() {
 }
 
 #[tokio::test]
+async fn blank_lines_before_a_request_are_skipped_but_do_not_hold_a_connection() {
+    let (_m, gw) = gateway("proxy.header_timeout_secs = 1\nproxy.keepalive_timeout_secs = 4").await;
+    let body = serde_json::to_vec(&chat_body("m")).unwrap();
+    let request = format!("{HEAD}content-length: {}\r\n\r\n", body.len());
+    // Blank lines before a request line are ignored (RFC 9112 2.2), and the one a client sends
+    // after a body leaves the connection idle, under the keep-alive timeout, not the header one.
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    let mut wire = "\r\n\n".repeat(100).into_bytes();
+    wire.extend_from_slice(request.as_bytes());
+    wire.extend_from_slice(&body);
+    wire.extend_from_slice(b"\r\n");
+    s.write_all(&wire).await.unwrap();
+    let (head, _) = read_response(&mut s, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the gateway")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no 408 for an idle connection: {rest:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+    // Blank lines sent now start a head: sent forever, they are cut at the header timeout.
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    let answer = dribble(&mut s, &b"\r\n".repeat(100), Duration::from_millis(50)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn beyond_max_connections_new_ones_get_a_503_and_open_ones_keep_working() {
     let (_m, gw) = gateway("proxy.max_connections = 3").await;
     // Three open connections (idle, nothing sent yet).

@@ -3,15 +3,14 @@
 //! head and a small body leave in a single write.
 
 use super::chunked::{ChunkError, Chunked, Step};
-use super::request::{BodyFraming, HeadError, Parsed, RequestHead};
+use super::head_scan::{HeadScan, MAX_HEAD_BYTES};
+use super::request::{BodyFraming, HeadError, RequestHead};
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::Stream;
 use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Largest request head accepted.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A body buffer grows by at most its size, starting from this.
 const BODY_STEP: usize = 64 * 1024;
 /// Closing after a response, unread input is drained for at most this long and this many
@@ -130,42 +129,37 @@ impl ClientConn {
         idle: Duration,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> NextRequest {
-        if self.rbuf.is_empty() {
-            // An idle connection holds no read buffer.
-            self.rbuf = BytesMut::new();
-            let first = tokio::select! {
-                biased;
-                r = self.fill(idle) => r,
-                _ = shutdown.changed() => return NextRequest::Closed,
-            };
-            if !matches!(first, Ok(n) if n > 0) {
-                return NextRequest::Closed;
-            }
-        }
+        let mut scan = HeadScan::default();
+        // Whether anything has come since the wait began (blank lines left after the previous
+        // request do not start a head; blank lines sent now do).
+        let mut started = false;
         // The whole head must arrive within the header timeout, however it is split. The
         // deadline is set when a second read is needed, which starts as soon as the first
         // bytes were read: it counts from them, without a clock read for a head that came whole.
         // One timer serves every later read of the head (a slow client's bytes each cost a
         // read, not a timer too).
         let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        let mut scanned = 0;
         loop {
-            // Parse only once the blank line is in (a head sent in pieces is not re-parsed
-            // for every piece).
-            if ends_head(&self.rbuf, scanned) {
-                match head.parse(&self.rbuf) {
-                    Ok(Parsed::Complete(n)) => {
-                        bytes::Buf::advance(&mut self.rbuf, n);
-                        return NextRequest::Ready;
-                    }
-                    Ok(Parsed::Partial) => {}
-                    Err(e) => return NextRequest::Bad(e),
+            match scan.poll(&mut self.rbuf, head) {
+                Ok(true) => return NextRequest::Ready,
+                Ok(false) => {}
+                Err(e) => return NextRequest::Bad(e),
+            }
+            if !started && self.rbuf.is_empty() {
+                // An idle connection holds no read buffer.
+                self.rbuf = BytesMut::new();
+                let first = tokio::select! {
+                    biased;
+                    r = self.fill(idle) => r,
+                    _ = shutdown.changed() => return NextRequest::Closed,
+                };
+                if !matches!(first, Ok(n) if n > 0) {
+                    return NextRequest::Closed;
                 }
+                started = true;
+                continue;
             }
-            if self.rbuf.len() >= MAX_HEAD_BYTES {
-                return NextRequest::Bad(HeadError::TooLarge(MAX_HEAD_BYTES));
-            }
-            scanned = self.rbuf.len();
+            started = true;
             let header = self.limits.header;
             let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(header)));
             if self.rbuf.capacity() - self.rbuf.len() < 512 {
@@ -337,17 +331,6 @@ impl ClientConn {
     }
 }
 
-/// Whether `buf` holds the blank line that ends a head, looking from `from` (minus the three
-/// bytes a CRLFCRLF split across reads could start in).
-fn ends_head(buf: &[u8], from: usize) -> bool {
-    let tail = &buf[from.saturating_sub(3)..];
-    memchr::memchr_iter(b'\n', tail).any(|i| match tail.get(i + 1) {
-        Some(b'\n') => true,
-        Some(b'\r') => tail.get(i + 2) == Some(&b'\n'),
-        _ => false,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,16 +359,5 @@ mod tests {
             ..limits
         });
         assert_eq!(no_minimum.next_wait(0), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn finds_the_end_of_a_head_across_reads() {
-        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        assert!(ends_head(head, 0));
-        assert!(!ends_head(&head[..head.len() - 1], 0));
-        for from in 0..head.len() {
-            assert!(ends_head(head, from), "from {from}");
-        }
-        assert!(ends_head(b"GET / HTTP/1.0\n\n", 14));
     }
 }

@@ -10,6 +10,7 @@
 pub mod chunked;
 pub mod client;
 pub mod fields;
+pub mod head_scan;
 pub mod pool;
 #[cfg(test)]
 mod proptests;

@@ -3,7 +3,8 @@
 //! splits, so a parser that depends on them can be steered).
 
 use super::chunked::{Chunked, Step};
-use super::request::{BodyFraming, Parsed, RequestHead};
+use super::head_scan::HeadScan;
+use super::request::{BodyFraming, RequestHead};
 use bytes::{Buf, BytesMut};
 use proptest::prelude::*;
 
@@ -74,17 +75,21 @@ fn head() -> impl Strategy<Value = (Vec<u8>, String, usize, Framing)> {
         })
 }
 
-/// Feed `wire` to a head parser in the reads given by `cuts`, as the client connection does
-/// (parse again when more has arrived); the first complete parse.
+/// Feed `wire` to a head scan in the reads given by `cuts`, as the client connection does;
+/// the bytes the first complete head took (blank lines before it included), and the head.
 fn parse_in_reads(wire: &[u8], cuts: &[usize]) -> Option<(usize, RequestHead)> {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
     points.push(wire.len());
     points.sort_unstable();
-    let mut head = RequestHead::default();
+    let (mut scan, mut head, mut buf) =
+        (HeadScan::default(), RequestHead::default(), BytesMut::new());
+    let mut fed = 0;
     for end in points {
-        match head.parse(&wire[..end]) {
-            Ok(Parsed::Complete(n)) => return Some((n, head)),
-            Ok(Parsed::Partial) => continue,
+        buf.extend_from_slice(&wire[fed..end]);
+        fed = end;
+        match scan.poll(&mut buf, &mut head) {
+            Ok(true) => return Some((fed - buf.len(), head)),
+            Ok(false) => continue,
             Err(e) => panic!("a prefix of a valid head was refused: {e}"),
         }
     }
@@ -151,12 +156,16 @@ proptest! {
         (wire, path, fields, framing) in head(),
         cuts in proptest::collection::vec(any::<usize>(), 0..6),
         pipelined in proptest::collection::vec(any::<u8>(), 0..32),
+        blank in proptest::collection::vec(prop_oneof![Just("\r\n"), Just("\n")], 0..4),
     ) {
-        // Bytes after the head (a body, the next request) never change how the head is read.
-        let mut all = wire.clone();
+        // Blank lines before the head are skipped; bytes after it (a body, the next request)
+        // never change how it is read.
+        let mut all = blank.concat().into_bytes();
+        let skipped = all.len();
+        all.extend_from_slice(&wire);
         all.extend_from_slice(&pipelined);
         let (n, head) = parse_in_reads(&all, &cuts).expect("a whole head is complete");
-        prop_assert_eq!(n, wire.len());
+        prop_assert_eq!(n, skipped + wire.len());
         prop_assert_eq!(head.path(), path.as_str());
         prop_assert_eq!(head.headers().count(), fields + usize::from(!matches!(framing, Framing::None)));
         match framing {
