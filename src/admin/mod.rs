@@ -10,6 +10,7 @@ mod demand;
 pub mod error;
 mod identity_views;
 mod keys;
+mod listener;
 mod lockout;
 mod model_files;
 mod model_lifecycle;
@@ -22,7 +23,6 @@ mod pods;
 mod registry;
 mod servers;
 mod system;
-mod tls_listener;
 mod upstreams;
 mod usage;
 mod users;
@@ -267,8 +267,8 @@ async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Nex
     // The TCP peer (set by the listener; absent when the router is served otherwise).
     let ip = req
         .extensions()
-        .get::<axum::extract::ConnectInfo<tls_listener::Peer>>()
-        .map(|axum::extract::ConnectInfo(tls_listener::Peer(a))| a.ip());
+        .get::<axum::extract::ConnectInfo<listener::Peer>>()
+        .map(|axum::extract::ConnectInfo(listener::Peer(a))| a.ip());
     if let Some(left) = ip.and_then(|ip| s.lockout.blocked(ip)) {
         return too_many_failures(left, ip);
     }
@@ -343,21 +343,11 @@ impl BackgroundService for AdminService {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        let app = app.into_make_service_with_connect_info::<tls_listener::Peer>();
-        let served = match self.tls.clone() {
-            Some(acceptor) => {
-                axum::serve(tls_listener::TlsListener::new(listener, acceptor), app)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
+        let config = &self.state.gw.config.admin;
+        let limits = listener::Limits {
+            header: std::time::Duration::from_secs(config.header_timeout_secs),
+            max_connections: config.max_connections,
         };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin service stopped");
-        }
+        listener::serve(listener, self.tls.clone(), app, limits, stop).await;
     }
 }

@@ -71,7 +71,9 @@ impl Validator<'_> {
         use Seg::*;
         self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
         self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
-        let positive: [(&str, &str, u64); 24] = [
+        let positive: [(&str, &str, u64); 26] = [
+            ("admin", "header_timeout_secs", c.admin.header_timeout_secs),
+            ("admin", "max_connections", c.admin.max_connections as u64),
             (
                 "admin",
                 "auth_failures_window_secs",
@@ -244,6 +246,18 @@ impl Validator<'_> {
                 86_400,
             ),
             ("admin", "auth_block_secs", c.admin.auth_block_secs, 86_400),
+            (
+                "admin",
+                "header_timeout_secs",
+                c.admin.header_timeout_secs,
+                86_400,
+            ),
+            (
+                "admin",
+                "max_connections",
+                c.admin.max_connections as u64,
+                1_000_000,
+            ),
         ] {
             if value > max {
                 self.fail(&[Key(table), Key(key)], format!("must be at most {max}"));

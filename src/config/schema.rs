@@ -346,6 +346,11 @@ pub struct AdminConfig {
     /// PEM certificate chain and private key: the admin port speaks TLS (both or neither).
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// A TLS handshake, and each request head, must finish within this long of the
+    /// connection's start or of the previous response (an idle connection closes then too).
+    pub header_timeout_secs: u64,
+    /// Open connections at most; more wait in the accept backlog.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -359,6 +364,8 @@ impl Default for AdminConfig {
             auth_block_secs: 60,
             tls_cert: None,
             tls_key: None,
+            header_timeout_secs: 10,
+            max_connections: 256,
         }
     }
 }

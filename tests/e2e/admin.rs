@@ -1110,3 +1110,87 @@ async fn repeated_failed_authentications_block_the_address_for_a_while() {
     assert!(!log.contains("wrong-guess"), "a tried secret was logged");
     assert!(!log.contains(ADMIN_SECRET), "the secret was logged");
 }
+
+#[tokio::test]
+async fn the_admin_port_bounds_silent_slow_idle_and_too_many_clients() {
+    use crate::wire::read_response;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let m = mock("a", &["m"]).await;
+    let gw = Gateway::start(&format!(
+        "admin.header_timeout_secs = 1\nadmin.max_connections = 2\n{}",
+        server(&m.url(), &["m"])
+    ))
+    .await;
+    let health = format!("http://{}/health", gw.admin);
+    // Two silent connections take both slots: a third client waits in the backlog until the
+    // header timeout closes them, then is served.
+    let started = Instant::now();
+    let mut silent = [
+        TcpStream::connect(gw.admin).await.unwrap(),
+        TcpStream::connect(gw.admin).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = Client::new().get(&health).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    for s in &mut silent {
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut rest))
+            .await
+            .expect("closed by the gateway")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{rest:?}");
+    }
+    // A head sent a byte at a time is cut at the header timeout.
+    let mut slow = TcpStream::connect(gw.admin).await.unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for b in b"GET /health HTTP/1.1\r\nHost: a\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut byte = [0u8; 1];
+        match slow.try_read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // Closed (or reset) by the gateway, answered nothing.
+            Ok(0) | Err(_) => {
+                cut = true;
+                break;
+            }
+            Ok(_) => panic!("a dribbled head was answered"),
+        }
+    }
+    assert!(cut, "a head dribbled over 3 s was served");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A keep-alive connection idle past the header timeout is closed.
+    let mut idle = TcpStream::connect(gw.admin).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut idle, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(4), idle.read_to_end(&mut rest))
+        .await
+        .expect("an idle admin connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{rest:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
