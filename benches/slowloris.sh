@@ -9,7 +9,8 @@
 # The normal clients send RATE requests a second (16 connections), below what the machine can
 # serve, so that their latency shows the gateway's delays rather than a saturated core.
 #
-# Needs: oha, python3, taskset. Usage: benches/slowloris.sh  (env: CONNS=2000 DURATION=10s RATE=2000 ROUNDS=3)
+# Needs: oha, python3, taskset. Usage: benches/slowloris.sh  (env: CONNS=2000 DURATION=10s RATE=2000 ROUNDS=3;
+# PERF_OUT=file: perf record of the gateway, by the clock, during the first slowloris load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-2000}
@@ -42,53 +43,45 @@ PY
 }
 
 DURATION=2s load warm >/dev/null
-# The slow clients: CONNS connections, one head byte per second each, reconnecting when cut.
-cat >"$work/slowloris.py" <<'PY'
-import asyncio, random, sys
-port, conns = int(sys.argv[1]), int(sys.argv[2])
-head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        + b"x-padding: " + b"a" * 4000 + b"\r\n")
-cut = 0
-async def one():
-    global cut
-    while True:
-        try:
-            # Each connection on its own phase within the second (attack tools start them
-            # one after another).
-            await asyncio.sleep(random.random())
-            r, w = await asyncio.open_connection("127.0.0.1", port)
-            for b in head:
-                w.write(bytes([b])); await w.drain()
-                await asyncio.sleep(1)
-                if r.at_eof() or len(r._buffer):
-                    break
-            cut += 1
-            w.close()
-        except OSError:
-            await asyncio.sleep(0.1)
-async def main():
-    for i in range(conns):
-        asyncio.ensure_future(one())
-        if i % 100 == 99: await asyncio.sleep(0.05)
-    await asyncio.sleep(3600)
-asyncio.run(main())
-PY
+# The slow clients (benches/slowloris_client.rs): CONNS connections, one head byte per second
+# each, reconnecting when cut.
+cargo bench --bench slowloris_client --no-run 2>/dev/null
+SLOW=$(ls -t target/release/deps/slowloris_client-* | grep -v '\.d$' | head -1)
+# The control: the same slow clients aimed at a sink (a socket that listens and never accepts:
+# the kernel completes and buffers their connections, no process wakes for their bytes), so
+# what remains is what the slow clients cost the load generator's core, not the gateway.
+SINK=$(free_port)
+python3 -c 'import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4096); time.sleep(86400)' "$SINK" &
+pids+=($!)
+wait_port "$SINK"
 open_count() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk '/^infergate_client_connections / {print $2}'; }
 : >"$work/rounds"
 for r in $(seq "$ROUNDS"); do
   read -r u50 u99 urps <<<"$(load "unloaded-$r")"
+  taskset -c 1 "$SLOW" "$SINK" "$CONNS" &
+  slow=$!; pids+=($slow)
+  sleep 3
+  read -r k50 k99 krps <<<"$(load "sink-$r")"
+  kill "$slow"; wait "$slow" 2>/dev/null || true
   before=$(rss_kib)
-  taskset -c 1 python3 "$work/slowloris.py" "$GW" "$CONNS" &
+  taskset -c 1 "$SLOW" "$GW" "$CONNS" &
   slow=$!; pids+=($slow)
   # Wait until the slow connections are all open.
   for _ in $(seq 150); do
     open=$(open_count); [ "${open:-0}" -ge "$CONNS" ] && break; sleep 0.2
   done
   during=$(rss_kib)
+  if [ -n "${PERF_OUT:-}" ] && [ "$r" = 1 ]; then
+    # Where the gateway's CPU goes under slowloris (sampled by the clock: no hardware counters
+    # needed).
+    perf record -e cpu-clock -g -p "$GW_PID" -o "$PERF_OUT" -- sleep 8 >/dev/null 2>&1 &
+  fi
   read -r s50 s99 srps <<<"$(load "slowloris-$r")"
   kill "$slow"; wait "$slow" 2>/dev/null || true
   for _ in $(seq 100); do [ "$(open_count)" -le 1 ] && break; sleep 0.1; done
-  echo "$u50 $u99 $urps $s50 $s99 $srps $before $during ${open:-0}" >>"$work/rounds"
+  echo "$u50 $u99 $urps $s50 $s99 $srps $before $during ${open:-0} $k50 $k99" >>"$work/rounds"
 done
 timeouts=$(curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk '/^infergate_client_timeouts_total\{phase="head"\}/ {print $2}')
 
@@ -96,17 +89,20 @@ python3 - "$CONNS" "$work/rounds" "${timeouts:-0}" <<'PY'
 import statistics, sys
 conns, rounds, cut = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 rows = [list(map(float, l.split())) for l in open(rounds)]
-med = [statistics.median(r[i] for r in rows) for i in range(9)]
-u50, u99, urps, s50, s99, srps, before, during, opened = med
+med = [statistics.median(r[i] for r in rows) for i in range(11)]
+u50, u99, urps, s50, s99, srps, before, during, opened, k50, k99 = med
 print(f"slowloris: {conns} connections sending a head byte per second, each on its own phase "
       f"(open at once: {opened:.0f}); normal clients: 16 under oha at a fixed rate; "
       f"medians of {len(rows)} rounds")
 print("| run | p50 ms | p99 ms | req/s |")
 print("|---|---|---|---|")
 print(f"| unloaded | {u50:.2f} | {u99:.2f} | {urps:.0f} |")
+print(f"| slow clients aimed at a sink (control) | {k50:.2f} | {k99:.2f} | |")
 print(f"| with slowloris | {s50:.2f} | {s99:.2f} | {srps:.0f} |")
 print("p99 ratio per round: " + ", ".join(f"{r[4]/r[1]:.2f}x" for r in rows))
 print(f"p99 with slowloris / unloaded: {s99/u99:.2f}x (goal <= 2x)")
+print("control p99 / unloaded per round: " + ", ".join(f"{r[10]/r[1]:.2f}x" for r in rows))
+print(f"control: {k99/u99:.2f}x (the slow clients' cost to the load generator's core alone)")
 print(f"RSS: {before/1024:.1f} MiB before, {during/1024:.1f} MiB with the slow connections open: "
       f"{(during-before)/conns:.1f} KiB per connection (goal <= 64)")
 print(f"heads cut at the header timeout: {cut}")
