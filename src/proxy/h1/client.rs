@@ -9,10 +9,12 @@ use bytes::{Bytes, BytesMut};
 use pingora::protocols::Stream;
 use std::io;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// A body buffer grows by at most its size, starting from this.
 const BODY_STEP: usize = 64 * 1024;
+/// The first read after an idle wait takes at most this (a whole head, usually).
+const IDLE_READ: usize = 4096;
 /// Closing after a response, unread input is drained for at most this long and this many
 /// bytes, so the client reads the response before the close (an unread input would make the
 /// kernel reset the connection and discard it).
@@ -104,7 +106,7 @@ impl ClientConn {
             io,
             rbuf: BytesMut::new(),
             read_size: read_size.max(1024),
-            out: Vec::with_capacity(1024),
+            out: Vec::new(),
             scratch: Vec::new(),
             limits,
         }
@@ -116,6 +118,29 @@ impl ClientConn {
             self.rbuf.reserve(self.read_size);
         }
         match super::timed::timed(wait, self.io.read_buf(&mut self.rbuf)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// The first read after an idle wait. It lands in a buffer on the stack, taken only while
+    /// the read is polled, and is then copied into the read buffer: an idle connection holds no
+    /// read buffer (8 KiB of `read_size` each, reserved before the wait, was most of an idle
+    /// connection's memory). `Ok(0)` at end of stream.
+    async fn fill_idle(&mut self, wait: Duration) -> io::Result<usize> {
+        let (io, rbuf, read_size) = (&mut self.io, &mut self.rbuf, self.read_size);
+        let read = std::future::poll_fn(|cx| {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+            let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+            std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            let got = buf.filled();
+            if !got.is_empty() {
+                rbuf.reserve(read_size.max(got.len()));
+                rbuf.extend_from_slice(got);
+            }
+            std::task::Poll::Ready(Ok(got.len()))
+        });
+        match super::timed::timed(wait, read).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
@@ -150,7 +175,7 @@ impl ClientConn {
                 self.rbuf = BytesMut::new();
                 let first = tokio::select! {
                     biased;
-                    r = self.fill(idle) => r,
+                    r = self.fill_idle(idle) => r,
                     _ = shutdown.changed() => return NextRequest::Closed,
                 };
                 if !matches!(first, Ok(n) if n > 0) {
