@@ -16,7 +16,7 @@
 # too (e.g. one built from an older commit), each ROUNDS times, alternating.
 #
 # Needs: valgrind (callgrind_control), nginx, python3, curl.
-# Usage: benches/callgrind.sh      (env: REQUESTS=10000 CONNS=16 WARMUP=1000 ROUNDS=1 BASE=)
+# Usage: benches/callgrind.sh      (env: REQUESTS=10000 CONNS=16 WARMUP=1000 ROUNDS=1 BASE= KEEP=dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-10000}
@@ -67,6 +67,8 @@ measure() {
   callgrind_control -d "$pid" >/dev/null 2>&1
   local dump
   dump=$(ls -t "$out.$pid".* | head -1)
+  # KEEP=dir: the dumps are kept there, for callgrind_annotate.
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dump" "$KEEP/$name.callgrind"; fi
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   python3 - "$name" "$dump" "$REQUESTS" >>"$work/results" <<'PY'

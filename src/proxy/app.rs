@@ -464,10 +464,7 @@ impl ServerApp for ProxyApp {
                 head: &head,
                 keepalive: !head.close && !*shutdown.borrow(),
             };
-            // On the heap while a request is served: an idle keep-alive connection's task then
-            // holds no room for one (about 10 KiB of the state of forwarding, retries and
-            // relaying a stream, against one allocation per request).
-            Box::pin(self.handle(&mut ex, started)).await;
+            self.handle(&mut ex, started).await;
             if !ex.keepalive {
                 conn.shutdown().await;
                 return None;
