@@ -247,7 +247,9 @@ impl ProxyApp {
             };
             let mut up = match pooled {
                 Some(up) => up,
-                None => match self.connector.new_stream(&*peer).await {
+                // Pingora's connect is 8 KiB of future state: on the heap (only when a new
+                // server connection is made), not in every client connection's task.
+                None => match Box::pin(self.connector.new_stream(&*peer)).await {
                     Ok(io) => UpstreamConn::new(io),
                     Err(e) => {
                         tracing::debug!(server = %backend.id, error = %e, "connect failed");

@@ -343,9 +343,15 @@ impl ClientConn {
         let linger = async {
             self.io.shutdown().await?;
             let mut drained = 0;
-            let mut sink = [0u8; 4096];
             while drained < bytes {
-                match self.io.read(&mut sink).await? {
+                // Read into a buffer on the stack while polled (not kept in the task).
+                let read = std::future::poll_fn(|cx| {
+                    let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+                    let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
+                    std::task::ready!(std::pin::Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+                    std::task::Poll::Ready(Ok::<_, io::Error>(buf.filled().len()))
+                });
+                match read.await? {
                     0 => break,
                     n => drained += n,
                 }
