@@ -143,3 +143,21 @@ async fn serve(
         }
     }
 }
+
+/// Wait, at most `within`, for the gateway to close `s` without sending anything more; how
+/// long that took.
+pub async fn closed_silently(s: &mut TcpStream, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(within, s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the gateway")
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "nothing more is sent: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    started.elapsed()
+}
