@@ -42,6 +42,8 @@ pub struct Gateway {
     pub usage: crate::usage::UsageRecorder,
     /// Per-key rpm/tpm counts.
     pub limiter: crate::identity::RateLimiter,
+    /// Open client connections and the stop's phase.
+    pub drain: crate::shutdown::Drain,
     /// Routes to the engines this instance runs for managed models (`lifecycle`).
     pub managed: std::sync::Mutex<Vec<ManagedRoute>>,
     /// The registry routes of the last rebuild (a managed engine's route changes the table
@@ -116,6 +118,7 @@ impl Gateway {
             identity: crate::identity::IdentityService::new(store.clone()),
             usage: Default::default(),
             limiter: Default::default(),
+            drain: Default::default(),
             managed: Default::default(),
             registry_applied: Default::default(),
             rebuilding: Default::default(),

@@ -7,7 +7,8 @@
 //! listener), `identity` (organizations, users, API keys), `lifecycle` (managed models: their
 //! records, and the engines the gateway runs for them), `monitoring` (host, GPU, throughput
 //! and engine figures), `pods` (pod providers), `tls` (the listeners' certificates), `mock` (a
-//! mock vLLM server for tests, benchmarks and the demo), `serve` (process assembly).
+//! mock vLLM server for tests, benchmarks and the demo), `serve` (process assembly), `shutdown`
+//! (signals and the drain).
 
 pub mod admin;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod pods;
 pub mod proxy;
 pub mod routing;
 pub mod serve;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -37,7 +37,8 @@ pub enum ServeError {
     },
 }
 
-/// Run the gateway until it is signalled to stop (SIGTERM: graceful, SIGINT: fast).
+/// Run the gateway until it is signalled to stop (SIGTERM: a drain, SIGQUIT: an upgrade,
+/// SIGINT: at once; see [`crate::shutdown`]).
 pub fn run(config: Config) -> Result<(), ServeError> {
     run_with(config, |_| {})
 }
@@ -68,8 +69,13 @@ pub fn run_with(
     let cfg = &gw.config;
     let conf = ServerConf {
         threads: cfg.proxy.threads,
-        grace_period_seconds: Some(cfg.proxy.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(cfg.proxy.graceful_shutdown_timeout_seconds),
+        // The drain is ours (`shutdown`): the grace period runs before Pingora's shutdown
+        // starts, and the process exits as soon as what was in flight is done. Pingora's own
+        // wait after its shutdown starts only bounds a drain that could not finish.
+        grace_period_seconds: Some(
+            cfg.proxy.graceful_shutdown_timeout_seconds + crate::shutdown::HARD_STOP_MARGIN_SECS,
+        ),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: cfg.proxy.pool_size,
         ca_file: cfg.proxy.ca_file.clone(),
         // One current-thread runtime per worker: cheaper per request than work stealing.
@@ -169,7 +175,13 @@ pub fn run_with(
     );
     monitoring.threads = Some(1);
     server.add_service(monitoring);
-    server.run_forever()
+    let mut drain = background_service("drain", crate::shutdown::DrainService { gw: gw.clone() });
+    drain.threads = Some(1);
+    server.add_service(drain);
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::shutdown::Signals { gw }),
+    });
+    Ok(())
 }
 
 /// A listener's certificate, loaded (or the start fails) and watched for changes; None when

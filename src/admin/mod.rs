@@ -220,15 +220,23 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .fallback(not_found)
 }
 
+/// `GET /health`: 200, or 503 `draining` once the gateway is stopping (the admin API itself
+/// keeps answering until the process ends).
+async fn health(State(s): State<Arc<AdminState>>) -> Response {
+    if s.gw.drain.draining() {
+        let body = axum::Json(serde_json::json!({"status": "draining"}));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    }
+}
+
 /// Every admin route.
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = fleet_api(&state);
     Router::new()
         .route("/metrics", get(metrics))
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/health", get(health))
         .nest("/api/ai/v1/admin", api.clone())
         .nest("/admin", api)
         .method_not_allowed_fallback(method_not_allowed)

@@ -258,6 +258,18 @@ impl Validator<'_> {
                 c.admin.max_connections as u64,
                 1_000_000,
             ),
+            (
+                "proxy",
+                "grace_period_seconds",
+                c.proxy.grace_period_seconds,
+                86_400,
+            ),
+            (
+                "proxy",
+                "graceful_shutdown_timeout_seconds",
+                c.proxy.graceful_shutdown_timeout_seconds,
+                86_400,
+            ),
         ] {
             if value > max {
                 self.fail(&[Key(table), Key(key)], format!("must be at most {max}"));

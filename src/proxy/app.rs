@@ -43,8 +43,6 @@ pub struct ProxyApp {
     pub(super) gw: Arc<Gateway>,
     pub(super) connector: TransportConnector,
     pub(super) settings: Settings,
-    /// Client connections admitted and open (the cap's count; refused ones are not in it).
-    open: std::sync::atomic::AtomicUsize,
     /// Set when the listener speaks TLS: the handshake runs here, once the connection is
     /// admitted and within the header timeout (Pingora's own allows 60 s, uncounted).
     tls: Option<pingora::listeners::tls::Acceptor>,
@@ -79,7 +77,6 @@ impl ProxyApp {
         Self {
             connector: TransportConnector::new(Some(opts)),
             settings,
-            open: std::sync::atomic::AtomicUsize::new(0),
             tls: None,
             started_unix: crate::telemetry::now_ms() / 1000,
             auth_required: gw.config.auth.proxy == crate::config::ProxyAuth::Required,
@@ -160,7 +157,13 @@ impl ProxyApp {
             }
             Endpoint::Health => {
                 ex.settle_unread_body();
-                ex.respond_json(200, &[], b"{\"status\":\"ok\"}").await;
+                // Draining: a load balancer takes this instance out while it still serves.
+                if self.gw.drain.draining() {
+                    ex.respond_json(503, &[], b"{\"status\":\"draining\"}")
+                        .await;
+                } else {
+                    ex.respond_json(200, &[], b"{\"status\":\"ok\"}").await;
+                }
             }
             Endpoint::ServerOptions => {
                 ex.settle_unread_body();
@@ -407,12 +410,21 @@ impl ProxyApp {
 
 #[async_trait]
 impl ServerApp for ProxyApp {
-    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        io: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let s = &self.settings;
         let metrics = &self.gw.metrics;
         // One atomic update per connection (not per request): admitted while under the cap; a
         // refused connection is never counted, so a flood of them cannot keep the count up.
-        let slot = ConnectionSlot::take(&self.open, s.max_connections, &metrics.client_connections);
+        // (The count is the drain's too: it waits for it to reach zero.)
+        let slot = ConnectionSlot::take(
+            &self.gw.drain.open,
+            s.max_connections,
+            &metrics.client_connections,
+        );
         let io = match (&self.tls, &slot) {
             // Over the cap on TLS: closed before any handshake work.
             (Some(_), None) => {
@@ -431,12 +443,14 @@ impl ServerApp for ProxyApp {
             return None;
         };
         let mut head = RequestHead::default();
-        let mut shutdown = shutdown.clone();
+        // Idle connections close when the drain starts (or Pingora's shutdown does: the drain
+        // follows it).
+        let mut stop = self.gw.drain.subscribe();
         // A new connection must send its first head as promptly as any head; keep-alive idling
         // is for the time between requests.
         let mut idle = s.client_limits.header;
         loop {
-            let next = conn.next_request(&mut head, idle, &mut shutdown).await;
+            let next = conn.next_request(&mut head, idle, &mut stop).await;
             idle = s.keepalive;
             match next {
                 NextRequest::Ready => {}
@@ -464,7 +478,7 @@ impl ServerApp for ProxyApp {
             let mut ex = Exchange {
                 conn: &mut conn,
                 head: &head,
-                keepalive: !head.close && !*shutdown.borrow(),
+                keepalive: !head.close && !self.gw.drain.draining(),
             };
             self.handle(&mut ex, started).await;
             if !ex.keepalive {

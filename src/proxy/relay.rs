@@ -19,10 +19,15 @@ use std::time::Instant;
 /// write; larger ones are written from the server's buffer directly.
 const COPY_BYTES: usize = 16 * 1024;
 
+/// The event that ends a stream cut by the shutdown's deadline.
+const CUT_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the gateway is shutting down: this stream was ended before its last token\",\"type\":\"server_error\",\"code\":\"gateway_shutting_down\"}}\n\n";
+
 /// How the body relay ended.
 enum End {
     Complete,
     ClientGone,
+    /// The drain's deadline passed while the stream ran: it ends with an error event.
+    Cut,
     /// The server's response failed, for this reason.
     UpstreamFailed(UpstreamError),
 }
@@ -83,6 +88,9 @@ impl ProxyApp {
         let head_only = ex.head.is_head() || out == Out::None;
 
         let mut scanner = sse.then(SseScanner::default);
+        // A stream (and only a stream: other bodies end on their own) watches for the drain's
+        // deadline.
+        let mut cut = (sse && out == Out::Chunked).then(|| self.gw.drain.subscribe());
         let mut tail = UsageTail::default();
         let read_timeout = self.settings.read_timeout;
         let mut end = End::Complete;
@@ -106,6 +114,10 @@ impl ProxyApp {
                         r = up.fill(read_timeout) => r,
                         _ = ex.conn.gone() => {
                             end = End::ClientGone;
+                            break;
+                        }
+                        _ = self.gw.drain.cut(cut.as_mut()) => {
+                            end = End::Cut;
                             break;
                         }
                     }
@@ -161,6 +173,21 @@ impl ProxyApp {
             }
             sent_any = true;
         }
+        if matches!(end, End::Cut) {
+            // An event the OpenAI SDKs raise as an error (the answer is not complete), then
+            // the end of the body: the client sees a whole response, not a cut connection.
+            tracing::warn!(server = %backend.id, model = %member.model, "stream ended by the shutdown's deadline");
+            let mut hex = [0u8; 16];
+            let o = &mut ex.conn.out;
+            o.extend_from_slice(hex_len(CUT_EVENT.len(), &mut hex));
+            o.extend_from_slice(b"\r\n");
+            o.extend_from_slice(CUT_EVENT);
+            o.extend_from_slice(b"\r\n0\r\n\r\n");
+            if ex.conn.send(&[]).await.is_err() {
+                end = End::ClientGone;
+            }
+            ex.keepalive = false;
+        }
         if matches!(end, End::Complete) {
             if out == Out::Chunked && !head_only {
                 ex.conn.out.extend_from_slice(b"0\r\n\r\n");
@@ -169,7 +196,7 @@ impl ProxyApp {
                 end = End::ClientGone;
             }
         }
-        if !matches!(end, End::Complete) {
+        if !matches!(end, End::Complete | End::Cut) {
             ex.keepalive = false;
             ex.conn.out.clear();
         }

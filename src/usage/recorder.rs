@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -26,6 +26,8 @@ pub struct UsageRecorder {
     rx: Mutex<Option<mpsc::Receiver<UsageRecord>>>,
     /// Records lost to a full channel or backlog.
     pub dropped: AtomicU64,
+    /// Records taken from the channel and not yet written (the flush's backlog).
+    backlog: AtomicUsize,
 }
 
 impl Default for UsageRecorder {
@@ -35,6 +37,7 @@ impl Default for UsageRecorder {
             tx,
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
+            backlog: AtomicUsize::new(0),
         }
     }
 }
@@ -46,6 +49,12 @@ impl UsageRecorder {
         if self.tx.try_send(r).is_err() {
             self.dropped.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Records handed off and not yet written to the store.
+    pub fn pending(&self) -> usize {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        queued + self.backlog.load(Relaxed)
     }
 
     fn take_receiver(&self) -> Option<mpsc::Receiver<UsageRecord>> {
@@ -71,10 +80,19 @@ impl UsageService {
                 "usage records lost: the recorder could not keep up"
             );
         }
-        while let Ok(r) = rx.try_recv() {
+        // A record is counted in the backlog before it leaves the channel (twice for a moment,
+        // never in neither), so the drain never sees nothing pending while one is in between.
+        let counted = &self.gw.usage.backlog;
+        loop {
+            counted.fetch_add(1, Relaxed);
+            let Ok(r) = rx.try_recv() else {
+                counted.fetch_sub(1, Relaxed);
+                break;
+            };
             if backlog.len() >= MAX_BACKLOG {
                 backlog.pop_front();
                 self.gw.usage.dropped.fetch_add(1, Relaxed);
+                counted.fetch_sub(1, Relaxed);
             }
             backlog.push_back(r);
         }
@@ -87,10 +105,11 @@ impl UsageService {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, pending = backlog.len(), "usage not written yet; kept for the next flush");
-                    return;
+                    break;
                 }
             }
         }
+        self.gw.usage.backlog.store(backlog.len(), Relaxed);
     }
 }
 

@@ -263,6 +263,26 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Send the gateway process a signal.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the gateway");
+    }
+
+    /// The gateway's exit status, if it exits within `within`.
+    pub async fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL the gateway (no graceful shutdown), and reap it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -9,6 +9,7 @@ mod wire;
 mod admin;
 mod cli;
 mod differential;
+mod drain;
 mod errors;
 mod health;
 mod http1;

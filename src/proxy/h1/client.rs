@@ -148,11 +148,11 @@ impl ClientConn {
 
     /// Wait for and parse the next request head into `head`. Between requests the wait is
     /// `idle`; once the first byte has come, the read timeout applies.
-    pub async fn next_request(
+    pub async fn next_request<T>(
         &mut self,
         head: &mut RequestHead,
         idle: Duration,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        stop: &mut tokio::sync::watch::Receiver<T>,
     ) -> NextRequest {
         let mut scan = HeadScan::default();
         // Whether anything has come since the wait began (blank lines left after the previous
@@ -176,7 +176,7 @@ impl ClientConn {
                 let first = tokio::select! {
                     biased;
                     r = self.fill_idle(idle) => r,
-                    _ = shutdown.changed() => return NextRequest::Closed,
+                    _ = stop.changed() => return NextRequest::Closed,
                 };
                 if !matches!(first, Ok(n) if n > 0) {
                     return NextRequest::Closed;

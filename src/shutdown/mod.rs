@@ -1,0 +1,167 @@
+//! Stopping without losing a request: the drain.
+//!
+//! On SIGTERM the gateway first *drains* for `[proxy] grace_period_seconds`: it keeps
+//! accepting and serving (a load balancer may still send requests), answers `/health` with
+//! 503 `draining` so the balancer takes it out, closes idle keep-alive connections and ends
+//! every response with `Connection: close`. Then Pingora's shutdown starts: the listener
+//! closes, and [`DrainService`] waits for the connections still open to finish, at most
+//! `graceful_shutdown_timeout_seconds`. A stream still running then is ended cleanly (an
+//! error event, then the end of the chunked body) and its usage recorded; the usage records
+//! still queued are written; and the process exits. SIGQUIT hands the listening sockets to a
+//! new process (Pingora's upgrade) and then drains the same way; SIGINT stops at once; SIGHUP
+//! does not stop the gateway.
+
+mod signals;
+
+pub use signals::Signals;
+
+use crate::gateway::Gateway;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where the process is in its stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Serving = 0,
+    /// Stopping: finish what is in flight, keep no connection open after it.
+    Draining = 1,
+    /// The drain's deadline has passed: streams still running end now.
+    Cut = 2,
+}
+
+/// The drain's state, shared by the data plane, the health endpoints and [`DrainService`].
+pub struct Drain {
+    /// The phase for hot-path checks (one load).
+    phase: AtomicU8,
+    /// The phase for waiters (idle connections, running streams).
+    tx: watch::Sender<Phase>,
+    /// Client connections admitted and open.
+    pub open: AtomicUsize,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            phase: AtomicU8::new(Phase::Serving as u8),
+            tx: watch::channel(Phase::Serving).0,
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Drain {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            0 => Phase::Serving,
+            1 => Phase::Draining,
+            _ => Phase::Cut,
+        }
+    }
+
+    /// Whether the gateway is stopping (responses then close their connection).
+    #[inline]
+    pub fn draining(&self) -> bool {
+        self.phase.load(Relaxed) != Phase::Serving as u8
+    }
+
+    /// Move on to `phase` (never back).
+    pub fn enter(&self, phase: Phase) {
+        if self.phase.fetch_max(phase as u8, Relaxed) < phase as u8 {
+            tracing::info!(?phase, open = self.open.load(Relaxed), "shutdown");
+            self.tx.send_replace(phase);
+        }
+    }
+
+    /// A receiver that sees each change of phase.
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.tx.subscribe()
+    }
+
+    /// Resolves once the deadline has passed (`rx` from [`Self::subscribe`]); never without one.
+    pub async fn cut(&self, rx: Option<&mut watch::Receiver<Phase>>) {
+        let Some(rx) = rx else {
+            return std::future::pending().await;
+        };
+        loop {
+            if self.phase() == Phase::Cut {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Once Pingora's shutdown starts (after the drain's grace period, or after an upgrade's
+/// hand-over), waits for open connections to finish, cuts streams at the deadline, writes the
+/// queued usage records and ends the process.
+pub struct DrainService {
+    pub gw: Arc<Gateway>,
+}
+
+/// Pingora's own wait after its shutdown starts, beyond the drain's timeout: bounds a drain
+/// that could not finish (the cut, the last usage records).
+pub const HARD_STOP_MARGIN_SECS: u64 = 15;
+
+/// After the cut, how long streams get to send their end.
+const AFTER_CUT: Duration = Duration::from_secs(2);
+/// How long the last usage records get to reach the store.
+const USAGE_FLUSH: Duration = Duration::from_secs(10);
+/// How often the drain looks at what is left.
+const POLL: Duration = Duration::from_millis(20);
+
+#[async_trait]
+impl BackgroundService for DrainService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let drain = &self.gw.drain;
+        drain.enter(Phase::Draining);
+        let timeout = Duration::from_secs(self.gw.config.proxy.graceful_shutdown_timeout_seconds);
+        if !until_closed(drain, timeout).await {
+            drain.enter(Phase::Cut);
+            if !until_closed(drain, AFTER_CUT).await {
+                tracing::warn!(
+                    open = drain.open.load(Relaxed),
+                    "connections still open after the drain; closed with the process"
+                );
+            }
+        }
+        let pending = self.gw.usage.pending();
+        let flushed = tokio::time::timeout(USAGE_FLUSH, async {
+            while self.gw.usage.pending() > 0 {
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await;
+        match flushed {
+            Ok(()) => tracing::info!(written = pending, "usage records written; exiting"),
+            Err(_) => tracing::error!(
+                left = self.gw.usage.pending(),
+                "usage records not written before exit (is the store reachable?)"
+            ),
+        }
+        std::process::exit(0);
+    }
+}
+
+/// Waits until no client connection is open, at most `limit`; whether none is.
+async fn until_closed(drain: &Drain, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while drain.open.load(Relaxed) > 0 {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await
+    .is_ok()
+}
