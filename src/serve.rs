@@ -73,7 +73,9 @@ pub fn run_with(
         // starts, and the process exits as soon as what was in flight is done. Pingora's own
         // wait after its shutdown starts only bounds a drain that could not finish.
         grace_period_seconds: Some(
-            cfg.proxy.graceful_shutdown_timeout_seconds + crate::shutdown::HARD_STOP_MARGIN_SECS,
+            cfg.proxy.graceful_shutdown_timeout_seconds
+                + cfg.runner.stop_grace_secs
+                + crate::shutdown::HARD_STOP_MARGIN_SECS,
         ),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: cfg.proxy.pool_size,

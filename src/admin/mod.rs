@@ -333,7 +333,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 
 #[async_trait]
 impl BackgroundService for AdminService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
@@ -348,9 +348,9 @@ impl BackgroundService for AdminService {
             }
         };
         let app = router(self.state.clone());
-        let stop = async move {
-            let _ = shutdown.changed().await;
-        };
+        // The admin port serves through the whole drain (its /health says draining, /metrics
+        // shows it) and ends with the process.
+        let stop = std::future::pending::<()>();
         let config = &self.state.gw.config.admin;
         let limits = listener::Limits {
             header: std::time::Duration::from_secs(config.header_timeout_secs),

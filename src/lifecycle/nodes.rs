@@ -247,15 +247,19 @@ impl Lifecycle {
 
 /// Sends this node's heartbeats and reconciles records with engines (at start, until the
 /// store answers, then every [`BEAT_EVERY`]), and stops every engine (gracefully, and unrouted
-/// first) when the gateway shuts down.
+/// first) once the gateway's drain is done.
 pub struct LifecycleService {
     pub life: Arc<Lifecycle>,
 }
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for LifecycleService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
         let started_ms = now_ms();
+        // Engines stop when the gateway's drain is done (no client connection left), not when
+        // the listener closes: requests still in flight to them finish first.
+        let drain = &self.life.gw.drain;
+        let mut phases = drain.subscribe();
         // Heartbeats in a task of their own: a slow check (Docker, the store) never makes a
         // live node look lost.
         let life = self.life.clone();
@@ -278,10 +282,13 @@ impl pingora::services::background::BackgroundService for LifecycleService {
                         restarted = false;
                     }
                 }
-                _ = shutdown.changed() => break,
+                _ = drain.reached(crate::shutdown::Phase::Done, Some(&mut phases)) => break,
             }
         }
         self.life.stop_all().await;
+        drain
+            .engines_stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         beats.abort();
     }
 }

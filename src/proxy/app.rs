@@ -9,6 +9,7 @@ use super::h1::{BodyError, ClientConn, NextRequest, RequestHead};
 use crate::gateway::Gateway;
 use crate::identity::{presented, KeyEntry, Limited, Scope};
 use crate::routing::{route_key_json, route_key_multipart};
+use crate::shutdown::Phase;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::apps::ServerApp;
@@ -382,6 +383,7 @@ impl ProxyApp {
             conn,
             head: &RequestHead::default(),
             keepalive: false,
+            drain: &self.gw.drain,
         };
         let fields: Vec<(&str, &[u8])> = field.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         ex.respond_json(err.status(), &fields, &err.body()).await;
@@ -403,6 +405,7 @@ impl ProxyApp {
             conn,
             head,
             keepalive: false,
+            drain: &self.gw.drain,
         };
         ex.respond_json(status, &[], &err.body()).await;
     }
@@ -443,14 +446,15 @@ impl ServerApp for ProxyApp {
             return None;
         };
         let mut head = RequestHead::default();
-        // Idle connections close when the drain starts (or Pingora's shutdown does: the drain
-        // follows it).
+        // Idle connections close when the listener does (in the grace period before it, a
+        // request still gets served, with `Connection: close`).
         let mut stop = self.gw.drain.subscribe();
+        let closes = |p: &Phase| *p >= Phase::Closing;
         // A new connection must send its first head as promptly as any head; keep-alive idling
         // is for the time between requests.
         let mut idle = s.client_limits.header;
         loop {
-            let next = conn.next_request(&mut head, idle, &mut stop).await;
+            let next = conn.next_request(&mut head, idle, &mut stop, closes).await;
             idle = s.keepalive;
             match next {
                 NextRequest::Ready => {}
@@ -462,6 +466,7 @@ impl ServerApp for ProxyApp {
                         conn: &mut conn,
                         head: &RequestHead::default(),
                         keepalive: false,
+                        drain: &self.gw.drain,
                     };
                     ex.respond_json(err.status(), &[], &err.body()).await;
                     conn.shutdown().await;
@@ -479,6 +484,7 @@ impl ServerApp for ProxyApp {
                 conn: &mut conn,
                 head: &head,
                 keepalive: !head.close && !self.gw.drain.draining(),
+                drain: &self.gw.drain,
             };
             self.handle(&mut ex, started).await;
             if !ex.keepalive {

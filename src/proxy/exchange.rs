@@ -9,6 +9,9 @@ pub(super) struct Exchange<'a> {
     pub head: &'a RequestHead,
     /// The connection serves another request after this one.
     pub keepalive: bool,
+    /// The gateway's stop: a response written while it drains closes its connection, however
+    /// long ago the request came.
+    pub drain: &'a crate::shutdown::Drain,
 }
 
 impl Exchange<'_> {
@@ -30,6 +33,9 @@ impl Exchange<'_> {
 
     /// The `Connection` field (when needed) and the blank line that ends the head.
     pub fn end_head(&mut self) {
+        if self.keepalive && self.drain.draining() {
+            self.keepalive = false;
+        }
         let out = &mut self.conn.out;
         if !self.keepalive {
             out.extend_from_slice(b"connection: close\r\n");

@@ -9,6 +9,7 @@ use super::forward::{Attempt, RequestCtx};
 use super::h1::{pool, UpstreamConn, UpstreamError};
 use crate::health::Source;
 use crate::routing::Member;
+use crate::shutdown::Phase;
 use crate::telemetry::sse::SseScanner;
 use crate::telemetry::usage::{Usage, UsageTail};
 use pingora::upstreams::peer::HttpPeer;
@@ -90,13 +91,22 @@ impl ProxyApp {
         let mut scanner = sse.then(SseScanner::default);
         // A stream (and only a stream: other bodies end on their own) watches for the drain's
         // deadline.
-        let mut cut = (sse && out == Out::Chunked).then(|| self.gw.drain.subscribe());
+        let cuttable = sse && out == Out::Chunked;
+        let mut cut_rx = cuttable.then(|| self.gw.drain.subscribe());
+        // One wait for the whole stream (registered once, not for every token).
+        let cut = self.gw.drain.reached(Phase::Cut, cut_rx.as_mut());
+        tokio::pin!(cut);
         let mut tail = UsageTail::default();
         let read_timeout = self.settings.read_timeout;
         let mut end = End::Complete;
         // Something reached the client (after that, a failure can only cut the response).
         let mut sent_any = false;
         loop {
+            // A stream whose data is always ready never waits: the deadline is checked here too.
+            if cuttable && self.gw.drain.phase() >= Phase::Cut {
+                end = End::Cut;
+                break;
+            }
             // Body bytes already buffered go out with what precedes them; otherwise send what
             // is pending (the head, at first) and wait for more.
             let n = match up.step() {
@@ -116,7 +126,7 @@ impl ProxyApp {
                             end = End::ClientGone;
                             break;
                         }
-                        _ = self.gw.drain.cut(cut.as_mut()) => {
+                        _ = &mut cut => {
                             end = End::Cut;
                             break;
                         }

@@ -7,9 +7,9 @@
 //! closes, and [`DrainService`] waits for the connections still open to finish, at most
 //! `graceful_shutdown_timeout_seconds`. A stream still running then is ended cleanly (an
 //! error event, then the end of the chunked body) and its usage recorded; the usage records
-//! still queued are written; and the process exits. SIGQUIT hands the listening sockets to a
-//! new process (Pingora's upgrade) and then drains the same way; SIGINT stops at once; SIGHUP
-//! does not stop the gateway.
+//! still queued are written; managed engines are stopped; and the process exits. SIGQUIT
+//! drains the same way (binary upgrade is not offered yet); SIGINT stops at once, during a
+//! drain too; SIGHUP does not stop the gateway.
 
 mod signals;
 
@@ -19,20 +19,24 @@ use crate::gateway::Gateway;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Where the process is in its stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the process is in its stop (phases only move forward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Phase {
     Serving = 0,
-    /// Stopping: finish what is in flight, keep no connection open after it.
+    /// The grace period: still serving, every response closes its connection.
     Draining = 1,
+    /// The listener is closed: idle connections close, busy ones finish.
+    Closing = 2,
     /// The drain's deadline has passed: streams still running end now.
-    Cut = 2,
+    Cut = 3,
+    /// No client connection is left: managed engines may stop.
+    Done = 4,
 }
 
 /// The drain's state, shared by the data plane, the health endpoints and [`DrainService`].
@@ -43,14 +47,22 @@ pub struct Drain {
     tx: watch::Sender<Phase>,
     /// Client connections admitted and open.
     pub open: AtomicUsize,
+    /// Set once this instance's managed engines are stopped (after [`Phase::Done`]).
+    pub engines_stopped: AtomicBool,
+    /// Kept so that the channel always has a receiver (the last one leaving would wake every
+    /// waiter's mutex otherwise).
+    _rx: watch::Receiver<Phase>,
 }
 
 impl Default for Drain {
     fn default() -> Self {
+        let (tx, rx) = watch::channel(Phase::Serving);
         Self {
             phase: AtomicU8::new(Phase::Serving as u8),
-            tx: watch::channel(Phase::Serving).0,
+            tx,
             open: AtomicUsize::new(0),
+            engines_stopped: AtomicBool::new(false),
+            _rx: rx,
         }
     }
 }
@@ -60,7 +72,9 @@ impl Drain {
         match self.phase.load(Relaxed) {
             0 => Phase::Serving,
             1 => Phase::Draining,
-            _ => Phase::Cut,
+            2 => Phase::Closing,
+            3 => Phase::Cut,
+            _ => Phase::Done,
         }
     }
 
@@ -83,13 +97,14 @@ impl Drain {
         self.tx.subscribe()
     }
 
-    /// Resolves once the deadline has passed (`rx` from [`Self::subscribe`]); never without one.
-    pub async fn cut(&self, rx: Option<&mut watch::Receiver<Phase>>) {
+    /// Resolves once the phase is `phase` or later (`rx` from [`Self::subscribe`]); never
+    /// without a receiver.
+    pub async fn reached(&self, phase: Phase, rx: Option<&mut watch::Receiver<Phase>>) {
         let Some(rx) = rx else {
             return std::future::pending().await;
         };
         loop {
-            if self.phase() == Phase::Cut {
+            if self.phase() >= phase {
                 return;
             }
             if rx.changed().await.is_err() {
@@ -106,8 +121,8 @@ pub struct DrainService {
     pub gw: Arc<Gateway>,
 }
 
-/// Pingora's own wait after its shutdown starts, beyond the drain's timeout: bounds a drain
-/// that could not finish (the cut, the last usage records).
+/// Pingora's own wait after its shutdown starts, beyond the drain's timeout and the engines'
+/// stop: bounds a drain that could not finish (the cut, the last usage records).
 pub const HARD_STOP_MARGIN_SECS: u64 = 15;
 
 /// After the cut, how long streams get to send their end.
@@ -126,7 +141,9 @@ impl BackgroundService for DrainService {
             }
         }
         let drain = &self.gw.drain;
-        drain.enter(Phase::Draining);
+        // The listener is closed (after the grace period, or at once for an upgrade or
+        // SIGINT): idle connections close now.
+        drain.enter(Phase::Closing);
         let timeout = Duration::from_secs(self.gw.config.proxy.graceful_shutdown_timeout_seconds);
         if !until_closed(drain, timeout).await {
             drain.enter(Phase::Cut);
@@ -137,6 +154,8 @@ impl BackgroundService for DrainService {
                 );
             }
         }
+        // Managed engines stop once nothing is sent to them any more.
+        drain.enter(Phase::Done);
         let pending = self.gw.usage.pending();
         let flushed = tokio::time::timeout(USAGE_FLUSH, async {
             while self.gw.usage.pending() > 0 {
@@ -150,6 +169,16 @@ impl BackgroundService for DrainService {
                 left = self.gw.usage.pending(),
                 "usage records not written before exit (is the store reachable?)"
             ),
+        }
+        let engines = Duration::from_secs(self.gw.config.runner.stop_grace_secs) + AFTER_CUT;
+        let stopped = tokio::time::timeout(engines, async {
+            while !drain.engines_stopped.load(Relaxed) {
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::warn!("managed engines not all stopped before exit");
         }
         std::process::exit(0);
     }

@@ -1,15 +1,15 @@
 //! The signals that stop the gateway, as Pingora's run loop asks for them.
 
-use super::{Drain, Phase};
+use super::Phase;
 use crate::gateway::Gateway;
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// SIGTERM: drain for the grace period, then a graceful stop. SIGQUIT: hand the listeners to
-/// a new process, then a graceful stop. SIGINT: stop now. SIGHUP: logged, the gateway goes on.
+/// SIGTERM: drain for the grace period, then a graceful stop. SIGQUIT: the same (binary
+/// upgrade is not offered yet). SIGINT: stop now. SIGHUP: logged, the gateway goes on.
 pub struct Signals {
     pub gw: Arc<Gateway>,
 }
@@ -39,14 +39,16 @@ impl ShutdownSignalWatch for Signals {
         loop {
             tokio::select! {
                 _ = term.recv() => {
-                    let grace = Duration::from_secs(self.gw.config.proxy.grace_period_seconds);
-                    tracing::info!(?grace, "SIGTERM: draining, still serving for the grace period");
-                    drain_for(&self.gw.drain, grace).await;
-                    return ShutdownSignal::GracefulTerminate;
+                    tracing::info!("SIGTERM: draining, still serving for the grace period");
+                    return self.drain(term, quit, int).await;
                 }
                 _ = quit.recv() => {
-                    tracing::info!("SIGQUIT: handing the listening sockets to the new process");
-                    return ShutdownSignal::GracefulUpgrade;
+                    // The listening sockets' hand-over to a new process (Pingora's upgrade)
+                    // needs the new process to start in upgrade mode, which `serve` does not
+                    // offer yet: a drain, as for SIGTERM, rather than a listener that closes
+                    // under a load balancer that was not told.
+                    tracing::warn!("SIGQUIT: binary upgrade is not supported yet; draining as for SIGTERM");
+                    return self.drain(term, quit, int).await;
                 }
                 _ = int.recv() => {
                     tracing::info!("SIGINT: stopping now");
@@ -60,9 +62,36 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// The grace period: still accepting and serving, `/health` answering 503, connections closed
-/// after their response.
-async fn drain_for(drain: &Drain, grace: Duration) {
-    drain.enter(Phase::Draining);
-    tokio::time::sleep(grace).await;
+impl Signals {
+    /// The grace period (still accepting and serving, `/health` at 503, every response closing
+    /// its connection), then Pingora's graceful stop. SIGINT during it stops at once; so does
+    /// SIGINT at any later point of the stop (a stuck drain can always be ended).
+    async fn drain(
+        &self,
+        term: &mut Signal,
+        quit: &mut Signal,
+        int: &mut Signal,
+    ) -> ShutdownSignal {
+        let drain = &self.gw.drain;
+        drain.enter(Phase::Draining);
+        let grace = Duration::from_secs(self.gw.config.proxy.grace_period_seconds);
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = int.recv() => {
+                tracing::info!("SIGINT during the drain: stopping now");
+                return ShutdownSignal::FastShutdown;
+            }
+            // A second SIGTERM or SIGQUIT ends the grace period early.
+            _ = term.recv() => tracing::info!("SIGTERM again: the grace period ends now"),
+            _ = quit.recv() => tracing::info!("SIGQUIT: the grace period ends now"),
+        }
+        tokio::spawn(async {
+            if let Ok(mut int) = signal(SignalKind::interrupt()) {
+                int.recv().await;
+                tracing::warn!("SIGINT during the drain: exiting now");
+                std::process::exit(1);
+            }
+        });
+        ShutdownSignal::GracefulTerminate
+    }
 }

@@ -5,11 +5,13 @@
 //! recorded; SIGHUP does not stop the gateway.
 
 use crate::harness::*;
+use crate::wire::read_response;
 use infergate::mock::MockConfig;
 use nix::sys::signal::Signal;
 use reqwest::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 fn slow_stream_mock(itl_ms: u64) -> MockConfig {
     MockConfig {
@@ -68,10 +70,39 @@ async fn sigterm_drains_what_is_in_flight_and_writes_its_usage_before_exiting() 
     let streams: Vec<_> = (0..2)
         .map(|_| tokio::spawn(stream(gw.url("/v1/chat/completions"), 20)))
         .collect();
+    // A keep-alive connection that is idle at SIGTERM, and one whose (2 s) answer is on its way.
+    let mut idle = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let request = |body: &Value| {
+        let body = body.to_string();
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let quick =
+        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
+    idle.write_all(request(&quick).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut idle, &mut Vec::new()).await;
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let slow =
+        json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]});
+    let mut busy = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    busy.write_all(request(&slow).as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let signalled = Instant::now();
     gw.signal(Signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The idle connection still serves during the grace period, and then closes.
+    idle.write_all(request(&quick).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut idle, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
     // The grace period: health says draining, on both ports; new requests are still served,
     // each told to close its connection.
     let c = Client::new();
@@ -87,6 +118,13 @@ async fn sigterm_drains_what_is_in_flight_and_writes_its_usage_before_exiting() 
     let served = gw.chat(&c, &chat_body("m")).await;
     assert_eq!(served.status(), 200);
     assert_eq!(served.headers()["connection"], "close");
+    // The answer that was on its way when the drain began closes its connection too.
+    let (head, _) = read_response(&mut busy, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
     // The streams finish whole.
     for s in streams {
         let text = s.await.unwrap().expect("the stream was not cut");
@@ -104,10 +142,10 @@ async fn sigterm_drains_what_is_in_flight_and_writes_its_usage_before_exiting() 
         took >= Duration::from_secs(1) && took < Duration::from_secs(6),
         "{took:?}"
     );
-    // Every request served left its usage record: the two streams and the request of the
-    // grace period.
+    // Every request served left its usage record: the two streams, the request of the grace
+    // period, and the three on raw connections.
     let rows = usage_rows(&redis, "").await;
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 6, "{rows:?}");
     let streamed: Vec<_> = rows.iter().filter(|r| r["stream"] == true).collect();
     assert_eq!(streamed.len(), 2);
     assert!(streamed.iter().all(|r| r["completion_tokens"] == 20));
@@ -170,4 +208,24 @@ async fn sighup_does_not_stop_the_gateway() {
     assert_eq!(gw.chat(&Client::new(), &chat_body("m")).await.status(), 200);
     let health = Client::new().get(gw.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn sigint_during_the_drain_stops_at_once() {
+    let m = mock("a", &["m"]).await;
+    let mut gw = Gateway::start(&format!(
+        "proxy.grace_period_seconds = 30\n{}",
+        server(&m.url(), &["m"])
+    ))
+    .await;
+    gw.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gw.exited_within(Duration::ZERO).await.is_none(), "draining");
+    let signalled = Instant::now();
+    gw.signal(Signal::SIGINT);
+    assert!(
+        gw.exited_within(Duration::from_secs(3)).await.is_some(),
+        "SIGINT ends a drain"
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(3));
 }

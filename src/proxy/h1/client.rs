@@ -148,11 +148,13 @@ impl ClientConn {
 
     /// Wait for and parse the next request head into `head`. Between requests the wait is
     /// `idle`; once the first byte has come, the read timeout applies.
+    /// An idle wait also ends, `Closed`, when `stop` changes to a value for which `closes` holds.
     pub async fn next_request<T>(
         &mut self,
         head: &mut RequestHead,
         idle: Duration,
         stop: &mut tokio::sync::watch::Receiver<T>,
+        closes: impl Fn(&T) -> bool,
     ) -> NextRequest {
         let mut scan = HeadScan::default();
         // Whether anything has come since the wait began (blank lines left after the previous
@@ -173,10 +175,20 @@ impl ClientConn {
             if !started && self.rbuf.is_empty() {
                 // An idle connection holds no read buffer.
                 self.rbuf = BytesMut::new();
-                let first = tokio::select! {
-                    biased;
-                    r = self.fill_idle(idle) => r,
-                    _ = stop.changed() => return NextRequest::Closed,
+                let first = {
+                    let read = self.fill_idle(idle);
+                    tokio::pin!(read);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut read => break r,
+                            changed = stop.changed() => {
+                                if changed.is_err() || closes(&stop.borrow_and_update()) {
+                                    return NextRequest::Closed;
+                                }
+                            }
+                        }
+                    }
                 };
                 if !matches!(first, Ok(n) if n > 0) {
                     return NextRequest::Closed;
