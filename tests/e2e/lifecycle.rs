@@ -688,3 +688,32 @@ async fn the_demo_has_a_managed_model_a_newcomer_can_start_test_read_and_stop() 
     until_state(&gw, &c, &id, "stopped").await;
     assert_eq!(gw.chat(&c, &chat_body("demo-managed")).await.status(), 404);
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_managed_engines_after_the_drain_and_records_it() {
+    let redis = Redis::start().await;
+    let store = format!(
+        "[store]\nurl = {:?}\nprefix = \"life-drain\"\n",
+        redis.url()
+    );
+    let (mut gw, _dir) = runner_gateway("", &store).await;
+    let c = Client::new();
+    let id = create(&gw, &c, vllm("drained-qwen", &[])).await;
+    start_running(&gw, &c, &id).await;
+    let (_, m) = call(&gw, &c, Method::GET, &format!("/models/{id}"), None).await;
+    // `runs_on` is the node and the engine's port.
+    let port = m["runs_on"].as_str().unwrap().rsplit(':').next().unwrap();
+    let engine = format!("http://127.0.0.1:{port}/v1");
+    assert_eq!(gw.chat(&c, &chat_body("drained-qwen")).await.status(), 200);
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = gw
+        .exited_within(Duration::from_secs(15))
+        .await
+        .expect("the gateway exits");
+    assert!(status.success(), "{status:?}");
+    // The engine was stopped before the exit, and its record says so.
+    assert!(reqwest::get(format!("{engine}/models")).await.is_err());
+    let reader = Gateway::start(&store).await;
+    let (_, m) = call(&reader, &c, Method::GET, &format!("/models/{id}"), None).await;
+    assert_eq!(m["state"], "stopped", "{m}");
+}
