@@ -20,8 +20,12 @@ use std::time::Instant;
 /// write; larger ones are written from the server's buffer directly.
 const COPY_BYTES: usize = 16 * 1024;
 
-/// The event that ends a stream cut by the shutdown's deadline.
-const CUT_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the gateway is shutting down: this stream was ended before its last token\",\"type\":\"server_error\",\"code\":\"gateway_shutting_down\"}}\n\n";
+/// The event that ends a stream cut by the shutdown's deadline. It starts with a blank line: if
+/// the stream was cut inside an event, that event ends there, and this one parses on its own.
+const CUT_EVENT: &[u8] = b"\n\ndata: {\"error\":{\"message\":\"the gateway is shutting down: this stream was ended before its last token\",\"type\":\"server_error\",\"code\":\"gateway_shutting_down\"}}\n\n";
+
+/// How long the end of a cut stream may take to write.
+const CUT_SEND: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How the body relay ended.
 enum End {
@@ -91,7 +95,7 @@ impl ProxyApp {
         let mut scanner = sse.then(SseScanner::default);
         // A stream (and only a stream: other bodies end on their own) watches for the drain's
         // deadline.
-        let cuttable = sse && out == Out::Chunked;
+        let cuttable = sse && matches!(out, Out::Chunked | Out::Close) && !head_only;
         let mut cut_rx = cuttable.then(|| self.gw.drain.subscribe());
         // One wait for the whole stream (registered once, not for every token).
         let cut = self.gw.drain.reached(Phase::Cut, cut_rx.as_mut());
@@ -187,13 +191,21 @@ impl ProxyApp {
             // An event the OpenAI SDKs raise as an error (the answer is not complete), then
             // the end of the body: the client sees a whole response, not a cut connection.
             tracing::warn!(server = %backend.id, model = %member.model, "stream ended by the shutdown's deadline");
-            let mut hex = [0u8; 16];
             let o = &mut ex.conn.out;
-            o.extend_from_slice(hex_len(CUT_EVENT.len(), &mut hex));
-            o.extend_from_slice(b"\r\n");
-            o.extend_from_slice(CUT_EVENT);
-            o.extend_from_slice(b"\r\n0\r\n\r\n");
-            if ex.conn.send(&[]).await.is_err() {
+            if out == Out::Chunked {
+                let mut hex = [0u8; 16];
+                o.extend_from_slice(hex_len(CUT_EVENT.len(), &mut hex));
+                o.extend_from_slice(b"\r\n");
+                o.extend_from_slice(CUT_EVENT);
+                o.extend_from_slice(b"\r\n0\r\n\r\n");
+            } else {
+                // An HTTP/1.0 client: the event, then the close ends the body.
+                o.extend_from_slice(CUT_EVENT);
+            }
+            // Briefly: a client that does not read must not hold the usage record past the
+            // process's exit.
+            let sent = tokio::time::timeout(CUT_SEND, ex.conn.send(&[])).await;
+            if !matches!(sent, Ok(Ok(()))) {
                 end = End::ClientGone;
             }
             ex.keepalive = false;
