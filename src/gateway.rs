@@ -106,6 +106,8 @@ impl Gateway {
             unhealthy_threshold: config.health.unhealthy_threshold,
             healthy_threshold: config.health.healthy_threshold,
         };
+        let keys = crate::identity::KeyCache::default();
+        keys.set_max_stale(config.auth.max_stale_secs.saturating_mul(1000));
         Ok(Arc::new(Self {
             config,
             table: ArcSwap::from_pointee(table),
@@ -114,7 +116,7 @@ impl Gateway {
             demand: Default::default(),
             discovered: Default::default(),
             started_ms: crate::telemetry::now_ms(),
-            keys: Default::default(),
+            keys,
             identity: crate::identity::IdentityService::new(store.clone()),
             usage: Default::default(),
             limiter: Default::default(),

@@ -134,6 +134,11 @@ impl Credentials {
                 api_key: p.key.to_string(),
                 roles: k.roles.clone(),
             }),
+            // Not a wrong credential: the store could not confirm any for too long.
+            Err(r @ crate::identity::Refusal::Unconfirmed) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r.to_string(),
+            )),
             Err(r) => Err(unauthorized(&r.to_string())),
         }
     }

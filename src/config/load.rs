@@ -270,6 +270,7 @@ impl Validator<'_> {
                 c.proxy.graceful_shutdown_timeout_seconds,
                 86_400,
             ),
+            ("auth", "max_stale_secs", c.auth.max_stale_secs, 86_400),
         ] {
             if value > max {
                 self.fail(&[Key(table), Key(key)], format!("must be at most {max}"));

@@ -261,10 +261,22 @@ pub enum ProxyAuth {
 }
 
 /// `[auth]`: API keys on the data plane.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub proxy: ProxyAuth,
+    /// How old the key cache may be (since it last read every key from the store) before keys
+    /// it cannot confirm are refused with 503: the bound of a partition from Valkey.
+    pub max_stale_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            proxy: ProxyAuth::default(),
+            max_stale_secs: 300,
+        }
+    }
 }
 
 /// `[proxy]`: the OpenAI-compatible data-plane listener.

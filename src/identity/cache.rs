@@ -57,15 +57,36 @@ pub enum Refusal {
     Revoked,
     #[error("the API key has expired")]
     Expired,
+    /// The cache has not been confirmed by the store for longer than allowed.
+    #[error("API keys cannot be checked right now (the key store has been unreachable for too long); retry later")]
+    Unconfirmed,
 }
 
 /// Every key, by id.
 #[derive(Default)]
 pub struct KeyCache {
     map: ArcSwap<HashMap<Arc<str>, Arc<KeyEntry>>>,
+    /// Unix ms of the last whole read from the store (0: never).
+    confirmed_ms: std::sync::atomic::AtomicU64,
+    /// How old that read may be before keys are refused (0: no limit).
+    max_stale_ms: std::sync::atomic::AtomicU64,
 }
 
 impl KeyCache {
+    /// Refuse keys, with [`Refusal::Unconfirmed`], once the cache has not been replaced from
+    /// the store for `max_stale_ms` (0: never).
+    pub fn set_max_stale(&self, max_stale_ms: u64) {
+        self.max_stale_ms
+            .store(max_stale_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Replace the whole cache with every key, just read from the store at `now_ms`.
+    pub fn replace_confirmed(&self, keys: &[ApiKey], now_ms: u64) {
+        self.replace(keys);
+        self.confirmed_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Replace the whole cache.
     pub fn replace(&self, keys: &[ApiKey]) {
         let map = keys
@@ -92,6 +113,11 @@ impl KeyCache {
 
     /// The key `p` names, when its secret matches and it is live at `now_ms`.
     pub fn verify(&self, p: Presented<'_>, now_ms: u64) -> Result<Arc<KeyEntry>, Refusal> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max_stale = self.max_stale_ms.load(Relaxed);
+        if max_stale > 0 && now_ms.saturating_sub(self.confirmed_ms.load(Relaxed)) > max_stale {
+            return Err(Refusal::Unconfirmed);
+        }
         let digest = hash_secret(p.secret);
         let map = self.map.load();
         let Some(entry) = map.get(p.key) else {
@@ -164,5 +190,25 @@ mod tests {
             Refusal::Invalid,
             "a wrong secret says nothing of revocation"
         );
+    }
+
+    #[test]
+    fn a_cache_not_confirmed_for_too_long_refuses_every_key() {
+        let p = |key, secret| Presented { key, secret };
+        let cache = KeyCache::default();
+        cache.replace_confirmed(&[key("k1", "a")], 1_000);
+        assert!(cache.verify(p("k1", "a"), 5_000).is_ok(), "no limit set");
+        cache.set_max_stale(2_000);
+        assert!(cache.verify(p("k1", "a"), 3_000).is_ok());
+        assert_eq!(
+            cache.verify(p("k1", "a"), 3_001).unwrap_err(),
+            Refusal::Unconfirmed
+        );
+        assert_eq!(
+            cache.verify(p("nope", "a"), 3_001).unwrap_err(),
+            Refusal::Unconfirmed
+        );
+        cache.replace_confirmed(&[key("k1", "a")], 3_500);
+        assert!(cache.verify(p("k1", "a"), 4_000).is_ok());
     }
 }

@@ -13,7 +13,7 @@ const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// Load every key into the cache; returns how many.
 pub async fn reload(gw: &Gateway) -> Result<usize, super::IdentityError> {
     let keys = gw.identity.all_keys().await?;
-    gw.keys.replace(&keys);
+    gw.keys.replace_confirmed(&keys, crate::telemetry::now_ms());
     Ok(keys.len())
 }
 
@@ -25,7 +25,12 @@ pub struct IdentitySync {
 impl BackgroundService for IdentitySync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut changes = self.gw.store.doc_changes();
-        let mut tick = tokio::time::interval(RESYNC_EVERY);
+        // Often enough that a reachable store always keeps the cache confirmed.
+        let every = match self.gw.config.auth.max_stale_secs {
+            0 => RESYNC_EVERY,
+            s => RESYNC_EVERY.min(Duration::from_secs(s) / 3),
+        };
+        let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

@@ -103,7 +103,10 @@ impl ProxyApp {
             .gw
             .keys
             .verify(presented, now_ms)
-            .map_err(|r| ProxyError::Unauthorized(r.to_string()))?;
+            .map_err(|r| match r {
+                crate::identity::Refusal::Unconfirmed => ProxyError::KeysUnconfirmed,
+                r => ProxyError::Unauthorized(r.to_string()),
+            })?;
         if let Some(scope) = scope {
             if !key.scopes.contains(scope) {
                 return Err(ProxyError::MissingScope(scope.as_str()));

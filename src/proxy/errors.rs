@@ -35,6 +35,9 @@ pub enum ProxyError {
     ClientTimeout(&'static str),
     #[error("The gateway has too many open connections; retry later.")]
     TooManyConnections,
+    /// The key cache is older than `[auth] max_stale_secs` (the store is unreachable).
+    #[error("API keys cannot be checked right now (the key store has been unreachable for too long); retry later.")]
+    KeysUnconfirmed,
 }
 
 impl ProxyError {
@@ -60,7 +63,7 @@ impl ProxyError {
             ProxyError::WrongMethod(_) => 405,
             ProxyError::TooLarge(_) => 413,
             ProxyError::ClientTimeout(_) => 408,
-            ProxyError::TooManyConnections => 503,
+            ProxyError::TooManyConnections | ProxyError::KeysUnconfirmed => 503,
             ProxyError::Unreachable(_) | ProxyError::BadResponse(_) => 502,
             ProxyError::NoHealthyServer(_) => 503,
             ProxyError::Timeout(_) => 504,
@@ -79,6 +82,7 @@ impl ProxyError {
             ProxyError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             ProxyError::ClientTimeout(_) => ("invalid_request_error", "request_timeout"),
             ProxyError::TooManyConnections => ("server_error", "too_many_connections"),
+            ProxyError::KeysUnconfirmed => ("server_error", "keys_unconfirmed"),
             ProxyError::NoHealthyServer(_) => ("server_error", "no_healthy_server"),
             ProxyError::Unreachable(_) => ("server_error", "upstream_unreachable"),
             ProxyError::Timeout(_) => ("server_error", "upstream_timeout"),
@@ -99,9 +103,9 @@ impl ProxyError {
     /// makes sense, `WWW-Authenticate` on a 401, `Allow` on a 405.
     pub fn field(&self, retry_after_secs: u64) -> Option<(&'static str, String)> {
         match self {
-            ProxyError::NoHealthyServer(_) | ProxyError::TooManyConnections => {
-                Some(("retry-after", retry_after_secs.to_string()))
-            }
+            ProxyError::NoHealthyServer(_)
+            | ProxyError::TooManyConnections
+            | ProxyError::KeysUnconfirmed => Some(("retry-after", retry_after_secs.to_string())),
             ProxyError::RateLimited(_, secs) => Some(("retry-after", secs.to_string())),
             ProxyError::Unauthorized(_) => Some(("www-authenticate", "Bearer".into())),
             ProxyError::WrongMethod(m) => Some(("allow", (*m).into())),

@@ -601,3 +601,41 @@ async fn with_valkey_keys_reach_every_instance_within_a_second() {
     assert_eq!(chat_with(&gw3, &c, &token2, "m").await.status(), 200);
     assert_eq!(chat_with(&gw3, &c, &token, "m").await.status(), 401);
 }
+
+#[tokio::test]
+async fn cut_off_from_valkey_keys_serve_from_the_cache_until_max_stale_then_503() {
+    let m = mock("a", &["m"]).await;
+    let mut redis = Redis::start().await;
+    let gw = Gateway::start(&format!(
+        "auth.proxy = \"required\"\nauth.max_stale_secs = 3\n{}[store]\nurl = {:?}\nprefix = \"stale\"\n",
+        server(&m.url(), &["m"]),
+        redis.url()
+    ))
+    .await;
+    let c = Client::new();
+    let (token, _) = create_key(&gw, &c, json!({})).await;
+    let ok = || async { chat_with(&gw, &c, &token, "m").await.status() == 200 };
+    assert!(eventually(Duration::from_secs(5), ok).await);
+    // Keep the keys for the restart (the test server persists nothing on its own).
+    let _: String = redis.cmd(&["SAVE"]).await;
+    redis.kill();
+    let cut = std::time::Instant::now();
+    // The cache still serves...
+    assert_eq!(chat_with(&gw, &c, &token, "m").await.status(), 200);
+    // ...until it has not been confirmed for max_stale_secs: then 503, with Retry-After.
+    let refused = || async { chat_with(&gw, &c, &token, "m").await.status() == 503 };
+    assert!(eventually(Duration::from_secs(10), refused).await);
+    let after = cut.elapsed();
+    assert!(after >= Duration::from_secs(1), "refused after {after:?}");
+    let r = chat_with(&gw, &c, &token, "m").await;
+    assert!(r.headers().contains_key("retry-after"));
+    openai_error(&r.json().await.unwrap(), "keys_unconfirmed");
+    // An unknown key cannot be told from a new one either: 503, not 401.
+    assert_eq!(
+        chat_with(&gw, &c, "ak_unknown:secret", "m").await.status(),
+        503
+    );
+    // Valkey back: the keys are confirmed again and served.
+    redis.restart().await;
+    assert!(eventually(Duration::from_secs(10), ok).await);
+}
