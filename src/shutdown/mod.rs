@@ -157,27 +157,15 @@ impl BackgroundService for DrainService {
         // Managed engines stop once nothing is sent to them any more.
         drain.enter(Phase::Done);
         let pending = self.gw.usage.pending();
-        let flushed = tokio::time::timeout(USAGE_FLUSH, async {
-            while self.gw.usage.pending() > 0 {
-                tokio::time::sleep(POLL).await;
-            }
-        })
-        .await;
-        match flushed {
-            Ok(()) => tracing::info!(written = pending, "usage records written; exiting"),
-            Err(_) => tracing::error!(
+        match wait_until(USAGE_FLUSH, || self.gw.usage.pending() == 0).await {
+            true => tracing::info!(written = pending, "usage records written; exiting"),
+            false => tracing::error!(
                 left = self.gw.usage.pending(),
                 "usage records not written before exit (is the store reachable?)"
             ),
         }
         let engines = Duration::from_secs(self.gw.config.runner.stop_grace_secs) + AFTER_CUT;
-        let stopped = tokio::time::timeout(engines, async {
-            while !drain.engines_stopped.load(Relaxed) {
-                tokio::time::sleep(POLL).await;
-            }
-        })
-        .await;
-        if stopped.is_err() {
+        if !wait_until(engines, || drain.engines_stopped.load(Relaxed)).await {
             tracing::warn!("managed engines not all stopped before exit");
         }
         std::process::exit(0);
@@ -186,8 +174,13 @@ impl BackgroundService for DrainService {
 
 /// Waits until no client connection is open, at most `limit`; whether none is.
 async fn until_closed(drain: &Drain, limit: Duration) -> bool {
+    wait_until(limit, || drain.open.load(Relaxed) == 0).await
+}
+
+/// Looks at `done` every [`POLL`] for at most `limit`; whether it came true.
+async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     tokio::time::timeout(limit, async {
-        while drain.open.load(Relaxed) > 0 {
+        while !done() {
             tokio::time::sleep(POLL).await;
         }
     })

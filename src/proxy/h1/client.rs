@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// A body buffer grows by at most its size, starting from this.
 const BODY_STEP: usize = 64 * 1024;
-/// The first read after an idle wait takes at most this (a whole head, usually).
+/// A read into a stack buffer (the first after an idle wait, the drain at close) takes at
+/// most this (a whole head, usually).
 const IDLE_READ: usize = 4096;
 /// Closing after a response, unread input is drained for at most this long and this many
 /// bytes, so the client reads the response before the close (an unread input would make the
@@ -129,16 +130,11 @@ impl ClientConn {
     /// connection's memory). `Ok(0)` at end of stream.
     async fn fill_idle(&mut self, wait: Duration) -> io::Result<usize> {
         let (io, rbuf, read_size) = (&mut self.io, &mut self.rbuf, self.read_size);
-        let read = std::future::poll_fn(|cx| {
-            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
-            let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
-            std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut buf))?;
-            let got = buf.filled();
+        let read = read_on_stack(io, |got| {
             if !got.is_empty() {
                 rbuf.reserve(read_size.max(got.len()));
                 rbuf.extend_from_slice(got);
             }
-            std::task::Poll::Ready(Ok(got.len()))
         });
         match super::timed::timed(wait, read).await {
             Ok(r) => r,
@@ -356,14 +352,7 @@ impl ClientConn {
             self.io.shutdown().await?;
             let mut drained = 0;
             while drained < bytes {
-                // Read into a buffer on the stack while polled (not kept in the task).
-                let read = std::future::poll_fn(|cx| {
-                    let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
-                    let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
-                    std::task::ready!(std::pin::Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-                    std::task::Poll::Ready(Ok::<_, io::Error>(buf.filled().len()))
-                });
-                match read.await? {
+                match read_on_stack(&mut self.io, |_| {}).await? {
                     0 => break,
                     n => drained += n,
                 }
@@ -372,6 +361,21 @@ impl ClientConn {
         };
         let _ = tokio::time::timeout(limit, linger).await;
     }
+}
+
+/// One read into a buffer on the stack, taken only while the read is polled (never kept in
+/// the task's state); `take` sees the bytes read. The number of bytes, 0 at end of stream.
+fn read_on_stack<'a>(
+    io: &'a mut Stream,
+    mut take: impl FnMut(&[u8]) + 'a,
+) -> impl std::future::Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+        std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+        take(buf.filled());
+        std::task::Poll::Ready(Ok(buf.filled().len()))
+    })
 }
 
 #[cfg(test)]
