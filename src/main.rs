@@ -1,4 +1,4 @@
-//! The `infergate` binary: `serve`, `check-config`, `hash-secret`, `mock`.
+//! The `infergate` binary: `serve`, `upgrade`, `check-config`, `hash-secret`, `mock`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +34,21 @@ enum Command {
         /// Start two simulated backends on loopback and route the demo models to them.
         #[arg(long)]
         demo: bool,
+        /// Take the listening sockets from the running gateway instead of binding them (a
+        /// binary upgrade; `infergate upgrade` starts the new process with it).
+        #[arg(long, conflicts_with = "demo")]
+        upgrade: bool,
+    },
+    /// Upgrade a running gateway to this binary without dropping a request: start
+    /// `infergate serve --upgrade` with the same configuration, hand the listening sockets
+    /// over from the running one, which then drains and exits. Prints the new process's pid.
+    Upgrade {
+        /// The running gateway's process id (systemd: $MAINPID).
+        #[arg(long)]
+        pid: i32,
+        /// Configuration file (TOML) for the new process; checked before anything starts.
+        #[arg(long, env = "INFERGATE_CONFIG")]
+        config: PathBuf,
     },
     /// Validate a configuration file and exit (status 1 with the key and line at fault).
     CheckConfig { path: PathBuf },
@@ -117,7 +132,29 @@ fn main() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
-        Command::Serve { config, demo } => {
+        Command::Upgrade { pid, config } => {
+            let c = config::load_file(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let socket = infergate::shutdown::upgrade::socket_path(&c.proxy.upgrade_sock);
+            let exe = std::env::current_exe().context("where is this binary")?;
+            let args = ["--config".into(), config.into_os_string()];
+            let new = infergate::shutdown::upgrade::hand_over(&exe, &args, &socket, pid)
+                .context("upgrade failed")?;
+            tracing::info!(
+                old = pid,
+                new,
+                "the new gateway holds the sockets; the old one drains"
+            );
+            use std::io::Write;
+            writeln!(std::io::stdout(), "{new}")?;
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            demo,
+            upgrade,
+        } => {
+            let start = infergate::serve::Start { upgrade };
             let mut cfg = match &config {
                 Some(p) => {
                     config::load_file(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
@@ -128,11 +165,11 @@ fn main() -> anyhow::Result<()> {
                 ),
             };
             if !demo {
-                return infergate::serve::run(cfg).context("infergate failed to start");
+                return infergate::serve::run(cfg, start).context("infergate failed to start");
             }
             start_demo_backends(&mut cfg)?;
             demo_runner(&mut cfg)?;
-            infergate::serve::run_with(cfg, |gw| {
+            infergate::serve::run_with(cfg, start, |gw| {
                 print_demo_key(gw);
                 create_demo_model(gw);
             })

@@ -29,6 +29,8 @@ pub enum ServeError {
         key: &'static str,
         source: crate::tls::TlsError,
     },
+    #[error(transparent)]
+    Upgrade(#[from] crate::shutdown::upgrade::UpgradeError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         addr: String,
@@ -37,32 +39,42 @@ pub enum ServeError {
     },
 }
 
+/// How the gateway starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Start {
+    /// Take the listening sockets from the running gateway (binary upgrade,
+    /// [`crate::shutdown::upgrade`]) instead of binding them.
+    pub upgrade: bool,
+}
+
 /// Run the gateway until it is signalled to stop (SIGTERM: a drain, SIGQUIT: an upgrade,
 /// SIGINT: at once; see [`crate::shutdown`]).
-pub fn run(config: Config) -> Result<(), ServeError> {
-    run_with(config, |_| {})
+pub fn run(config: Config, start: Start) -> Result<(), ServeError> {
+    run_with(config, start, |_| {})
 }
 
 /// [`run`], calling `before_serving` with the gateway's state once it is built (the demo
 /// creates its key there).
 pub fn run_with(
     config: Config,
+    start: Start,
     before_serving: impl FnOnce(&std::sync::Arc<Gateway>),
 ) -> Result<(), ServeError> {
-    let admin_listener =
-        std::net::TcpListener::bind(&config.admin.listen).map_err(|source| ServeError::Listen {
-            addr: config.admin.listen.clone(),
-            key: "admin.listen",
-            source,
-        })?;
-    // Fail early and clearly when the proxy port is taken (Pingora would abort later).
-    drop(
-        std::net::TcpListener::bind(&config.proxy.listen).map_err(|source| ServeError::Listen {
-            addr: config.proxy.listen.clone(),
-            key: "proxy.listen",
-            source,
-        })?,
-    );
+    let upgrade_sock = crate::shutdown::upgrade::socket_path(&config.proxy.upgrade_sock);
+    let admin_listener = if start.upgrade {
+        // The running gateway holds both ports: they come over the upgrade socket, whose
+        // directory must be safe to receive them in.
+        crate::shutdown::upgrade::prepare(&upgrade_sock)?;
+        None
+    } else {
+        // Fail early and clearly when a port is taken (Pingora would abort later).
+        let admin = bind(&config.admin.listen, "admin.listen")?;
+        drop(bind(&config.proxy.listen, "proxy.listen")?);
+        if let Err(e) = crate::shutdown::upgrade::prepare(&upgrade_sock) {
+            tracing::warn!(error = %e, "binary upgrades will be refused");
+        }
+        Some(admin)
+    };
     let gw = Gateway::new(config)?;
     before_serving(&gw);
     load_keys(&gw);
@@ -80,11 +92,17 @@ pub fn run_with(
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: cfg.proxy.pool_size,
         ca_file: cfg.proxy.ca_file.clone(),
+        upgrade_sock: upgrade_sock.to_string_lossy().into_owned(),
         // One current-thread runtime per worker: cheaper per request than work stealing.
         work_stealing: false,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: start.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // In an upgrade, this waits for the running gateway's sockets (or exits when none come).
     server.bootstrap();
 
     // TLS, when set, is the app's: it shakes hands once a connection is admitted, within the
@@ -123,21 +141,30 @@ pub fn run_with(
         "admin.tls_cert",
     )?
     .map(crate::tls::acceptor);
-    let mut admin = background_service(
-        "admin",
-        AdminService::new(gw.clone(), life.clone(), monitor.clone(), admin_listener)?
-            .with_tls(admin_tls),
-    );
-    admin.threads = Some(cfg.admin.threads);
+    let admin = AdminService::new(gw.clone(), life.clone(), monitor.clone(), admin_listener)?
+        .with_tls(admin_tls);
     // Managed engines are spawned and watched on this service's one thread.
-    let mut lifecycle =
-        background_service("lifecycle", crate::lifecycle::LifecycleService { life });
+    let tenancy = crate::shutdown::upgrade::Tenancy::new(&upgrade_sock);
+    let after = match start.upgrade {
+        true => Some(tenancy),
+        false => {
+            if !tenancy.try_take() {
+                tracing::warn!("another gateway holds this upgrade directory's lock; set [proxy] upgrade_sock per gateway");
+            }
+            None
+        }
+    };
+    let mut lifecycle = background_service(
+        "lifecycle",
+        crate::lifecycle::LifecycleService { life, after },
+    );
     lifecycle.threads = Some(1);
 
     tracing::info!(
         proxy = %cfg.proxy.listen,
         admin = %cfg.admin.listen,
         servers = cfg.servers.len(),
+        upgrade = start.upgrade,
         "infergate starting"
     );
     server.add_service(proxy);
@@ -184,6 +211,15 @@ pub fn run_with(
         shutdown_signal: Box::new(crate::shutdown::Signals { gw }),
     });
     Ok(())
+}
+
+/// Bind `addr` (the setting `key`), or say which setting cannot be served.
+fn bind(addr: &str, key: &'static str) -> Result<std::net::TcpListener, ServeError> {
+    std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+        addr: addr.to_string(),
+        key,
+        source,
+    })
 }
 
 /// A listener's certificate, loaded (or the start fails) and watched for changes; None when

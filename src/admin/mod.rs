@@ -39,8 +39,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// What the admin handlers share.
 pub struct AdminState {
@@ -115,10 +114,15 @@ pub struct PageParams {
     limit: Option<u64>,
 }
 
-/// The admin service, on a listener bound before the server starts.
+/// The admin service: a Pingora listening service of its own, so that its socket is handed
+/// over with the data plane's in a binary upgrade.
 pub struct AdminService {
     state: Arc<AdminState>,
-    listener: Mutex<Option<std::net::TcpListener>>,
+    /// `[admin] listen`, as the key of the socket in Pingora's table of listening sockets.
+    addr: String,
+    /// Bound before the server starts (so that a taken port fails the start clearly); None
+    /// when the socket comes from the process being upgraded.
+    listener: Option<std::net::TcpListener>,
     /// Set when the admin port speaks TLS (`[admin] tls_cert`).
     tls: Option<pingora::tls::TlsAcceptor>,
 }
@@ -128,11 +132,13 @@ impl AdminService {
         gw: Arc<Gateway>,
         life: Arc<crate::lifecycle::Lifecycle>,
         monitor: Arc<crate::monitoring::Monitor>,
-        listener: std::net::TcpListener,
+        listener: Option<std::net::TcpListener>,
     ) -> Result<Self, AdminSetupError> {
+        let addr = gw.config.admin.listen.clone();
         Ok(Self {
             state: Arc::new(AdminState::new(gw, life, monitor)?),
-            listener: Mutex::new(Some(listener)),
+            addr,
+            listener,
             tls: None,
         })
     }
@@ -141,6 +147,31 @@ impl AdminService {
     pub fn with_tls(mut self, tls: Option<pingora::tls::TlsAcceptor>) -> Self {
         self.tls = tls;
         self
+    }
+
+    /// The listening socket: the one the process being upgraded handed over, else the one
+    /// bound at start (or bound now), entered in the table for the next upgrade.
+    fn take_listener(
+        &mut self,
+        fds: Option<pingora::server::ListenFds>,
+    ) -> std::io::Result<std::net::TcpListener> {
+        use std::os::fd::{BorrowedFd, IntoRawFd};
+        let inherited = fds.as_ref().and_then(|t| t.lock().get(&self.addr).copied());
+        if let Some(fd) = inherited {
+            // SAFETY: the table holds this descriptor open for the life of the process (it is
+            // sent on to the next upgrade); it is only borrowed here to be duplicated.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+            return Ok(std::net::TcpListener::from(fd));
+        }
+        let listener = match self.listener.take() {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(&self.addr)?,
+        };
+        if let Some(table) = fds {
+            let copy = listener.try_clone()?.into_raw_fd();
+            table.lock().add(self.addr.clone(), copy);
+        }
+        Ok(listener)
     }
 }
 
@@ -223,7 +254,7 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
 /// `GET /health`: 200, or 503 `draining` once the gateway is stopping (the admin API itself
 /// keeps answering until the process ends).
 async fn health(State(s): State<Arc<AdminState>>) -> Response {
-    if s.gw.drain.draining() {
+    if s.gw.drain.health_draining() {
         let body = axum::Json(serde_json::json!({"status": "draining"}));
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     } else {
@@ -332,30 +363,55 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 #[async_trait]
-impl BackgroundService for AdminService {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
-            return;
-        };
-        let listener = match std_listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
-        {
+impl pingora::services::Service for AdminService {
+    async fn start_service(
+        &mut self,
+        fds: Option<pingora::server::ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let listener = match self.take_listener(fds).and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        }) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(error = %e, "admin listener unusable");
+                tracing::error!(error = %e, addr = %self.addr, "admin listener unusable");
                 return;
             }
         };
         let app = router(self.state.clone());
         // The admin port serves through the whole drain (its /health says draining, /metrics
-        // shows it) and ends with the process.
-        let stop = std::future::pending::<()>();
+        // shows it) and ends with the process; after a binary upgrade, the new process serves
+        // it, and this one stops taking connections when its listener closes.
+        let gw = self.state.gw.clone();
+        let stop = async move {
+            loop {
+                if *shutdown.borrow_and_update() && gw.drain.handed_over() {
+                    return;
+                }
+                if shutdown.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
         let config = &self.state.gw.config.admin;
         let limits = listener::Limits {
             header: std::time::Duration::from_secs(config.header_timeout_secs),
             max_connections: config.max_connections,
         };
         listener::serve(listener, self.tls.clone(), app, limits, stop).await;
+    }
+
+    fn name(&self) -> &str {
+        "admin"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(self.state.gw.config.admin.threads)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![self.addr.clone()])
     }
 }

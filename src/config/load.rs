@@ -276,6 +276,23 @@ impl Validator<'_> {
                 self.fail(&[Key(table), Key(key)], format!("must be at most {max}"));
             }
         }
+        let sock = &c.proxy.upgrade_sock;
+        if !sock.is_empty() {
+            if !sock.starts_with('/') {
+                self.fail(
+                    &[Key("proxy"), Key("upgrade_sock")],
+                    "must be an absolute path".into(),
+                );
+            } else if sock.len() > crate::shutdown::upgrade::MAX_SOCKET_PATH {
+                self.fail(
+                    &[Key("proxy"), Key("upgrade_sock")],
+                    format!(
+                        "must be at most {} bytes long (a Unix socket's path)",
+                        crate::shutdown::upgrade::MAX_SOCKET_PATH
+                    ),
+                );
+            }
+        }
         for (key, url) in [
             ("node_exporter_url", &c.monitoring.node_exporter_url),
             ("dcgm_url", &c.monitoring.dcgm_url),

@@ -311,6 +311,10 @@ pub struct ProxyConfig {
     /// PEM certificate chain and private key: the listener speaks TLS (both or neither).
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// The Unix socket over which a new process takes the listening sockets from this one
+    /// (binary upgrade); empty: `$XDG_RUNTIME_DIR/infergate/upgrade.sock`, else
+    /// `/tmp/infergate-<uid>/upgrade.sock`. Its directory must be the gateway user's alone.
+    pub upgrade_sock: String,
 }
 
 impl Default for ProxyConfig {
@@ -337,6 +341,7 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             tls_cert: None,
             tls_key: None,
+            upgrade_sock: String::new(),
         }
     }
 }

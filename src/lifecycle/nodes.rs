@@ -250,6 +250,9 @@ impl Lifecycle {
 /// first) once the gateway's drain is done.
 pub struct LifecycleService {
     pub life: Arc<Lifecycle>,
+    /// In a binary upgrade: the engines of this node are the old process's until it has
+    /// exited, so nothing is reconciled before.
+    pub after: Option<crate::shutdown::upgrade::Tenancy>,
 }
 
 #[async_trait::async_trait]
@@ -271,12 +274,17 @@ impl pingora::services::background::BackgroundService for LifecycleService {
                 life.beat(started_ms).await;
             }
         });
+        if let Some(old) = &self.after {
+            old.take().await;
+        }
         let mut restarted = true;
         let mut tick = tokio::time::interval(BEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
+                // Once stopping, engines are left as they are until they stop with the
+                // process (after an upgrade, the new process takes over the records).
+                _ = tick.tick(), if !drain.draining() => {
                     // The first pass that reads the store is the one after the restart.
                     if self.life.reconcile(restarted).await {
                         restarted = false;

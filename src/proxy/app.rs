@@ -162,7 +162,7 @@ impl ProxyApp {
             Endpoint::Health => {
                 ex.settle_unread_body();
                 // Draining: a load balancer takes this instance out while it still serves.
-                if self.gw.drain.draining() {
+                if self.gw.drain.health_draining() {
                     ex.respond_json(503, &[], b"{\"status\":\"draining\"}")
                         .await;
                 } else {

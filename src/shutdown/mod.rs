@@ -12,6 +12,7 @@
 //! drain too; SIGHUP does not stop the gateway.
 
 mod signals;
+pub mod upgrade;
 
 pub use signals::Signals;
 
@@ -49,6 +50,9 @@ pub struct Drain {
     pub open: AtomicUsize,
     /// Set once this instance's managed engines are stopped (after [`Phase::Done`]).
     pub engines_stopped: AtomicBool,
+    /// Set when the listening sockets went to a new process (binary upgrade): the ports stay
+    /// served, so this process's health does not say draining.
+    handed_over: AtomicBool,
     /// Kept so that the channel always has a receiver (the last one leaving would wake every
     /// waiter's mutex otherwise).
     _rx: watch::Receiver<Phase>,
@@ -62,6 +66,7 @@ impl Default for Drain {
             tx,
             open: AtomicUsize::new(0),
             engines_stopped: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             _rx: rx,
         }
     }
@@ -82,6 +87,23 @@ impl Drain {
     #[inline]
     pub fn draining(&self) -> bool {
         self.phase.load(Relaxed) != Phase::Serving as u8
+    }
+
+    /// Whether `/health` says draining: the gateway is stopping and its ports were not
+    /// handed over to a new process.
+    pub fn health_draining(&self) -> bool {
+        self.draining() && !self.handed_over()
+    }
+
+    /// Whether the listening sockets went to a new process.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Relaxed)
+    }
+
+    /// The listening sockets go to a new process: the stop that follows (a drain without
+    /// the grace period) leaves `/health` at 200.
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Relaxed);
     }
 
     /// Move on to `phase` (never back).
@@ -135,6 +157,9 @@ const POLL: Duration = Duration::from_millis(20);
 #[async_trait]
 impl BackgroundService for DrainService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Started with the other services: tell systemd this process serves (and, after an
+        // upgrade, that it is now the service's main process).
+        upgrade::notify_ready();
         while !*shutdown.borrow_and_update() {
             if shutdown.changed().await.is_err() {
                 return;

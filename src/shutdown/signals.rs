@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// SIGTERM: drain for the grace period, then a graceful stop. SIGQUIT: the same (binary
-/// upgrade is not offered yet). SIGINT: stop now. SIGHUP: logged, the gateway goes on.
+/// SIGTERM: drain for the grace period, then a graceful stop. SIGQUIT: hand the listening
+/// sockets to a new process ([`super::upgrade`]), then drain. SIGINT: stop now. SIGHUP:
+/// logged, the gateway goes on.
 pub struct Signals {
     pub gw: Arc<Gateway>,
 }
@@ -43,12 +44,9 @@ impl ShutdownSignalWatch for Signals {
                     return self.drain(term, quit, int).await;
                 }
                 _ = quit.recv() => {
-                    // The listening sockets' hand-over to a new process (Pingora's upgrade)
-                    // needs the new process to start in upgrade mode, which `serve` does not
-                    // offer yet: a drain, as for SIGTERM, rather than a listener that closes
-                    // under a load balancer that was not told.
-                    tracing::warn!("SIGQUIT: binary upgrade is not supported yet; draining as for SIGTERM");
-                    return self.drain(term, quit, int).await;
+                    if let Some(signal) = self.upgrade(int).await {
+                        return signal;
+                    }
                 }
                 _ = int.recv() => {
                     tracing::info!("SIGINT: stopping now");
@@ -85,13 +83,68 @@ impl Signals {
             _ = term.recv() => tracing::info!("SIGTERM again: the grace period ends now"),
             _ = quit.recv() => tracing::info!("SIGQUIT: the grace period ends now"),
         }
-        tokio::spawn(async {
-            if let Ok(mut int) = signal(SignalKind::interrupt()) {
-                int.recv().await;
-                tracing::warn!("SIGINT during the drain: exiting now");
-                std::process::exit(1);
-            }
-        });
+        stop_on_sigint();
         ShutdownSignal::GracefulTerminate
     }
+
+    /// SIGQUIT: once a new process waits on the upgrade socket (at most
+    /// [`super::upgrade::WAIT_FOR_NEW`]), Pingora's upgrade sends it the listening sockets
+    /// and this process drains; without one, or with an upgrade directory others could
+    /// write, the upgrade is refused and this process goes on serving (None).
+    async fn upgrade(&self, int: &mut Signal) -> Option<ShutdownSignal> {
+        let socket = super::upgrade::socket_path(&self.gw.config.proxy.upgrade_sock);
+        if let Err(e) = super::upgrade::prepare(&socket) {
+            tracing::error!(error = %e, "SIGQUIT: upgrade refused; still serving");
+            return None;
+        }
+        tracing::info!(socket = %socket.display(), "SIGQUIT: waiting for the new process");
+        let waiting = tokio::time::timeout(super::upgrade::WAIT_FOR_NEW, async {
+            while !super::upgrade::new_process_waiting(&socket) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        tokio::select! {
+            w = waiting => if w.is_err() {
+                tracing::error!(
+                    socket = %socket.display(),
+                    "SIGQUIT: no new process waits on the upgrade socket (start it with \
+                     `infergate upgrade --pid <this pid>`); still serving"
+                );
+                return None;
+            },
+            _ = int.recv() => {
+                tracing::info!("SIGINT during the upgrade: stopping now");
+                return Some(ShutdownSignal::FastShutdown);
+            }
+        }
+        tracing::info!("SIGQUIT: handing the listening sockets over, then draining");
+        self.gw.drain.hand_over();
+        // Connections are told to close (and reconnect, to the new process) only once the
+        // new process holds the sockets (it removes the upgrade socket then) and has started
+        // its listeners: before, every reconnection would land on this process again.
+        let gw = self.gw.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(super::upgrade::WAIT_FOR_NEW, async {
+                while super::upgrade::new_process_waiting(&socket) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            tokio::time::sleep(super::upgrade::NEW_LISTENS).await;
+            gw.drain.enter(Phase::Draining);
+        });
+        stop_on_sigint();
+        Some(ShutdownSignal::GracefulUpgrade)
+    }
+}
+
+/// From now on (the stop has begun), SIGINT ends the process at once.
+fn stop_on_sigint() {
+    tokio::spawn(async {
+        if let Ok(mut int) = signal(SignalKind::interrupt()) {
+            int.recv().await;
+            tracing::warn!("SIGINT during the drain: exiting now");
+            std::process::exit(1);
+        }
+    });
 }

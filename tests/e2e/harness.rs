@@ -139,8 +139,8 @@ impl Gateway {
     ) -> Option<Gateway> {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = test_config(proxy, admin, extra);
         let dir = tempfile::tempdir().unwrap();
+        let config = test_config(proxy, admin, &dir.path().join("upgrade.sock"), extra);
         let path = dir.path().join("infergate.toml");
         std::fs::File::create(&path)
             .unwrap()
@@ -263,6 +263,16 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The configuration file it was started with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("infergate.toml")
+    }
+
     /// Send the gateway process a signal.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -305,12 +315,22 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
 
 /// The test defaults, with `proxy.key = value` and `health.key = value` lines of `extra`
 /// overriding them; the other lines of `extra` (servers) follow.
-fn test_config(proxy: SocketAddr, admin: SocketAddr, extra: &str) -> String {
+fn test_config(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    upgrade_sock: &std::path::Path,
+    extra: &str,
+) -> String {
     let mut tables: Vec<(&str, Vec<(String, String)>)> = vec![
         (
             "proxy",
             vec![
                 ("listen".into(), format!("\"{proxy}\"")),
+                // Each gateway its own (the default is one per user).
+                (
+                    "upgrade_sock".into(),
+                    format!("{:?}", upgrade_sock.display().to_string()),
+                ),
                 ("threads".into(), "1".into()),
                 ("grace_period_seconds".into(), "0".into()),
                 ("graceful_shutdown_timeout_seconds".into(), "1".into()),

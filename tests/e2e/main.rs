@@ -25,6 +25,7 @@ mod slow_clients;
 mod smuggling;
 mod streaming;
 mod tls;
+mod upgrade;
 mod upstreams;
 mod usage;
 mod valkey;

@@ -1,0 +1,310 @@
+//! Binary upgrade: a new process takes the listening sockets from the running one through
+//! Pingora's hand-over, and the old one drains.
+//!
+//! `infergate upgrade --pid <old>` starts `infergate serve --upgrade` from the binary on
+//! disk, waits for it to listen on the upgrade socket, and sends the old process SIGQUIT. The
+//! old process hands both listening sockets (data plane and admin) over that socket, keeps
+//! serving for five seconds with every response closing its connection (its clients reconnect,
+//! and land on the new process), then closes its side and drains like a SIGTERM without the
+//! grace period: the sockets never close, so no client sees a refused connection.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The longest path of a Unix socket (`sun_path` holds 108 bytes, one of them the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// How long the old process waits, after SIGQUIT, for a new one to listen on the upgrade
+/// socket before it gives up the upgrade and goes on serving.
+pub const WAIT_FOR_NEW: Duration = Duration::from_secs(15);
+
+/// After the new process has the sockets, how long its listeners get to start before the
+/// old process tells its clients to reconnect.
+pub const NEW_LISTENS: Duration = Duration::from_millis(250);
+
+/// Why an upgrade cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("upgrade socket directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "upgrade socket directory {dir} belongs to uid {owner}, not to this process's uid {uid}: \
+         another user could take the listening sockets (set [proxy] upgrade_sock)"
+    )]
+    NotOurs { dir: PathBuf, owner: u32, uid: u32 },
+    #[error(
+        "upgrade socket directory {dir} has mode {mode:o}, writable by others: another user \
+         could take the listening sockets (chmod 700, or set [proxy] upgrade_sock)"
+    )]
+    Open { dir: PathBuf, mode: u32 },
+    #[error("upgrade socket {0} is longer than {MAX_SOCKET_PATH} bytes")]
+    TooLong(PathBuf),
+    #[error("cannot start {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the new process exited ({0}) before it took the sockets; the old one goes on")]
+    NewExited(std::process::ExitStatus),
+    #[error(
+        "the new process did not listen on {0} in time; it was stopped and the old one goes on"
+    )]
+    NewSilent(PathBuf),
+    #[error("cannot signal the running gateway (pid {pid}): {source}")]
+    Signal { pid: i32, source: nix::Error },
+    #[error("the running gateway (pid {0}) did not hand its sockets over in time")]
+    NotHandedOver(i32),
+}
+
+/// The upgrade socket's path: the configured one, else one in the user's runtime directory.
+pub fn socket_path(configured: &str) -> PathBuf {
+    if !configured.is_empty() {
+        return PathBuf::from(configured);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("infergate").join("upgrade.sock"),
+        _ => std::env::temp_dir()
+            .join(format!("infergate-{}", nix::unistd::geteuid()))
+            .join("upgrade.sock"),
+    }
+}
+
+/// Makes sure the socket's directory exists, belongs to this process's user and is writable
+/// by no one else (whoever can create the socket there would be sent the listening sockets).
+pub fn prepare(socket: &Path) -> Result<(), UpgradeError> {
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(UpgradeError::TooLong(socket.to_path_buf()));
+    }
+    let dir = socket.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let io = |source| UpgradeError::Dir {
+        dir: dir.clone(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io)?;
+    }
+    let meta = std::fs::metadata(&dir).map_err(io)?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(UpgradeError::NotOurs {
+            dir,
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(UpgradeError::Open { dir, mode });
+    }
+    Ok(())
+}
+
+/// Whether a process listens for the sockets at `socket` (a new process waiting in its
+/// bootstrap creates it, and removes it once it has them).
+pub fn new_process_waiting(socket: &Path) -> bool {
+    std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Polls `done` every 50 ms for at most `limit`; whether it came true.
+fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `infergate upgrade`: starts `exe serve --upgrade` with `serve_args`, and once it waits on
+/// `socket`, asks `old` to hand its sockets over (SIGQUIT). Returns the new process's pid once
+/// it has them. Nothing is signalled unless the new process is ready to take them.
+pub fn hand_over(
+    exe: &Path,
+    serve_args: &[std::ffi::OsString],
+    socket: &Path,
+    old: i32,
+) -> Result<u32, UpgradeError> {
+    use nix::sys::signal::{kill, Signal};
+    use std::os::unix::process::CommandExt;
+    let pid = nix::unistd::Pid::from_raw(old);
+    // The running gateway must exist before anything starts.
+    kill(pid, None).map_err(|source| UpgradeError::Signal { pid: old, source })?;
+    prepare(socket)?;
+    let mut child = std::process::Command::new(exe)
+        .arg("serve")
+        .arg("--upgrade")
+        .args(serve_args)
+        .stdin(std::process::Stdio::null())
+        // The gateway writes nothing to stdout (this command prints the new pid there); its
+        // log goes where this command's goes (stderr).
+        .stdout(std::process::Stdio::null())
+        // Its own process group: the new gateway outlives this command and is not stopped by
+        // a Ctrl-C meant for it.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| UpgradeError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
+    let mut exited = None;
+    let waiting = poll(WAIT_FOR_NEW, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        new_process_waiting(socket)
+    });
+    if let Some(status) = exited {
+        return Err(UpgradeError::NewExited(status));
+    }
+    if !waiting {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(UpgradeError::NewSilent(socket.to_path_buf()));
+    }
+    kill(pid, Signal::SIGQUIT).map_err(|source| UpgradeError::Signal { pid: old, source })?;
+    // The new process removes the socket once it holds the listening sockets.
+    let taken = poll(WAIT_FOR_NEW, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        !new_process_waiting(socket)
+    });
+    if let Some(status) = exited {
+        return Err(UpgradeError::NewExited(status));
+    }
+    if !taken {
+        return Err(UpgradeError::NotHandedOver(old));
+    }
+    Ok(child.id())
+}
+
+/// The lock a serving gateway holds for its whole life (`gateway.lock` beside the upgrade
+/// socket, released by the kernel when the process ends, however it ends). The new process
+/// of an upgrade waits for it before it touches managed engines: until the old process has
+/// exited, the engines running on this node are the old one's, not leftovers to remove.
+pub struct Tenancy {
+    path: PathBuf,
+}
+
+impl Tenancy {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            path: socket.with_file_name("gateway.lock"),
+        }
+    }
+
+    /// Takes the lock if it is free, and holds it until the process ends; whether it did.
+    pub fn try_take(&self) -> bool {
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "gateway lock not opened");
+                return false;
+            }
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                // Held until the process ends.
+                std::mem::forget(lock);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Resolves once the lock is taken (the process before this one has ended).
+    pub async fn take(&self) {
+        let mut said = false;
+        while !self.try_take() {
+            if !said {
+                tracing::info!("managed engines wait for the process being upgraded to exit");
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Tells systemd (when it started the gateway as `Type=notify`) that this process is the
+/// service's main process and ready. Nothing happens elsewhere.
+pub fn notify_ready() {
+    let pid = std::process::id();
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::MainPid(pid),
+        sd_notify::NotifyState::Ready,
+    ]) {
+        tracing::warn!(error = %e, "could not tell systemd the gateway is ready");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_socket_is_in_a_private_directory() {
+        let path = socket_path("");
+        assert!(path.ends_with("upgrade.sock"), "{path:?}");
+        assert_eq!(socket_path("/run/x/u.sock"), PathBuf::from("/run/x/u.sock"));
+    }
+
+    #[test]
+    fn a_directory_others_can_write_or_a_long_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        prepare(&private.join("upgrade.sock")).unwrap();
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare(&open.join("upgrade.sock")).unwrap_err();
+        assert!(
+            matches!(err, UpgradeError::Open { mode: 0o777, .. }),
+            "{err}"
+        );
+        let long = dir.path().join("x".repeat(120));
+        assert!(matches!(prepare(&long), Err(UpgradeError::TooLong(_))));
+    }
+
+    #[test]
+    fn the_gateway_lock_is_held_by_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenancy::new(&dir.path().join("upgrade.sock"));
+        // flock locks belong to the open file: a second open, as another process would
+        // make, does not get it.
+        assert!(t.try_take());
+        assert!(!t.try_take());
+    }
+
+    #[test]
+    fn a_socket_file_means_a_process_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        assert!(!new_process_waiting(&path));
+        std::fs::write(&path, b"").unwrap();
+        assert!(!new_process_waiting(&path), "a plain file is not a socket");
+        std::fs::remove_file(&path).unwrap();
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(new_process_waiting(&path));
+    }
+}
