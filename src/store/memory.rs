@@ -324,7 +324,13 @@ impl Store for MemoryStore {
         Some(self.registry_tx.subscribe())
     }
 
-    async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError> {
+    async fn usage_append(
+        &self,
+        // In-process: a call that returns Ok was applied once, and one that fails applied
+        // nothing, so no batch can be applied twice.
+        _batch: &str,
+        records: &[crate::usage::UsageRecord],
+    ) -> Result<(), StoreError> {
         let mut u = self
             .usage
             .lock()

@@ -147,7 +147,13 @@ pub trait Store: Send + Sync + 'static {
     async fn reply_take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Append usage records (a flush of the recorder); they are kept for the retention.
-    async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError>;
+    /// `batch` names this set of records for good: appending the same batch again (a retry
+    /// after a reply that was lost) adds nothing that was already added.
+    async fn usage_append(
+        &self,
+        batch: &str,
+        records: &[crate::usage::UsageRecord],
+    ) -> Result<(), StoreError>;
 
     /// Usage records with `from_ms <= ts_ms < to_ms`, from every instance. More than `max`
     /// is an error (the caller should narrow the range).

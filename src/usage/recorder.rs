@@ -28,6 +28,12 @@ pub struct UsageRecorder {
     pub dropped: AtomicU64,
     /// Records taken from the channel and not yet written (the flush's backlog).
     backlog: AtomicUsize,
+    /// Names this process's batches (random per process): `<instance>-<n>`.
+    instance: String,
+    /// Batches written; the number of the next one.
+    batches: AtomicU64,
+    /// The size of the batch sent and not confirmed (0: none): it is sent again as it was.
+    unconfirmed: AtomicUsize,
 }
 
 impl Default for UsageRecorder {
@@ -38,6 +44,9 @@ impl Default for UsageRecorder {
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            batches: AtomicU64::new(0),
+            unconfirmed: AtomicUsize::new(0),
         }
     }
 }
@@ -89,19 +98,31 @@ impl UsageService {
                 counted.fetch_sub(1, Relaxed);
                 break;
             };
-            if backlog.len() >= MAX_BACKLOG {
-                backlog.pop_front();
+            // Past the bound the oldest records go, never those of the batch being sent.
+            let sending = self.gw.usage.unconfirmed.load(Relaxed);
+            if backlog.len() >= MAX_BACKLOG && backlog.len() > sending {
+                backlog.remove(sending);
                 self.gw.usage.dropped.fetch_add(1, Relaxed);
                 counted.fetch_sub(1, Relaxed);
             }
             backlog.push_back(r);
         }
         while !backlog.is_empty() {
-            let n = backlog.len().min(BATCH);
+            // A batch keeps its id and its records until the store has them: a retry after
+            // a reply that was lost sends the same batch, which the store adds only once.
+            let u = &self.gw.usage;
+            let n = match u.unconfirmed.load(Relaxed) {
+                0 => backlog.len().min(BATCH),
+                n => n,
+            };
+            u.unconfirmed.store(n, Relaxed);
             let batch = &backlog.make_contiguous()[..n];
-            match self.gw.store.usage_append(batch).await {
+            let id = format!("{}-{}", u.instance, u.batches.load(Relaxed));
+            match self.gw.store.usage_append(&id, batch).await {
                 Ok(()) => {
                     backlog.drain(..n);
+                    u.unconfirmed.store(0, Relaxed);
+                    u.batches.fetch_add(1, Relaxed);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, pending = backlog.len(), "usage not written yet; kept for the next flush");

@@ -448,6 +448,8 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// Every write on disk before its reply (appendfsync always): a restart keeps the data.
+    durable: bool,
 }
 
 impl Redis {
@@ -461,6 +463,20 @@ impl Redis {
             port,
             dir: tempfile::tempdir().unwrap(),
             cluster,
+            durable: false,
+        };
+        r.restart().await;
+        r
+    }
+
+    /// A redis-server whose data survives [`Self::restart`] (an append-only file).
+    pub async fn start_durable() -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            cluster: false,
+            durable: true,
         };
         r.restart().await;
         r
@@ -470,7 +486,7 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Start (again) on the same port, with no data.
+    /// Start (again) on the same port, with no data (unless durable).
     pub async fn restart(&mut self) {
         self.kill();
         let mut cmd = Command::new("redis-server");
@@ -482,7 +498,9 @@ impl Redis {
             "--save",
             "",
             "--appendonly",
-            "no",
+            if self.durable { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
         ])
         .arg("--dir")
         .arg(self.dir.path())

@@ -238,8 +238,8 @@ async fn analytics_merge_every_instances_records() {
             "u,\"3\"",
         )
     }));
-    w1.usage_append(&first).await.unwrap();
-    w2.usage_append(&second).await.unwrap();
+    w1.usage_append("b1", &first).await.unwrap();
+    w2.usage_append("b2", &second).await.unwrap();
 
     let gw = Gateway::start(&format!(
         "[store]\nurl = \"{}\"\nprefix = \"an\"\n",
@@ -347,7 +347,7 @@ async fn analytics_merge_every_instances_records() {
     let many: Vec<UsageRecord> = (0..2500)
         .map(|i| record(base + 400_000 + i, "c", 200, 1.0, None, (0, 0), "bulk"))
         .collect();
-    w1.usage_append(&many).await.unwrap();
+    w1.usage_append("b3", &many).await.unwrap();
     let text = gw
         .admin(
             &c,
@@ -394,4 +394,89 @@ async fn two_instances_write_usage_into_one_valkey() {
     }
     let (_, agg) = gw1.admin_get(&c, "/admin/usage/aggregate").await;
     assert_eq!(agg["models"][0]["requests"], 3);
+}
+
+/// A batch Valkey applied but whose reply was lost comes again with the same id: nothing is
+/// added twice, across hours and chunks too; another batch with the same records is added.
+#[tokio::test]
+async fn a_batch_sent_again_after_a_lost_reply_is_not_counted_twice() {
+    let redis = Redis::start().await;
+    let w = instance(&redis.url(), "once");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // 2,500 records over two hours (three chunks of the script in the second one).
+    let base = (now / 3_600_000 - 1) * 3_600_000 + 3_599_000;
+    let records: Vec<UsageRecord> = (0..2_500)
+        .map(|i| record(base + i, "a", 200, 1.0, None, (1, 1), "u"))
+        .collect();
+    w.usage_append("inst-7", &records).await.unwrap();
+    w.usage_append("inst-7", &records).await.unwrap();
+    let range = (base - 1, base + 10_000);
+    let stored = w.usage_scan(range.0, range.1, 10_000).await.unwrap();
+    assert_eq!(stored.len(), 2_500, "a retried batch is written once");
+    w.usage_append("inst-8", &records[..10]).await.unwrap();
+    let stored = w.usage_scan(range.0, range.1, 10_000).await.unwrap();
+    assert_eq!(stored.len(), 2_510, "another batch is another write");
+}
+
+/// Two instances under load, and Valkey killed and restarted (its data kept on disk, as a
+/// production Valkey keeps it): every request served has exactly one usage record.
+#[tokio::test]
+async fn two_instances_across_a_valkey_restart_record_each_request_once() {
+    let mut redis = Redis::start_durable().await;
+    let m = mock("a", &["m"]).await;
+    let extra = format!(
+        "{}[store]\nurl = \"{}\"\nprefix = \"restart\"\n",
+        server(&m.url(), &["m"]),
+        redis.url()
+    );
+    let gw1 = Gateway::start(&extra).await;
+    let gw2 = Gateway::start(&extra).await;
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = [
+        gw1.url("/v1/chat/completions"),
+        gw2.url("/v1/chat/completions"),
+    ]
+    .into_iter()
+    .flat_map(|u| [u.clone(), u])
+    .map(|url| {
+        let (served, stop) = (served.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = Client::new();
+            let mut body = chat_body("m");
+            body["user"] = json!("restart");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(r) = c.post(&url).json(&body).send().await {
+                    if r.status() == 200 && r.bytes().await.is_ok() {
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    })
+    .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let served = served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served > 20, "{served}");
+    let c = Client::new();
+    let all_in = eventually(Duration::from_secs(20), || async {
+        usage_total(&gw1, &c, "user_id=restart").await as usize >= served
+    })
+    .await;
+    assert!(all_in, "every record arrives");
+    // A moment more: a record counted twice would show now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = usage_total(&gw1, &c, "user_id=restart").await;
+    assert_eq!(seen as usize, served, "one usage record per request served");
 }

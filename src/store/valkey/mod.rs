@@ -366,8 +366,12 @@ impl Store for ValkeyStore {
         nodes::reply_take(self, id).await
     }
 
-    async fn usage_append(&self, records: &[crate::usage::UsageRecord]) -> Result<(), StoreError> {
-        usage::append(self, records).await
+    async fn usage_append(
+        &self,
+        batch: &str,
+        records: &[crate::usage::UsageRecord],
+    ) -> Result<(), StoreError> {
+        usage::append(self, batch, records).await
     }
 
     async fn usage_scan(

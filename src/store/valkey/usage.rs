@@ -1,6 +1,6 @@
 //! Usage records in Valkey: one LIST per hour of the records' own time,
 //! `<p>:usage:<unix hour>`, each entry a JSON record, expiring `retention` after its hour
-//! ends. Every instance appends (pipelined RPUSH) to the same lists, so a query sees the
+//! ends. Every instance appends (a script: RPUSH once per batch) to the same lists, so a query sees the
 //! records of all of them; a record flushed late (after a Valkey outage) still lands in its
 //! own hour. Hours are separate keys, so a cluster spreads them over its nodes.
 
@@ -13,7 +13,26 @@ const HOUR_MS: u64 = 3_600_000;
 /// Entries per LRANGE call.
 const PAGE: isize = 10_000;
 
-pub async fn append(store: &ValkeyStore, records: &[UsageRecord]) -> Result<(), StoreError> {
+/// Records per script call (each call passes them as arguments).
+const CHUNK: usize = 1_000;
+
+/// Appends ARGV[2..] to the list KEYS[1] and sets its expiry ARGV[1] (ms), unless the marker
+/// KEYS[2] says this very chunk was appended before; the marker expires with the list.
+/// Atomic: a reply lost after the script ran cannot make a retry append twice.
+const APPEND_ONCE: &str = r"
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+";
+
+pub async fn append(
+    store: &ValkeyStore,
+    batch: &str,
+    records: &[UsageRecord],
+) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
@@ -23,20 +42,37 @@ pub async fn append(store: &ValkeyStore, records: &[UsageRecord]) -> Result<(), 
         let json = serde_json::to_vec(r).map_err(|e| StoreError::Invalid(e.to_string()))?;
         by_hour.entry(r.ts_ms / HOUR_MS).or_default().push(json);
     }
-    // One pipeline per hour: each list is its own key (its own slot in a cluster).
+    let script = redis::Script::new(APPEND_ONCE);
+    // Each hour's list is its own key (its own slot in a cluster); its markers share the
+    // slot (their hash tag is the list's whole name). A batch that failed part way is
+    // retried whole, and only the chunks not yet appended are added.
     for (hour, entries) in by_hour {
         let expires_ms = ((hour + 1) * HOUR_MS + store.usage_retention_ms).saturating_sub(now);
         if expires_ms == 0 {
             continue; // already past the retention
         }
         let key = store.keys.usage(hour);
-        let mut pipe = redis::pipe();
-        pipe.cmd("RPUSH").arg(&key).arg(entries).ignore();
-        pipe.cmd("PEXPIRE").arg(&key).arg(expires_ms).ignore();
-        store
-            .valkey
-            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-            .await?;
+        for (i, chunk) in entries.chunks(CHUNK).enumerate() {
+            // A prefix with its own hash tag already puts every key of it in one slot.
+            let marker = match key.contains('{') {
+                true => format!("{key}:batch:{batch}:{i}"),
+                false => format!("{{{key}}}:batch:{batch}:{i}"),
+            };
+            let mut call = script.key(&key);
+            call.key(&marker).arg(expires_ms).arg(chunk);
+            let applied: i64 = store
+                .valkey
+                .run(|mut c| async move { call.invoke_async(&mut c).await })
+                .await?;
+            if applied == 0 {
+                tracing::info!(
+                    batch,
+                    hour,
+                    chunk = i,
+                    "usage chunk already written; not added again"
+                );
+            }
+        }
     }
     Ok(())
 }
