@@ -102,8 +102,6 @@ pub fn run_with(
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    // In an upgrade, this waits for the running gateway's sockets (or exits when none come).
-    server.bootstrap();
 
     // TLS, when set, is the app's: it shakes hands once a connection is admitted, within the
     // header timeout (Pingora's listener would allow 60 s, before any limit applies).
@@ -207,6 +205,9 @@ pub fn run_with(
     let mut drain = background_service("drain", crate::shutdown::DrainService { gw: gw.clone() });
     drain.threads = Some(1);
     server.add_service(drain);
+    // In an upgrade, this takes the running gateway's sockets (or exits when none come): last,
+    // after everything that could fail, so that a new process that takes them serves them.
+    server.bootstrap();
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(crate::shutdown::Signals { gw }),
     });

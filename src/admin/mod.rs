@@ -156,6 +156,9 @@ impl AdminService {
         fds: Option<pingora::server::ListenFds>,
     ) -> std::io::Result<std::net::TcpListener> {
         use std::os::fd::{BorrowedFd, IntoRawFd};
+        if let Some(table) = &fds {
+            crate::shutdown::upgrade::remember(table);
+        }
         let inherited = fds.as_ref().and_then(|t| t.lock().get(&self.addr).copied());
         if let Some(fd) = inherited {
             // SAFETY: the table holds this descriptor open for the life of the process (it is

@@ -44,7 +44,7 @@ impl ShutdownSignalWatch for Signals {
                     return self.drain(term, quit, int).await;
                 }
                 _ = quit.recv() => {
-                    if let Some(signal) = self.upgrade(int).await {
+                    if let Some(signal) = self.upgrade(term, quit, int).await {
                         return signal;
                     }
                 }
@@ -88,18 +88,34 @@ impl Signals {
     }
 
     /// SIGQUIT: once a new process waits on the upgrade socket (at most
-    /// [`super::upgrade::WAIT_FOR_NEW`]), Pingora's upgrade sends it the listening sockets
-    /// and this process drains; without one, or with an upgrade directory others could
-    /// write, the upgrade is refused and this process goes on serving (None).
-    async fn upgrade(&self, int: &mut Signal) -> Option<ShutdownSignal> {
-        let socket = super::upgrade::socket_path(&self.gw.config.proxy.upgrade_sock);
-        if let Err(e) = super::upgrade::prepare(&socket) {
+    /// [`super::upgrade::WAIT_FOR_NEW`]), this process sends it the listening sockets with
+    /// Pingora's hand-over, serves on beside it for [`OVERLAP`], then stops as after SIGTERM
+    /// without the grace period. Without a new process, when the sockets could not be sent,
+    /// or when this process is not the one its configuration's upgrades are for, the upgrade
+    /// is refused and it goes on serving (None). SIGTERM while it waits: a drain instead.
+    async fn upgrade(
+        &self,
+        term: &mut Signal,
+        quit: &mut Signal,
+        int: &mut Signal,
+    ) -> Option<ShutdownSignal> {
+        use super::upgrade;
+        let socket = upgrade::socket_path(&self.gw.config.proxy.upgrade_sock);
+        if let Err(e) = upgrade::prepare(&socket) {
             tracing::error!(error = %e, "SIGQUIT: upgrade refused; still serving");
             return None;
         }
+        if !upgrade::holds_lock() {
+            tracing::error!(
+                lock = %upgrade::Tenancy::new(&socket).path().display(),
+                "SIGQUIT: upgrade refused: another gateway holds this configuration's upgrade lock \
+                 (give each gateway its own [proxy] upgrade_sock); still serving"
+            );
+            return None;
+        }
         tracing::info!(socket = %socket.display(), "SIGQUIT: waiting for the new process");
-        let waiting = tokio::time::timeout(super::upgrade::WAIT_FOR_NEW, async {
-            while !super::upgrade::new_process_waiting(&socket) {
+        let waiting = tokio::time::timeout(upgrade::WAIT_FOR_NEW, async {
+            while !upgrade::new_process_waiting(&socket) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
@@ -116,27 +132,48 @@ impl Signals {
                 tracing::info!("SIGINT during the upgrade: stopping now");
                 return Some(ShutdownSignal::FastShutdown);
             }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM during the upgrade: no upgrade; draining");
+                return Some(self.drain(term, quit, int).await);
+            }
         }
-        tracing::info!("SIGQUIT: handing the listening sockets over, then draining");
+        tracing::info!("SIGQUIT: handing the listening sockets over");
+        let to = socket.clone();
+        match tokio::task::spawn_blocking(move || upgrade::send(&to)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "SIGQUIT: the listening sockets could not be sent; still serving");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGQUIT: the hand-over failed; still serving");
+                return None;
+            }
+        }
         self.gw.drain.hand_over();
-        // Connections are told to close (and reconnect, to the new process) only once the
-        // new process holds the sockets (it removes the upgrade socket then) and has started
-        // its listeners: before, every reconnection would land on this process again.
-        let gw = self.gw.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(super::upgrade::WAIT_FOR_NEW, async {
-                while super::upgrade::new_process_waiting(&socket) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
-            tokio::time::sleep(super::upgrade::NEW_LISTENS).await;
-            gw.drain.enter(Phase::Draining);
-        });
         stop_on_sigint();
-        Some(ShutdownSignal::GracefulUpgrade)
+        // The sockets are sent (the new process may still sleep in Pingora's accept retry,
+        // up to a second). Once it has taken them (it removes the upgrade socket then) and
+        // its listeners have started, clients are told to reconnect (every response closes
+        // its connection): before, each reconnection would land on this process again.
+        let _ = tokio::time::timeout(upgrade::WAIT_FOR_NEW, async {
+            while upgrade::new_process_waiting(&socket) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(upgrade::NEW_LISTENS).await;
+        self.gw.drain.enter(Phase::Draining);
+        tracing::info!("sockets handed over; serving beside the new process, then draining");
+        tokio::time::sleep(OVERLAP).await;
+        // Pingora's own upgrade would send the sockets again: a graceful stop instead.
+        Some(ShutdownSignal::GracefulTerminate)
     }
 }
+
+/// After an upgrade's hand-over, how long the old process keeps accepting beside the new one,
+/// its responses closing their connections (Pingora's upgrade waits as long).
+const OVERLAP: Duration = Duration::from_secs(5);
 
 /// From now on (the stop has begun), SIGINT ends the process at once.
 fn stop_on_sigint() {

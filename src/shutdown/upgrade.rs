@@ -37,10 +37,22 @@ pub enum UpgradeError {
     )]
     NotOurs { dir: PathBuf, owner: u32, uid: u32 },
     #[error(
-        "upgrade socket directory {dir} has mode {mode:o}, writable by others: another user \
+        "upgrade socket directory {dir} has mode {mode:o}: open to other users, one of whom \
          could take the listening sockets (chmod 700, or set [proxy] upgrade_sock)"
     )]
     Open { dir: PathBuf, mode: u32 },
+    #[error("upgrade socket directory {0} is not a directory (a symlink is refused)")]
+    NotADirectory(PathBuf),
+    #[error(
+        "process {pid} does not hold the gateway lock {lock} (held by {holder}): it is not a \
+         gateway of this configuration that takes part in upgrades (a gateway older than this \
+         version drains on SIGQUIT: restart it instead); nothing was signalled"
+    )]
+    NotUpgradable {
+        pid: i32,
+        lock: PathBuf,
+        holder: String,
+    },
     #[error("upgrade socket {0} is longer than {MAX_SOCKET_PATH} bytes")]
     TooLong(PathBuf),
     #[error("cannot start {exe}: {source}")]
@@ -50,6 +62,11 @@ pub enum UpgradeError {
     },
     #[error("the new process exited ({0}) before it took the sockets; the old one goes on")]
     NewExited(std::process::ExitStatus),
+    #[error(
+        "the new process exited ({0}) as it took the sockets; if the old one had sent them, it \
+         stops: start the gateway again"
+    )]
+    NewDied(std::process::ExitStatus),
     #[error(
         "the new process did not listen on {0} in time; it was stopped and the old one goes on"
     )]
@@ -73,8 +90,10 @@ pub fn socket_path(configured: &str) -> PathBuf {
     }
 }
 
-/// Makes sure the socket's directory exists, belongs to this process's user and is writable
-/// by no one else (whoever can create the socket there would be sent the listening sockets).
+/// Makes sure the socket's directory exists, is a real directory (not a symlink), belongs to
+/// this process's user and is open to no one else, and that no directory above it can be
+/// swapped by another user (writable by others without the sticky bit): whoever can create
+/// the socket there would be sent the listening sockets, or could send a new process its own.
 pub fn prepare(socket: &Path) -> Result<(), UpgradeError> {
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(UpgradeError::TooLong(socket.to_path_buf()));
@@ -84,14 +103,17 @@ pub fn prepare(socket: &Path) -> Result<(), UpgradeError> {
         dir: dir.clone(),
         source,
     };
-    if !dir.exists() {
+    if std::fs::symlink_metadata(&dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(io)?;
     }
-    let meta = std::fs::metadata(&dir).map_err(io)?;
+    let meta = std::fs::symlink_metadata(&dir).map_err(io)?;
+    if !meta.is_dir() {
+        return Err(UpgradeError::NotADirectory(dir));
+    }
     let uid = nix::unistd::geteuid().as_raw();
     if meta.uid() != uid {
         return Err(UpgradeError::NotOurs {
@@ -101,10 +123,56 @@ pub fn prepare(socket: &Path) -> Result<(), UpgradeError> {
         });
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
+    if mode & 0o077 != 0 {
         return Err(UpgradeError::Open { dir, mode });
     }
+    for above in dir.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(above) else {
+            continue;
+        };
+        let mode = m.permissions().mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(UpgradeError::Open {
+                dir: above.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+    }
     Ok(())
+}
+
+/// The process holding the gateway lock beside `socket` (from `/proc/locks`), if any.
+pub fn lock_holder(socket: &Path) -> Option<i32> {
+    let inode = std::fs::metadata(Tenancy::new(socket).path).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let ino = f.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+        (f.get(1) == Some(&"FLOCK") && ino == inode).then(|| f.get(4)?.parse().ok())?
+    })
+}
+
+/// Pingora's table of listening sockets (the same one every listening service gets): kept
+/// so that the upgrade can send them itself and know whether they went.
+static LISTEN_FDS: std::sync::OnceLock<pingora::server::ListenFds> = std::sync::OnceLock::new();
+
+/// Keep the table of listening sockets for the upgrade.
+pub fn remember(fds: &pingora::server::ListenFds) {
+    let _ = LISTEN_FDS.set(fds.clone());
+}
+
+/// Sends the listening sockets to the new process waiting on `socket` (Pingora's hand-over,
+/// blocking: it retries for about 5 s); whether they went.
+pub fn send(socket: &Path) -> Result<(), String> {
+    let fds = LISTEN_FDS
+        .get()
+        .ok_or("no listening sockets are known yet")?;
+    let fds = fds.lock();
+    let path = socket.to_string_lossy().into_owned();
+    fds.send_to_sock(path.as_str())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Whether a process listens for the sockets at `socket` (a new process waiting in its
@@ -139,9 +207,22 @@ pub fn hand_over(
     use nix::sys::signal::{kill, Signal};
     use std::os::unix::process::CommandExt;
     let pid = nix::unistd::Pid::from_raw(old);
-    // The running gateway must exist before anything starts.
-    kill(pid, None).map_err(|source| UpgradeError::Signal { pid: old, source })?;
     prepare(socket)?;
+    // Only a gateway that holds this configuration's lock is signalled: never another
+    // process (`--pid 0` or `-1` would reach a whole group), nor a gateway older than this
+    // version (which would drain on SIGQUIT and leave no one to take the sockets).
+    let holder = lock_holder(socket);
+    if old <= 1 || holder != Some(old) {
+        return Err(UpgradeError::NotUpgradable {
+            pid: old,
+            lock: Tenancy::new(socket).path,
+            holder: holder.map_or("no process".into(), |p| format!("process {p}")),
+        });
+    }
+    // A socket left by a new process that died while it waited would pass for a new one.
+    if new_process_waiting(socket) {
+        let _ = std::fs::remove_file(socket);
+    }
     let mut child = std::process::Command::new(exe)
         .arg("serve")
         .arg("--upgrade")
@@ -189,6 +270,15 @@ pub fn hand_over(
     if !taken {
         return Err(UpgradeError::NotHandedOver(old));
     }
+    // The socket also goes when the new process gives up waiting (and then exits): it must
+    // still run a moment later.
+    std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(status)) = child.try_wait() {
+        return Err(UpgradeError::NewDied(status));
+    }
+    // Under systemd (this command runs as ExecReload): the new process is the service's
+    // main process now (it says so too, once its services run).
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::MainPid(child.id())]);
     Ok(child.id())
 }
 
@@ -200,11 +290,24 @@ pub struct Tenancy {
     path: PathBuf,
 }
 
+/// Whether this process holds the gateway lock (only then may it hand its sockets over).
+static HOLDS_LOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process holds the gateway lock.
+pub fn holds_lock() -> bool {
+    HOLDS_LOCK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Tenancy {
     pub fn new(socket: &Path) -> Self {
         Self {
             path: socket.with_file_name("gateway.lock"),
         }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Takes the lock if it is free, and holds it until the process ends; whether it did.
@@ -225,6 +328,7 @@ impl Tenancy {
             Ok(lock) => {
                 // Held until the process ends.
                 std::mem::forget(lock);
+                HOLDS_LOCK.store(true, std::sync::atomic::Ordering::Relaxed);
                 true
             }
             Err(_) => false,
@@ -268,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_others_can_write_or_a_long_path_is_refused() {
+    fn a_directory_others_can_open_a_symlink_or_a_long_path_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let private = dir.path().join("private");
         prepare(&private.join("upgrade.sock")).unwrap();
@@ -282,6 +386,16 @@ mod tests {
             matches!(err, UpgradeError::Open { mode: 0o777, .. }),
             "{err}"
         );
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = prepare(&open.join("upgrade.sock")).unwrap_err();
+        assert!(
+            matches!(err, UpgradeError::Open { mode: 0o755, .. }),
+            "{err}"
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        let err = prepare(&link.join("upgrade.sock")).unwrap_err();
+        assert!(matches!(err, UpgradeError::NotADirectory(_)), "{err}");
         let long = dir.path().join("x".repeat(120));
         assert!(matches!(prepare(&long), Err(UpgradeError::TooLong(_))));
     }
@@ -294,6 +408,12 @@ mod tests {
         // make, does not get it.
         assert!(t.try_take());
         assert!(!t.try_take());
+        assert_eq!(
+            lock_holder(&dir.path().join("upgrade.sock")),
+            Some(std::process::id() as i32)
+        );
+        let other = tempfile::tempdir().unwrap();
+        assert_eq!(lock_holder(&other.path().join("upgrade.sock")), None);
     }
 
     #[test]

@@ -140,7 +140,12 @@ impl Gateway {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let config = test_config(proxy, admin, &dir.path().join("upgrade.sock"), extra);
+        let config = test_config(
+            proxy,
+            admin,
+            &dir.path().join("upgrade").join("upgrade.sock"),
+            extra,
+        );
         let path = dir.path().join("infergate.toml");
         std::fs::File::create(&path)
             .unwrap()

@@ -136,20 +136,22 @@ async fn an_upgrade_under_load_fails_no_request_and_records_each_once() {
     assert!(ok, "upgrade failed: {stderr}");
     let new = Adopted(stdout.parse().expect("the new pid on stdout"));
     assert!(new.alive());
-    // Whichever process answers, the port is served: /health stays 200 throughout.
+    // Whichever process answers, the port is served: /health stays 200 until the old process
+    // has exited (its listener closes 5 s after the hand-over), and after.
     let c = Client::new();
-    for _ in 0..10 {
+    let mut status = None;
+    for _ in 0..100 {
         let health = c.get(gw.url("/health")).send().await.unwrap();
         assert_eq!(health.status(), 200);
         let admin = c.get(format!("http://{}/health", gw.admin)).send().await;
         assert_eq!(admin.unwrap().status(), 200);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = gw.exited_within(Duration::from_millis(200)).await;
+        if status.is_some() {
+            break;
+        }
     }
     // The old process drains and exits on its own, cleanly.
-    let status = gw
-        .exited_within(Duration::from_secs(20))
-        .await
-        .expect("the old gateway exits after its drain");
+    let status = status.expect("the old gateway exits after its drain");
     assert!(status.success(), "{status:?}");
     let at_exit = counts.ok.load(Relaxed) + counts.streams.load(Relaxed);
     // The new process serves both ports alone now.
@@ -204,7 +206,7 @@ async fn an_upgrade_under_load_fails_no_request_and_records_each_once() {
 #[tokio::test]
 async fn an_upgrade_with_a_bad_configuration_leaves_the_running_gateway_alone() {
     let m = mock("m", &["m"]).await;
-    let mut gw = Gateway::start(&server(&m.url(), &["m"])).await;
+    let mut gw = Gateway::start_logged(&server(&m.url(), &["m"]), &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[proxy]\nlisten = 8080\n").unwrap();
@@ -215,6 +217,41 @@ async fn an_upgrade_with_a_bad_configuration_leaves_the_running_gateway_alone() 
     assert!(gw.exited_within(Duration::from_millis(500)).await.is_none());
     let r = gw.chat(&Client::new(), &chat_body("m")).await;
     assert_eq!(r.status(), 200);
+    assert!(!gw.log().contains("SIGQUIT"), "{}", gw.log());
+}
+
+#[tokio::test]
+async fn only_the_gateway_holding_the_configurations_lock_is_signalled() {
+    let m = mock("m", &["m"]).await;
+    let gw = Gateway::start(&server(&m.url(), &["m"])).await;
+    // Another process of this user, and pids that name groups: none is signalled.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    for pid in [bystander.id() as i32, 0, -1] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+            .args(["upgrade", &format!("--pid={pid}"), "--config"])
+            .arg(gw.config_path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("does not hold the gateway lock"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("held by process {}", gw.pid())),
+            "{stderr}"
+        );
+    }
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was not signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }
 
 #[tokio::test]
