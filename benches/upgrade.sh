@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A binary upgrade under the issue-2 load (oha, keep-alive, non-streaming): EVENT_AT seconds
-# into the run, `infergate upgrade` hands the sockets to a new process and the old one
-# drains. Reports, from every request's own timing (oha's CSV), the steady state before the
+# A binary upgrade (EVENT=upgrade, the default) or a configuration reload (EVENT=reload: the
+# server list changes, then SIGHUP) under the issue-2 load (oha, keep-alive, non-streaming):
+# EVENT_AT seconds into the run, `infergate upgrade` hands the sockets to a new process and
+# the old one drains, or the gateway re-reads its file. Reports, from every request's own timing (oha's CSV), the steady state before the
 # event against the 10 s around it: req/s averaged over the window and p99 latency; and the
 # failures (connection errors and non-200 answers) over the whole run. Both gateways run on
 # core 0 with one worker, oha and the mock on core 1.
@@ -11,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
+EVENT=${EVENT:-upgrade}
 DURATION=${DURATION:-30}
 EVENT_AT=${EVENT_AT:-12}
 CONNS=${CONNS:-50}
@@ -45,9 +47,15 @@ PY
   start=$(date +%s.%N)
   sleep "$EVENT_AT"
   event=$(python3 -c "import time; print(time.time() - $start)")
-  NEW=$(INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
-    taskset -c 0 "$BIN" upgrade --pid "$OLD" --config "$work/gw.toml" 2>"$work/new-$round.log")
-  pids+=($NEW)
+  if [ "$EVENT" = reload ]; then
+    # The same mock under a second name: a new server in the pool.
+    printf '[[servers]]\nurl = "http://localhost:%s/v1"\nprovider = "vllm"\nmodels = ["bench"]\n' "$MOCK" >>"$work/gw.toml"
+    kill -HUP "$OLD"; NEW=$OLD
+  else
+    NEW=$(INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
+      taskset -c 0 "$BIN" upgrade --pid "$OLD" --config "$work/gw.toml" 2>"$work/new-$round.log")
+    pids+=($NEW)
+  fi
   wait "$A" "$B"
   python3 - "$work/series.csv" "$work/summary.json" "$event" "$round" "${SERIES:-0}" <<'PY'
 import csv, json, statistics, sys
@@ -77,13 +85,18 @@ codes = summary.get("statusCodeDistribution", {})
 errors = {k: v for k, v in summary.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
 bad = sum(v for k, v in codes.items() if k != "200")
 failed = sum(errors.values()) + bad + sum(1 for r in rows if r["status"] != "200")
-print(f"round {rnd}: steady {steady[0]*2:.0f} req/s p99 {steady[1]:.2f} ms | around the upgrade "
+print(f"round {rnd}: steady {steady[0]*2:.0f} req/s p99 {steady[1]:.2f} ms | around the event "
       f"{around[0]*2:.0f} req/s p99 {around[1]:.2f} ms | req/s {around[0]/steady[0]:.3f}x, "
       f"p99 {around[1]/steady[1]:.2f}x | failed {failed} {errors or ''}")
 PY
-  # The old process has drained and exited; stop the new one.
-  for _ in $(seq 100); do kill -0 "$OLD" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$OLD" 2>/dev/null && echo "round $round: the old process did not exit" >&2
+  # The old process has drained and exited (upgrade); stop the one serving.
+  if [ "$EVENT" = upgrade ]; then
+    for _ in $(seq 100); do kill -0 "$OLD" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$OLD" 2>/dev/null && echo "round $round: the old process did not exit" >&2
+  else
+    curl -sf -H 'Authorization: Bearer bench:bench-secret' "http://127.0.0.1:$ADMIN/admin/config" \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["version"] == 2, d["version"]; print("reloaded: version", d["version"], "servers", len(d["config"]["servers"]))'
+  fi
   kill -INT "$NEW" 2>/dev/null || true
   sleep 0.5
 done

@@ -23,11 +23,17 @@ pub enum GatewayError {
 
 /// Shared gateway state.
 pub struct Gateway {
+    /// The configuration the process started with: what cannot change without a restart is
+    /// read from here (listeners, threads, the store). What a reload changes is read from
+    /// [`Self::live`].
     pub config: Config,
+    /// The configuration applied last (at start, then by each reload).
+    pub running: ArcSwap<crate::config::Running>,
+    /// Its version, for one-load checks on the request path.
+    applied: std::sync::atomic::AtomicU64,
     pub table: ArcSwap<RoutingTable>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
-    pub policy: HealthPolicy,
     /// This instance's per-minute request counts (demand telemetry).
     pub demand: crate::telemetry::demand::DemandWindows,
     /// Models each server listed at its `GET /v1/models` on the last registry refresh (kept in
@@ -102,17 +108,14 @@ impl Gateway {
                 ),
             )
         };
-        let policy = HealthPolicy {
-            unhealthy_threshold: config.health.unhealthy_threshold,
-            healthy_threshold: config.health.healthy_threshold,
-        };
         let keys = crate::identity::KeyCache::default();
         keys.set_max_stale(config.auth.max_stale_secs.saturating_mul(1000));
         Ok(Arc::new(Self {
+            running: ArcSwap::from_pointee(crate::config::Running::new(config.clone())),
+            applied: std::sync::atomic::AtomicU64::new(1),
             config,
             table: ArcSwap::from_pointee(table),
             metrics,
-            policy,
             demand: Default::default(),
             discovered: Default::default(),
             started_ms: crate::telemetry::now_ms(),
@@ -136,9 +139,37 @@ impl Gateway {
             .unwrap_or_default()
     }
 
+    /// The configuration applied last.
+    pub fn live(&self) -> Arc<Config> {
+        self.running.load().config.clone()
+    }
+
+    /// The version of the configuration applied last (one load, for hot-path checks).
+    #[inline]
+    pub fn config_version(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Apply `running` (a reload): readers see it from now on.
+    pub fn apply_config(&self, running: crate::config::Running) {
+        let version = running.version;
+        self.running.store(Arc::new(running));
+        self.applied
+            .store(version, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How a server's failures and successes move its health, as configured now.
+    pub fn policy(&self) -> HealthPolicy {
+        let running = self.running.load();
+        HealthPolicy {
+            unhealthy_threshold: running.config.health.unhealthy_threshold,
+            healthy_threshold: running.config.health.healthy_threshold,
+        }
+    }
+
     /// The config's (model, server URL) routes.
     pub fn config_routes(&self) -> Vec<(String, String)> {
-        self.config
+        self.live()
             .servers
             .iter()
             .flat_map(|s| {

@@ -22,6 +22,7 @@ pub mod modelfiles;
 pub mod monitoring;
 pub mod pods;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod serve;
 pub mod shutdown;

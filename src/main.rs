@@ -154,7 +154,10 @@ fn main() -> anyhow::Result<()> {
             demo,
             upgrade,
         } => {
-            let start = infergate::serve::Start { upgrade };
+            let start = infergate::serve::Start {
+                upgrade,
+                config_path: config.clone(),
+            };
             let mut cfg = match &config {
                 Some(p) => {
                     config::load_file(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?

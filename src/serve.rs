@@ -40,11 +40,13 @@ pub enum ServeError {
 }
 
 /// How the gateway starts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Start {
     /// Take the listening sockets from the running gateway (binary upgrade,
     /// [`crate::shutdown::upgrade`]) instead of binding them.
     pub upgrade: bool,
+    /// The file the configuration was read from (what a reload reads again); None: `--demo`.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Run the gateway until it is signalled to stop (SIGTERM: a drain, SIGQUIT: an upgrade,
@@ -76,6 +78,10 @@ pub fn run_with(
         Some(admin)
     };
     let gw = Gateway::new(config)?;
+    gw.apply_config(crate::reload::started(
+        gw.config.clone(),
+        start.config_path.clone(),
+    ));
     before_serving(&gw);
     load_keys(&gw);
     let cfg = &gw.config;

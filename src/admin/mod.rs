@@ -6,6 +6,7 @@
 mod affinity;
 pub mod auth;
 mod body;
+mod config;
 mod demand;
 pub mod error;
 mod identity_views;
@@ -214,6 +215,8 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .route("/usage/ttft", get(usage::ttft))
         .route("/usage/export", get(usage::export))
         .route("/upstreams", get(upstreams::get))
+        .route("/config", get(config::get))
+        .route("/config/reload", post(config::reload))
         .route("/upstreams/refresh-health", post(upstreams::refresh_health))
         .route("/models", get(models::list).post(models::create))
         .route(

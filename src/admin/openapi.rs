@@ -2,8 +2,8 @@
 //! (`GET /admin/openapi.json`, unauthenticated).
 
 use super::{
-    affinity, demand, error, identity_views, keys, model_files, model_lifecycle, model_registry,
-    models, orgs, pods, registry, servers, system, upstreams, usage, users,
+    affinity, config, demand, error, identity_views, keys, model_files, model_lifecycle,
+    model_registry, models, orgs, pods, registry, servers, system, upstreams, usage, users,
 };
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -29,6 +29,7 @@ x-error-id headers."
         users::list, users::lookup, users::create, users::patch, users::delete,
         keys::list, keys::create, keys::revoke,
         upstreams::get, upstreams::refresh_health,
+        config::get, config::reload,
         usage::list, usage::aggregate, usage::series, usage::latency, usage::ttft, usage::export,
         model_registry::list, model_registry::add, model_registry::remove,
         models::list, models::get, models::create, models::patch, models::delete,
@@ -51,6 +52,7 @@ x-error-id headers."
         users::CreateUser, users::PatchUser, users::UserList, users::UserDeleted,
         keys::CreateKeyBody, keys::ScopesInput, keys::KeyCreated, keys::KeyList,
         upstreams::Upstreams,
+        config::RunningConfig, crate::reload::Outcome,
         usage::RecordView, usage::RecordList, usage::Aggregate, usage::SeriesBucket, usage::Series, usage::LatencyReport,
         crate::usage::query::ModelTotals, crate::usage::query::Percentiles,
         model_registry::Route, model_registry::RouteList, model_registry::RouteBody, model_registry::RouteChange,

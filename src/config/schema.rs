@@ -1,11 +1,11 @@
 //! The configuration schema. Unknown keys are rejected (`deny_unknown_fields`) so that a typo
 //! never silently falls back to a default.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub proxy: ProxyConfig,
@@ -23,7 +23,7 @@ pub struct Config {
 
 /// `[monitoring]`: host, GPU and engine figures for the admin API's system endpoints and the
 /// gateway's `/metrics`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringConfig {
     /// Host, GPU and throughput samples are taken this often.
@@ -60,7 +60,7 @@ impl Default for MonitoringConfig {
 }
 
 /// How managed models' engines are run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunnerKind {
     /// No engines are run: model records can be kept, lifecycle calls answer 409.
@@ -83,7 +83,7 @@ impl RunnerKind {
 }
 
 /// `[runner]`: managed models (the model lifecycle endpoints).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunnerConfig {
     pub kind: RunnerKind,
@@ -140,7 +140,7 @@ impl Default for RunnerConfig {
 }
 
 /// `[[runner.gpus]]`: one GPU of this node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuConfig {
     pub index: u32,
@@ -151,7 +151,7 @@ pub struct GpuConfig {
 }
 
 /// `[runner.vllm]`, `[runner.llamacpp]`: how one engine is run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EngineRunnerConfig {
     /// The program and its first arguments (process runner); the model's flags follow.
     pub command: Vec<String>,
@@ -165,7 +165,7 @@ pub struct EngineRunnerConfig {
 }
 
 /// `[runner.<engine>]` as written: what it leaves out keeps the engine's default.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct EngineRunnerKeys {
     command: Option<Vec<String>>,
@@ -229,7 +229,7 @@ impl EngineRunnerConfig {
 }
 
 /// `[usage]`: per-request usage records.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
     pub enabled: bool,
@@ -250,7 +250,7 @@ impl Default for UsageConfig {
 }
 
 /// Whether the data plane requires an API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyAuth {
     /// Every request needs a live key with the endpoint's scope.
@@ -261,7 +261,7 @@ pub enum ProxyAuth {
 }
 
 /// `[auth]`: API keys on the data plane.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub proxy: ProxyAuth,
@@ -280,7 +280,7 @@ impl Default for AuthConfig {
 }
 
 /// `[proxy]`: the OpenAI-compatible data-plane listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub listen: String,
@@ -347,7 +347,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[admin]`: the admin/metrics listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: String,
@@ -388,7 +388,7 @@ impl Default for AdminConfig {
 }
 
 /// One `[[admin.credentials]]` entry: an API key, the SHA-256 of its secret, and its roles.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     pub api_key: String,
@@ -397,7 +397,7 @@ pub struct CredentialConfig {
 }
 
 /// Where pods come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PodProviderKind {
     /// No pods: the pod endpoints answer empty lists.
@@ -410,7 +410,7 @@ pub enum PodProviderKind {
 }
 
 /// `[pods]`: the pod provider behind the admin pod endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PodsConfig {
     pub provider: PodProviderKind,
@@ -442,7 +442,7 @@ impl Default for PodsConfig {
 }
 
 /// One `[[pods.static]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticPodConfig {
     pub id: String,
@@ -465,7 +465,7 @@ fn running() -> String {
 }
 
 /// `[store]`: where shared state lives.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub url: String,
@@ -491,7 +491,7 @@ impl StoreConfig {
 }
 
 /// `[affinity]`: session affinity (user, model) -> server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AffinityConfig {
     pub ttl_minutes: u64,
@@ -508,7 +508,7 @@ impl Default for AffinityConfig {
 }
 
 /// `[health]`: active probes and passive failure counting.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     pub path: String,
@@ -531,7 +531,7 @@ impl Default for HealthConfig {
 }
 
 /// The kind of inference server behind a URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Vllm,
@@ -558,7 +558,7 @@ impl fmt::Display for Provider {
 }
 
 /// One `[[servers]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub url: String,

@@ -15,11 +15,11 @@ use std::time::Duration;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Probes every server and sweeps expired affinity entries.
+/// The interval, path, timeout and thresholds are read from the running configuration at
+/// every round, so a reload changes them.
 pub struct HealthChecker {
     gw: Arc<Gateway>,
     client: reqwest::Client,
-    path: String,
-    interval: Duration,
 }
 
 /// Why the probe client could not be built.
@@ -58,29 +58,26 @@ pub fn server_client(config: &crate::config::Config) -> Result<reqwest::Client, 
 impl HealthChecker {
     pub fn new(gw: Arc<Gateway>) -> Result<Self, ProbeSetupError> {
         let client = server_client(&gw.config)?;
-        let h = &gw.config.health;
-        Ok(Self {
-            path: h.path.clone(),
-            interval: Duration::from_millis(h.interval_ms),
-            client,
-            gw,
-        })
+        Ok(Self { client, gw })
     }
 
     /// Probe every server once, concurrently; returns when all probes ended.
     pub async fn probe_all(&self) {
         let table = self.gw.table.load_full();
+        let live = self.gw.live();
+        let path: Arc<str> = live.health.path.as_str().into();
+        let timeout = Duration::from_millis(live.health.timeout_ms);
         let mut set = tokio::task::JoinSet::new();
         for b in table.backends() {
             let (b, client, path, policy) = (
                 b.clone(),
                 self.client.clone(),
-                self.path.clone(),
-                self.gw.policy,
+                path.clone(),
+                self.gw.policy(),
             );
             set.spawn(async move {
                 b.refresh_address().await;
-                match probe(&client, &b, &path).await {
+                match probe(&client, &b, &path, timeout).await {
                     Ok(()) => b.record_success(policy, Source::Probe),
                     Err(why) => {
                         tracing::debug!(server = %b.id, reason = %why, "probe failed");
@@ -100,8 +97,15 @@ impl HealthChecker {
     }
 }
 
-async fn probe(client: &reqwest::Client, b: &Backend, path: &str) -> Result<(), String> {
-    let mut req = client.get(format!("{}{}", b.url.origin(), path));
+async fn probe(
+    client: &reqwest::Client,
+    b: &Backend,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut req = client
+        .get(format!("{}{}", b.url.origin(), path))
+        .timeout(timeout);
     if let Some(auth) = &b.auth_header {
         req = req.header(http::header::AUTHORIZATION, auth.clone());
     }
@@ -123,18 +127,18 @@ async fn probe(client: &reqwest::Client, b: &Backend, path: &str) -> Result<(), 
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+            let round = tokio::time::Instant::now();
             self.probe_all().await;
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 self.gw.store.sweep(now_ms());
                 last_sweep = tokio::time::Instant::now();
+            }
+            let interval = Duration::from_millis(self.gw.live().health.interval_ms);
+            tokio::select! {
+                _ = tokio::time::sleep_until(round + interval) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }

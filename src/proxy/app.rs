@@ -10,6 +10,7 @@ use crate::gateway::Gateway;
 use crate::identity::{presented, KeyEntry, Limited, Scope};
 use crate::routing::{route_key_json, route_key_multipart};
 use crate::shutdown::Phase;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::apps::ServerApp;
@@ -24,8 +25,11 @@ const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest `user` (body field or `x-user-id` header) accepted as an affinity identity.
 pub const MAX_USER_BYTES: usize = 256;
 
-/// Settings of the data plane, copied out of the config once.
+/// Settings of the data plane, copied out of the running configuration (again after a
+/// reload: [`ProxyApp::settings`]).
 pub(super) struct Settings {
+    /// The configuration version they come from.
+    pub version: u64,
     pub max_body: usize,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -37,35 +41,29 @@ pub(super) struct Settings {
     pub client_limits: super::h1::client::ClientLimits,
     pub keepalive: Duration,
     pub max_connections: usize,
-}
-
-/// The data-plane app.
-pub struct ProxyApp {
-    pub(super) gw: Arc<Gateway>,
-    pub(super) connector: TransportConnector,
-    pub(super) settings: Settings,
-    /// Set when the listener speaks TLS: the handshake runs here, once the connection is
-    /// admitted and within the header timeout (Pingora's own allows 60 s, uncounted).
-    tls: Option<pingora::listeners::tls::Acceptor>,
-    started_unix: u64,
     /// `[auth] proxy = "required"`.
-    auth_required: bool,
+    pub auth_required: bool,
+    /// How passive failures move a server's health (`[health]` thresholds).
+    pub policy: crate::health::HealthPolicy,
 }
 
-impl ProxyApp {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        let p = &gw.config.proxy;
-        let mut opts = ConnectorOptions::new(p.pool_size);
-        opts.ca_file = p.ca_file.clone();
-        let settings = Settings {
+impl Settings {
+    /// From the running configuration; what only a restart changes (the pool, the read
+    /// buffer) from the one the process started with.
+    fn new(gw: &Gateway) -> Self {
+        let version = gw.config_version();
+        let live = gw.live();
+        let (p, started) = (&live.proxy, &gw.config.proxy);
+        Self {
+            version,
             max_body: p.max_body_bytes,
             read_timeout: Duration::from_secs(p.read_timeout_secs),
             write_timeout: Duration::from_secs(p.write_timeout_secs),
             max_retries: p.max_retries,
             retry_after_secs: p.retry_after_secs,
-            pool_idle_timeout: Duration::from_millis(p.pool_idle_timeout_ms),
-            pool_size: p.pool_size,
-            client_read_buffer: p.client_read_buffer_bytes,
+            pool_idle_timeout: Duration::from_millis(started.pool_idle_timeout_ms),
+            pool_size: started.pool_size,
+            client_read_buffer: started.client_read_buffer_bytes,
             client_limits: super::h1::client::ClientLimits {
                 header: Duration::from_secs(p.header_timeout_secs),
                 body_pause: Duration::from_secs(p.body_timeout_secs),
@@ -74,15 +72,50 @@ impl ProxyApp {
             },
             keepalive: Duration::from_secs(p.keepalive_timeout_secs),
             max_connections: p.max_connections,
-        };
+            auth_required: live.auth.proxy == crate::config::ProxyAuth::Required,
+            policy: crate::health::HealthPolicy {
+                unhealthy_threshold: live.health.unhealthy_threshold,
+                healthy_threshold: live.health.healthy_threshold,
+            },
+        }
+    }
+}
+
+/// The data-plane app.
+pub struct ProxyApp {
+    pub(super) gw: Arc<Gateway>,
+    pub(super) connector: TransportConnector,
+    /// Rebuilt when a reload applies a new configuration.
+    settings: ArcSwap<Settings>,
+    /// Set when the listener speaks TLS: the handshake runs here, once the connection is
+    /// admitted and within the header timeout (Pingora's own allows 60 s, uncounted).
+    tls: Option<pingora::listeners::tls::Acceptor>,
+    started_unix: u64,
+}
+
+impl ProxyApp {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        let p = &gw.config.proxy;
+        let mut opts = ConnectorOptions::new(p.pool_size);
+        opts.ca_file = p.ca_file.clone();
         Self {
             connector: TransportConnector::new(Some(opts)),
-            settings,
+            settings: ArcSwap::from_pointee(Settings::new(&gw)),
             tls: None,
             started_unix: crate::telemetry::now_ms() / 1000,
-            auth_required: gw.config.auth.proxy == crate::config::ProxyAuth::Required,
             gw,
         }
+    }
+
+    /// The settings of the configuration applied last (rebuilt once after each reload).
+    pub(super) fn settings(&self) -> Arc<Settings> {
+        let current = self.settings.load_full();
+        if current.version == self.gw.config_version() {
+            return current;
+        }
+        let fresh = Arc::new(Settings::new(&self.gw));
+        self.settings.store(fresh.clone());
+        fresh
     }
 
     /// The key of a request needing `scope`, when keys are required: a 401 for a missing, unknown,
@@ -93,8 +126,9 @@ impl ProxyApp {
         head: &RequestHead,
         scope: Option<Scope>,
         now_ms: u64,
+        required: bool,
     ) -> Result<Option<Arc<KeyEntry>>, ProxyError> {
-        if !self.auth_required {
+        if !required {
             return Ok(None);
         }
         let presented = presented(|name| head.header(name))
@@ -139,7 +173,7 @@ impl ProxyApp {
         let (endpoint, scope) = route(ex.head.method(), path);
         let key = match endpoint {
             Endpoint::Json | Endpoint::Multipart | Endpoint::Models => {
-                match self.authorize(ex.head, scope, now_ms) {
+                match self.authorize(ex.head, scope, now_ms, ex.settings.auth_required) {
                     Ok(k) => k,
                     Err(e) => {
                         ex.settle_unread_body();
@@ -195,7 +229,7 @@ impl ProxyApp {
         started: Instant,
         now_ms: u64,
     ) {
-        let max = self.settings.max_body;
+        let max = ex.settings.max_body;
         if ex.head.expects_continue && !ex.conn.body_buffered(ex.head) {
             if let Some(super::h1::request::BodyFraming::Length(n)) = ex.head.framing {
                 if n > max as u64 {
@@ -332,7 +366,7 @@ impl ProxyApp {
             tracing::debug!(status, error = %err, "request refused");
         }
         let body = err.body();
-        match err.field(self.settings.retry_after_secs) {
+        match err.field(ex.settings.retry_after_secs) {
             Some((name, value)) => {
                 ex.respond_json(status, &[(name, value.as_bytes())], &body)
                     .await
@@ -364,7 +398,7 @@ impl ProxyApp {
                 return None;
             }
         };
-        let limit = self.settings.client_limits.header;
+        let limit = self.settings().client_limits.header;
         match tokio::time::timeout(limit, acceptor.tls_handshake(l4)).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
@@ -381,12 +415,14 @@ impl ProxyApp {
     /// A connection over `max_connections`: 503 before its request is read, then closed.
     async fn refuse_connection(&self, conn: &mut ClientConn) {
         let err = ProxyError::TooManyConnections;
-        let field = err.field(self.settings.retry_after_secs);
+        let settings = self.settings();
+        let field = err.field(settings.retry_after_secs);
         let mut ex = Exchange {
             conn,
             head: &RequestHead::default(),
             keepalive: false,
             drain: &self.gw.drain,
+            settings: &settings,
         };
         let fields: Vec<(&str, &[u8])> = field.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         ex.respond_json(err.status(), &fields, &err.body()).await;
@@ -404,11 +440,13 @@ impl ProxyApp {
         let status = e.status();
         self.gw.metrics.count_request("", "", status);
         let err = ProxyError::BadRequest(e.to_string());
+        let settings = self.settings();
         let mut ex = Exchange {
             conn,
             head,
             keepalive: false,
             drain: &self.gw.drain,
+            settings: &settings,
         };
         ex.respond_json(status, &[], &err.body()).await;
     }
@@ -421,7 +459,7 @@ impl ServerApp for ProxyApp {
         io: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let s = &self.settings;
+        let mut s = self.settings();
         let metrics = &self.gw.metrics;
         // One atomic update per connection (not per request): admitted while under the cap; a
         // refused connection is never counted, so a flood of them cannot keep the count up.
@@ -470,6 +508,7 @@ impl ServerApp for ProxyApp {
                         head: &RequestHead::default(),
                         keepalive: false,
                         drain: &self.gw.drain,
+                        settings: &s,
                     };
                     ex.respond_json(err.status(), &[], &err.body()).await;
                     conn.shutdown().await;
@@ -483,11 +522,17 @@ impl ServerApp for ProxyApp {
                 }
             }
             let started = Instant::now();
+            // A reload applies to the requests that follow on open connections too (a key
+            // newly required is required of them).
+            if s.version != self.gw.config_version() {
+                s = self.settings();
+            }
             let mut ex = Exchange {
                 conn: &mut conn,
                 head: &head,
                 keepalive: !head.close && !self.gw.drain.draining(),
                 drain: &self.gw.drain,
+                settings: &s,
             };
             self.handle(&mut ex, started).await;
             if !ex.keepalive {

@@ -12,6 +12,8 @@ pub(super) struct Exchange<'a> {
     /// The gateway's stop: a response written while it drains closes its connection, however
     /// long ago the request came.
     pub drain: &'a crate::shutdown::Drain,
+    /// The data plane's settings for this request.
+    pub settings: &'a super::app::Settings,
 }
 
 impl Exchange<'_> {

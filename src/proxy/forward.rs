@@ -171,11 +171,11 @@ impl ProxyApp {
                         .await;
                 }
                 Attempt::ConnectFailed => {
-                    backend.record_failure(gw.policy, Source::Passive, "connect failed");
+                    backend.record_failure(ex.settings.policy, Source::Passive, "connect failed");
                     gw.metrics.retry(&backend.id);
                     tried[attempts] = index;
                     attempts += 1;
-                    if attempts > self.settings.max_retries || attempts >= MAX_ATTEMPTS {
+                    if attempts > ex.settings.max_retries || attempts >= MAX_ATTEMPTS {
                         let err = ProxyError::Unreachable(pool.model.to_string());
                         return self
                             .give_up(ex, ctx, &pool.model, Some(&backend.id), err)
@@ -258,7 +258,7 @@ impl ProxyApp {
                 },
             };
             let wait = {
-                let s = &self.settings;
+                let s = ex.settings;
                 let exchange = async {
                     up.send(request, rest, s.write_timeout).await?;
                     up.read_head(s.read_timeout).await
@@ -288,7 +288,7 @@ impl ProxyApp {
                 }
                 HeaderWait::Failed(e) => {
                     backend.record_failure(
-                        self.gw.policy,
+                        ex.settings.policy,
                         Source::Passive,
                         if e.is_timeout() {
                             "timeout"

@@ -59,7 +59,7 @@ impl ProxyApp {
         let started = ctx.started;
         let mut ttft = None;
         let backend = &member.backend;
-        let policy = self.gw.policy;
+        let policy = ex.settings.policy;
         let status = up.head.status;
         let sse = up.head.event_stream;
         if status >= 500 {
@@ -101,7 +101,7 @@ impl ProxyApp {
         let cut = self.gw.drain.reached(Phase::Cut, cut_rx.as_mut());
         tokio::pin!(cut);
         let mut tail = UsageTail::default();
-        let read_timeout = self.settings.read_timeout;
+        let read_timeout = ex.settings.read_timeout;
         let mut end = End::Complete;
         // Something reached the client (after that, a failure can only cut the response).
         let mut sent_any = false;
@@ -274,7 +274,7 @@ impl ProxyApp {
         );
 
         if matches!(end, End::Complete) && up.reusable() {
-            let s = &self.settings;
+            let s = ex.settings;
             pool::put(peer, up, s.pool_size, s.pool_idle_timeout);
         } else {
             // Closing the upstream connection makes the server abort the request.

@@ -7,9 +7,12 @@
 //! closes, and [`DrainService`] waits for the connections still open to finish, at most
 //! `graceful_shutdown_timeout_seconds`. A stream still running then is ended cleanly (an
 //! error event, then the end of the chunked body) and its usage recorded; the usage records
-//! still queued are written; managed engines are stopped; and the process exits. SIGQUIT
-//! drains the same way (binary upgrade is not offered yet); SIGINT stops at once, during a
-//! drain too; SIGHUP does not stop the gateway.
+//! still queued are written; managed engines are stopped; and the process exits.
+//!
+//! SIGQUIT is a binary upgrade ([`upgrade`]): the listening sockets go to a new process, and
+//! this one drains the same way without the grace period (its `/health` stays 200: the port
+//! is served). SIGINT stops at once, during a drain too. SIGHUP reloads the configuration
+//! ([`crate::reload`]).
 
 mod signals;
 pub mod upgrade;

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// SIGTERM: drain for the grace period, then a graceful stop. SIGQUIT: hand the listening
 /// sockets to a new process ([`super::upgrade`]), then drain. SIGINT: stop now. SIGHUP:
-/// logged, the gateway goes on.
+/// reload the configuration file ([`crate::reload`]).
 pub struct Signals {
     pub gw: Arc<Gateway>,
 }
@@ -53,7 +53,13 @@ impl ShutdownSignalWatch for Signals {
                     return ShutdownSignal::FastShutdown;
                 }
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP: configuration reload is not supported yet; the gateway goes on with the running configuration");
+                    let gw = self.gw.clone();
+                    tokio::spawn(async move {
+                        match crate::reload::reload(&gw).await {
+                            Ok(o) => tracing::info!(version = o.version, applied = ?o.applied, pending_restart = ?o.pending_restart, "SIGHUP: configuration reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running one stays"),
+                        }
+                    });
                 }
             }
         }

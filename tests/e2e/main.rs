@@ -20,6 +20,7 @@ mod limits;
 mod model_files;
 mod models;
 mod monitoring;
+mod reload;
 mod routing;
 mod slow_clients;
 mod smuggling;

@@ -1,0 +1,151 @@
+//! Configuration reload (issue 15, item 3): `POST /admin/config/reload` and SIGHUP read the
+//! file again; live settings (servers, health, auth, data-plane limits) apply without a
+//! restart and without dropping a connection; the others are reported as waiting for a
+//! restart; an invalid file is refused with its error and nothing changes.
+
+use crate::harness::*;
+use crate::wire::read_response;
+use nix::sys::signal::Signal;
+use reqwest::{Client, Method};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+fn request(model: &str, padding: usize) -> String {
+    let body = json!({"model": model, "max_tokens": 1, "pad": "x".repeat(padding),
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn reload(gw: &Gateway, c: &Client) -> (u16, Value) {
+    let r = gw
+        .admin(c, Method::POST, "/admin/config/reload")
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_reload_applies_servers_and_limits_live_on_open_connections_and_reports_the_rest() {
+    let (a, b) = (mock("a", &["a"]).await, mock("b", &["b"]).await);
+    let gw = Gateway::start(&server(&a.url(), &["a"])).await;
+    let c = Client::new();
+    let mut conn = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let mut buf = Vec::new();
+    conn.write_all(request("a", 3000).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut conn, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    conn.write_all(request("b", 0).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut conn, &mut buf).await;
+    assert!(
+        head.starts_with("HTTP/1.1 404"),
+        "model b is unknown yet: {head}"
+    );
+
+    // A new server and a smaller body limit (live), and a new listen address (restart only).
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("[proxy]\n", "[proxy]\nmax_body_bytes = 2000\n", 1);
+    let text = text.replacen(
+        &gw.proxy.to_string(),
+        &format!("127.0.0.1:{}", free_port()),
+        1,
+    );
+    std::fs::write(&path, format!("{text}\n{}", server(&b.url(), &["b"]))).unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["version"], 2);
+    let applied = outcome["applied"].to_string();
+    assert!(
+        applied.contains("\"servers\"") && applied.contains("proxy.max_body_bytes"),
+        "{outcome}"
+    );
+    assert_eq!(outcome["pending_restart"], json!(["proxy.listen"]));
+
+    // The connection opened before is still served, under the new configuration.
+    conn.write_all(request("b", 0).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut conn, &mut buf).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "model b routes now: {head}"
+    );
+    conn.write_all(request("a", 3000).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut conn, &mut buf).await;
+    assert!(
+        head.starts_with("HTTP/1.1 413"),
+        "the new body limit: {head}"
+    );
+
+    // The running configuration: the new values, and the old listen address until a restart.
+    let (status, running) = gw.admin_get(&c, "/admin/config").await;
+    assert_eq!(status, 200);
+    assert_eq!(running["version"], 2);
+    assert_eq!(running["config"]["proxy"]["max_body_bytes"], 2000);
+    assert_eq!(running["config"]["proxy"]["listen"], gw.proxy.to_string());
+    assert_eq!(running["pending_restart"], json!(["proxy.listen"]));
+    assert_eq!(running["sha256"].as_str().unwrap().len(), 64);
+    // The same file again changes nothing.
+    let (_, again) = reload(&gw, &c).await;
+    assert_eq!(again["version"], 2);
+    assert_eq!(again["applied"], json!([]));
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_refused_with_its_error_and_the_running_configuration_stays() {
+    let a = mock("a", &["a"]).await;
+    let gw = Gateway::start(&server(&a.url(), &["a"])).await;
+    let c = Client::new();
+    let path = gw.config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replacen("[proxy]\n", "[proxy]\nmax_body_byts = 1\n", 1),
+    )
+    .unwrap();
+    let (status, body) = reload(&gw, &c).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string().contains("max_body_byts"),
+        "the key at fault: {body}"
+    );
+    let (_, running) = gw.admin_get(&c, "/admin/config").await;
+    assert_eq!(running["version"], 1);
+    assert_eq!(gw.chat(&c, &chat_body("a")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_key_becomes_required_on_open_connections() {
+    let a = mock("a", &["a"]).await;
+    let gw = Gateway::start_logged(&server(&a.url(), &["a"]), &[]).await;
+    let c = Client::new();
+    let mut conn = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let mut buf = Vec::new();
+    conn.write_all(request("a", 0).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut conn, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("proxy = \"off\"", "proxy = \"required\"", 1),
+    )
+    .unwrap();
+    gw.signal(Signal::SIGHUP);
+    let reloaded = eventually(Duration::from_secs(5), || async {
+        gw.admin_get(&c, "/admin/config").await.1["version"] == 2
+    })
+    .await;
+    assert!(reloaded, "{}", gw.log());
+    conn.write_all(request("a", 0).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut conn, &mut buf).await;
+    assert!(
+        head.starts_with("HTTP/1.1 401"),
+        "a key is required now: {head}"
+    );
+    assert!(gw.log().contains("SIGHUP: configuration reloaded"));
+}
