@@ -13,7 +13,7 @@ pub(super) struct Exchange<'a> {
     /// long ago the request came.
     pub drain: &'a crate::shutdown::Drain,
     /// The data plane's settings for this request.
-    pub settings: &'a super::app::Settings,
+    pub settings: &'a super::settings::Settings,
 }
 
 impl Exchange<'_> {

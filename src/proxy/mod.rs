@@ -11,6 +11,7 @@ mod exchange;
 mod forward;
 pub mod h1;
 mod relay;
+mod settings;
 
 pub use app::ProxyApp;
 pub use endpoint::Endpoint;
