@@ -275,7 +275,19 @@ impl pingora::services::background::BackgroundService for LifecycleService {
             }
         });
         if let Some(old) = &self.after {
-            old.take().await;
+            // Stopped before the process being upgraded has exited: its own engines (started
+            // by calls meanwhile) stop; the old process's are not touched.
+            tokio::select! {
+                _ = old.take() => {}
+                _ = drain.reached(crate::shutdown::Phase::Done, Some(&mut phases)) => {
+                    self.life.stop_all().await;
+                    drain
+                        .engines_stopped
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    beats.abort();
+                    return;
+                }
+            }
         }
         let mut restarted = true;
         let mut tick = tokio::time::interval(BEAT_EVERY);
