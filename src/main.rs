@@ -156,7 +156,8 @@ fn main() -> anyhow::Result<()> {
         } => {
             let start = infergate::serve::Start {
                 upgrade,
-                config_path: config.clone(),
+                // The demo changes what it read (its servers, its runner): nothing to reload.
+                config_path: config.clone().filter(|_| !demo),
             };
             let mut cfg = match &config {
                 Some(p) => {

@@ -25,18 +25,20 @@ pub struct IdentitySync {
 impl BackgroundService for IdentitySync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut changes = self.gw.store.doc_changes();
-        // Often enough that a reachable store always keeps the cache confirmed.
-        let every = match self.gw.config.auth.max_stale_secs {
-            0 => RESYNC_EVERY,
-            s => RESYNC_EVERY.min(Duration::from_secs(s) / 3),
-        };
-        let mut tick = tokio::time::interval(every);
+        let mut last = tokio::time::Instant::now();
         loop {
+            // Often enough that a reachable store always keeps the cache confirmed (read at
+            // every round: a reload may lower max_stale_secs).
+            let every = match self.gw.live().auth.max_stale_secs {
+                0 => RESYNC_EVERY,
+                s => RESYNC_EVERY.min(Duration::from_secs(s) / 3),
+            };
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(last + every) => {}
                 r = changes.changed() => if r.is_err() { return },
                 _ = shutdown.changed() => return,
             }
+            last = tokio::time::Instant::now();
             if let Err(e) = reload(&self.gw).await {
                 tracing::warn!(error = %e, "API keys not reloaded; the cache keeps the last ones");
             }
