@@ -33,8 +33,14 @@ impl BackgroundService for IdentitySync {
                 0 => RESYNC_EVERY,
                 s => RESYNC_EVERY.min(Duration::from_secs(s) / 3),
             };
+            let due = last + every;
             tokio::select! {
-                _ = tokio::time::sleep_until(last + every) => {}
+                // Looked at again every second, so that a reload takes effect within one.
+                _ = tokio::time::sleep_until(due.min(tokio::time::Instant::now() + Duration::from_secs(1))) => {
+                    if tokio::time::Instant::now() < due {
+                        continue;
+                    }
+                }
                 r = changes.changed() => if r.is_err() { return },
                 _ = shutdown.changed() => return,
             }

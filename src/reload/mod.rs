@@ -92,6 +92,12 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
     }
     let config = merge(&file, &started)?;
     let version = current.version + 1;
+    if applied.iter().any(|k| k == "auth.max_stale_secs") {
+        // Confirm the key cache now: under a lower bound it may already be too old.
+        if let Err(e) = crate::identity::sync::reload(gw).await {
+            tracing::warn!(error = %e, "API keys not confirmed at the reload");
+        }
+    }
     gw.keys
         .set_max_stale(config.auth.max_stale_secs.saturating_mul(1000));
     gw.apply_config(Running {

@@ -144,3 +144,47 @@ async fn sighup_reloads_and_a_key_becomes_required_on_open_connections() {
     );
     assert!(gw.log().contains("SIGHUP: configuration reloaded"));
 }
+
+/// A reload that lowers `[auth] max_stale_secs` also makes the key cache resync more often:
+/// valid keys are never refused as unconfirmed while the store answers.
+#[tokio::test]
+async fn a_lowered_max_stale_keeps_valid_keys_confirmed() {
+    let a = mock("a", &["a"]).await;
+    let gw = Gateway::start(&format!(
+        "auth.proxy = \"required\"\n{}",
+        server(&a.url(), &["a"])
+    ))
+    .await;
+    let c = Client::new();
+    let (status, k) = admin_call(
+        &gw,
+        &c,
+        Method::POST,
+        "/admin/keys",
+        Some(json!({"name": "k", "scopes": "chat"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{k}");
+    let token = k["token"].as_str().unwrap().to_string();
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("[auth]\n", "[auth]\nmax_stale_secs = 3\n", 1),
+    )
+    .unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["applied"], json!(["auth.max_stale_secs"]));
+    for _ in 0..8 {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .json(&chat_body("a"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
