@@ -206,7 +206,7 @@ async fn until_closed(drain: &Drain, limit: Duration) -> bool {
 }
 
 /// Looks at `done` every [`POLL`] for at most `limit`; whether it came true.
-async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+pub(super) async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     tokio::time::timeout(limit, async {
         while !done() {
             tokio::time::sleep(POLL).await;

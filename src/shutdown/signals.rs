@@ -120,13 +120,11 @@ impl Signals {
             return None;
         }
         tracing::info!(socket = %socket.display(), "SIGQUIT: waiting for the new process");
-        let waiting = tokio::time::timeout(upgrade::WAIT_FOR_NEW, async {
-            while !upgrade::new_process_waiting(&socket) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let waiting = super::wait_until(upgrade::WAIT_FOR_NEW, || {
+            upgrade::new_process_waiting(&socket)
         });
         tokio::select! {
-            w = waiting => if w.is_err() {
+            w = waiting => if !w {
                 tracing::error!(
                     socket = %socket.display(),
                     "SIGQUIT: no new process waits on the upgrade socket (start it with \
@@ -162,10 +160,8 @@ impl Signals {
         // up to a second). Once it has taken them (it removes the upgrade socket then) and
         // its listeners have started, clients are told to reconnect (every response closes
         // its connection): before, each reconnection would land on this process again.
-        let _ = tokio::time::timeout(upgrade::WAIT_FOR_NEW, async {
-            while upgrade::new_process_waiting(&socket) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        super::wait_until(upgrade::WAIT_FOR_NEW, || {
+            !upgrade::new_process_waiting(&socket)
         })
         .await;
         tokio::time::sleep(upgrade::NEW_LISTENS).await;
