@@ -1,6 +1,6 @@
 //! The state one gateway process shares between its data plane, health checker and admin service.
 
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::health::HealthPolicy;
 use crate::routing::RoutingTable;
 use crate::store::valkey::{ValkeyConfig, ValkeyStore};
@@ -229,19 +229,52 @@ impl Gateway {
                 }
             }
         }
-        // A managed engine's backend is kept only while it has that engine's key (a later
-        // engine may get the same port, never the same key).
-        let key_of = |url: &str| managed.iter().find(|r| r.url == url).map(|r| &r.key);
-        let same_key = |b: &Backend| match key_of(&b.id) {
-            None => true,
-            Some(key) => b
-                .auth_header
-                .as_ref()
-                .is_some_and(|h| h.as_bytes() == format!("Bearer {key}").as_bytes()),
+        // Each server's provider and key: a config server's from its live entry, a managed
+        // engine's own key, none for a registry-only vLLM server. A backend is kept only while
+        // both match (a reload may change them; a later engine may get the same port, never the
+        // same key).
+        let live = self.live();
+        let mut failed = Vec::new();
+        let mut wanted: std::collections::BTreeMap<&str, (Provider, Option<String>, String)> =
+            Default::default();
+        for url in models.keys() {
+            let want = match live
+                .servers
+                .iter()
+                .find(|s| s.url.trim_end_matches('/') == url)
+            {
+                Some(cfg) => match Backend::config_key(cfg) {
+                    Ok(key) => (
+                        cfg.provider,
+                        key,
+                        cfg.api_key_env.clone().unwrap_or_default(),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(server = %url, error = %e, "server left out of the routing table");
+                        failed.push(e);
+                        continue;
+                    }
+                },
+                None => match managed.iter().find(|r| r.url == *url) {
+                    Some(r) => (
+                        Provider::Vllm,
+                        Some(r.key.clone()),
+                        "a managed engine's key".into(),
+                    ),
+                    None => (Provider::Vllm, None, String::new()),
+                },
+            };
+            wanted.insert(url, want);
+        }
+        let fits = |b: &Backend| {
+            wanted.get(&*b.id).is_some_and(|(provider, key, _)| {
+                b.provider == *provider && b.sends_key(key.as_deref())
+            })
         };
-        let unchanged = current.backends().len() == models.len()
+        let unchanged = failed.is_empty()
+            && current.backends().len() == models.len()
             && current.backends().iter().all(|b| {
-                same_key(b)
+                fits(b)
                     && models
                         .get(&*b.id)
                         .is_some_and(|m| current.models_of(&b.id) == m.as_slice())
@@ -250,25 +283,24 @@ impl Gateway {
             return Vec::new();
         }
         let mut routes = Vec::with_capacity(models.len());
-        let mut failed = Vec::new();
-        for (url, list) in models {
+        for (url, list) in &models {
+            let Some((provider, key, source)) = wanted.get(url.as_str()) else {
+                continue;
+            };
             let backend = match current
                 .backends()
                 .iter()
-                .find(|b| *b.id == *url && same_key(b))
+                .find(|b| *b.id == **url && fits(b))
             {
                 Some(b) => b.clone(),
                 None => {
                     let cfg = crate::config::ServerConfig {
                         url: url.clone(),
-                        provider: crate::config::Provider::Vllm,
+                        provider: *provider,
                         models: list.clone(),
                         api_key_env: None,
                     };
-                    let key = managed
-                        .iter()
-                        .find(|r| r.url == url)
-                        .map(|r| (r.key.clone(), "a managed engine's key"));
+                    let key = key.clone().map(|k| (k, source.as_str()));
                     match Backend::with_key(&cfg, key, settings, &self.metrics) {
                         Ok(b) => Arc::new(b),
                         Err(e) => {
@@ -279,7 +311,7 @@ impl Gateway {
                     }
                 }
             };
-            routes.push((backend, list));
+            routes.push((backend, list.clone()));
         }
         tracing::info!(
             servers = routes.len(),

@@ -53,7 +53,8 @@ pub async fn get(State(s): State<Arc<AdminState>>) -> Json<RunningConfig> {
 #[utoipa::path(post, path = "/admin/config/reload", tag = "Config",
     responses((status = 200, body = Outcome), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "no configuration file (--demo)"),
-        (status = 422, body = ErrorBody, description = "the file is invalid; the running configuration stays")),
+        (status = 422, body = ErrorBody, description = "the file is invalid; the running configuration stays"),
+        (status = 500, body = ErrorBody, description = "the file cannot be read; the running configuration stays")),
     security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
 pub async fn reload(State(s): State<Arc<AdminState>>) -> Result<Json<Outcome>, ApiError> {
     crate::reload::reload(&s.gw)
@@ -63,10 +64,21 @@ pub async fn reload(State(s): State<Arc<AdminState>>) -> Result<Json<Outcome>, A
             ReloadError::NoFile => {
                 ApiError::new(StatusCode::CONFLICT, "no configuration file").detail(e.to_string())
             }
+            ReloadError::Invalid(crate::config::ConfigError::Read { path, source }) => {
+                tracing::error!(%path, error = %source, "configuration file unreadable at reload");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "configuration file unreadable",
+                )
+                .detail(format!(
+                    "cannot read {path}: {source}; the running configuration stays"
+                ))
+            }
             ReloadError::Invalid(e) => {
-                tracing::warn!(error = %e, "configuration reload refused");
+                let detail = crate::reload::scrubbed(&e.to_string());
+                tracing::warn!(error = %detail, "configuration reload refused");
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid configuration")
-                    .detail(e.to_string())
+                    .detail(detail)
             }
         })
 }

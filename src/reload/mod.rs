@@ -5,8 +5,9 @@
 //! and are reported as waiting for a restart.
 
 mod redact;
+mod servers;
 
-pub use redact::redacted;
+pub use redact::{redacted, scrubbed};
 
 use crate::config::{Config, Running};
 use crate::gateway::Gateway;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 /// Settings a reload applies (`table.key`, or a whole table with `table.*`).
 pub const LIVE: &[&str] = &[
+    "servers",
     "health.*",
     "auth.proxy",
     "auth.max_stale_secs",
@@ -48,6 +50,9 @@ pub struct Outcome {
     pub applied: Vec<String>,
     /// Settings whose new values wait for a restart (their running values stay).
     pub pending_restart: Vec<String>,
+    /// What the reload applied only in part, with why: a server left out of the routing table
+    /// (its host does not resolve), a registry change the store did not take.
+    pub warnings: Vec<String>,
 }
 
 /// Serializes reloads (SIGHUP and the API at once would each read the running version).
@@ -65,6 +70,7 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
         })
     })?;
     let new = crate::config::parse_str(&text).map_err(ReloadError::Invalid)?;
+    check_server_keys(&new)?;
     let (running, started, file) = (
         to_value(&current.config),
         to_value(&gw.config),
@@ -80,6 +86,14 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
         .collect();
     let sha256 = sha256_hex(text.as_bytes());
     if applied.is_empty() && pending_restart == current.pending_restart {
+        if sha256 != current.sha256 {
+            // Comments or layout changed: the same settings, from a file read now.
+            gw.apply_config(Running {
+                sha256,
+                loaded_ms: crate::telemetry::now_ms(),
+                ..(*current).clone()
+            });
+        }
         tracing::info!(
             version = current.version,
             "configuration reloaded: nothing changed"
@@ -88,10 +102,12 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
             version: current.version,
             applied,
             pending_restart,
+            warnings: Vec::new(),
         });
     }
     let config = merge(&file, &started)?;
     let version = current.version + 1;
+    let old_routes = gw.config_routes();
     if applied.iter().any(|k| k == "auth.max_stale_secs") {
         // Confirm the key cache now: under a lower bound it may already be too old.
         if let Err(e) = crate::identity::sync::reload(gw).await {
@@ -108,17 +124,39 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
         path: Some(path),
         pending_restart: pending_restart.clone(),
     });
+    let warnings = if applied.iter().any(|k| k == "servers") {
+        servers::apply(gw, &old_routes).await
+    } else {
+        Vec::new()
+    };
     tracing::info!(
         version,
         ?applied,
         ?pending_restart,
+        ?warnings,
         "configuration reloaded"
     );
     Ok(Outcome {
         version,
         applied,
         pending_restart,
+        warnings,
     })
+}
+
+/// Every `api_key_env` of the new file must name a variable this process has (a valid header
+/// value): the server would otherwise be left out, or its requests go without their key.
+fn check_server_keys(new: &Config) -> Result<(), ReloadError> {
+    for (i, s) in new.servers.iter().enumerate() {
+        if let Err(e) = crate::upstream::Backend::config_key(s) {
+            return Err(ReloadError::Invalid(crate::config::ConfigError::Invalid {
+                key: format!("servers[{i}].api_key_env"),
+                at: String::new(),
+                message: format!("{e} in the gateway's environment (a reload cannot add one: restart with it set)"),
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// The running configuration at start: its file and the file's digest.
@@ -226,7 +264,7 @@ mod tests {
         assert_eq!(merged.proxy.listen, "127.0.0.1:1", "waits for a restart");
         assert_eq!(merged.proxy.max_body_bytes, 20);
         assert_eq!(merged.health.interval_ms, 300);
-        assert_eq!(merged.servers.len(), 0, "waits for a restart (for now)");
+        assert_eq!(merged.servers.len(), 1, "servers change live");
         assert!(is_live("health.path") && !is_live("proxy.listen") && !is_live("store.url"));
     }
 }

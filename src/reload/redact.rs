@@ -5,8 +5,12 @@ use serde_json::Value;
 /// What stands for a secret.
 const REDACTED: &str = "<redacted>";
 
-/// The configuration as JSON, with the admin credentials' secret digests and any password in
-/// the store's URL replaced. (API keys of servers and pods are named by the environment
+/// Flags of engine command lines whose value is a secret.
+const SECRET_FLAGS: &[&str] = &["--api-key", "--hf-token", "--token"];
+
+/// The configuration as JSON, with the admin credentials' secret digests, every password in a
+/// URL (the store, the pod provider, monitoring targets, servers) and every secret flag's value
+/// in a command line replaced. (API keys of servers and pods are named by the environment
 /// variables that hold them, never written in the file.)
 pub fn redacted(config: &crate::config::Config) -> Value {
     let mut v = serde_json::to_value(config).unwrap_or(Value::Null);
@@ -15,21 +19,65 @@ pub fn redacted(config: &crate::config::Config) -> Value {
             c["secret_sha256"] = Value::String(REDACTED.into());
         }
     }
-    if let Some(url) = v["store"]["url"].as_str() {
-        v["store"]["url"] = Value::String(without_password(url));
-    }
+    scrub_value(&mut v);
     v
 }
 
-/// `redis://user:secret@host/` as `redis://user:<redacted>@host/`.
-fn without_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some(REDACTED));
-            u.to_string()
+fn scrub_value(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = scrubbed(s),
+        Value::Array(items) => {
+            let mut secret_next = false;
+            for item in items {
+                if let Value::String(s) = item {
+                    if std::mem::take(&mut secret_next) {
+                        *s = REDACTED.into();
+                        continue;
+                    }
+                    secret_next = SECRET_FLAGS.contains(&s.as_str());
+                }
+                scrub_value(item);
+            }
         }
-        _ => url.to_string(),
+        Value::Object(map) => map.values_mut().for_each(scrub_value),
+        _ => {}
     }
+}
+
+/// `text` with the password of every `scheme://user:secret@host` in it, and the value of every
+/// `--api-key=...` (and the other secret flags), replaced.
+pub fn scrubbed(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"')
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..=colon]);
+                out.push_str(REDACTED);
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    for flag in SECRET_FLAGS {
+        let prefix = format!("{flag}=");
+        if let Some(start) = out.find(&prefix) {
+            let from = start + prefix.len();
+            let end = out[from..]
+                .find(|c: char| c.is_whitespace() || c == '"')
+                .map_or(out.len(), |e| from + e);
+            out.replace_range(from..end, REDACTED);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -54,5 +102,24 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("redis://app:"));
+    }
+
+    #[test]
+    fn passwords_in_any_url_and_secret_flags_are_replaced() {
+        assert_eq!(
+            scrubbed("store.url: cannot reach redis://app:hunter2@db:6379/0 (refused)"),
+            "store.url: cannot reach redis://app:<redacted>@db:6379/0 (refused)"
+        );
+        assert_eq!(scrubbed("https://h:1/v1 and x@y"), "https://h:1/v1 and x@y");
+        assert_eq!(
+            scrubbed("vllm serve m --api-key=sk-1 --port 1"),
+            "vllm serve m --api-key=<redacted> --port 1"
+        );
+        let mut v = serde_json::json!({"pods": {"api_url": "https://u:pw@rp/v1"},
+            "runner": {"args": ["--api-key", "sk-2", "--port", "1"]}});
+        scrub_value(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("pw@") && !text.contains("sk-2"), "{text}");
+        assert!(text.contains("\"--port\",\"1\""), "{text}");
     }
 }

@@ -56,8 +56,8 @@ impl ShutdownSignalWatch for Signals {
                     let gw = self.gw.clone();
                     tokio::spawn(async move {
                         match crate::reload::reload(&gw).await {
-                            Ok(o) => tracing::info!(version = o.version, applied = ?o.applied, pending_restart = ?o.pending_restart, "SIGHUP: configuration reloaded"),
-                            Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running one stays"),
+                            Ok(o) => tracing::info!(version = o.version, applied = ?o.applied, pending_restart = ?o.pending_restart, warnings = ?o.warnings, "SIGHUP: configuration reloaded"),
+                            Err(e) => tracing::error!(error = %crate::reload::scrubbed(&e.to_string()), "SIGHUP: configuration not reloaded; the running one stays"),
                         }
                     });
                 }

@@ -60,15 +60,32 @@ impl Backend {
         settings: PeerSettings,
         metrics: &Metrics,
     ) -> Result<Self, BackendError> {
-        let key = match &cfg.api_key_env {
-            None => None,
-            Some(var) => Some((
-                std::env::var(var)
-                    .map_err(|_| BackendError::MissingKey(var.clone(), cfg.url.clone()))?,
-                var.as_str(),
-            )),
-        };
+        let key = Self::config_key(cfg)?.map(|k| (k, cfg.api_key_env.as_deref().unwrap_or("")));
         Self::with_key(cfg, key, settings, metrics)
+    }
+
+    /// The API key a config server names with `api_key_env`, read from the environment.
+    pub fn config_key(cfg: &ServerConfig) -> Result<Option<String>, BackendError> {
+        let Some(var) = &cfg.api_key_env else {
+            return Ok(None);
+        };
+        let key = std::env::var(var)
+            .map_err(|_| BackendError::MissingKey(var.clone(), cfg.url.clone()))?;
+        HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| BackendError::BadKey(var.clone()))?;
+        Ok(Some(key))
+    }
+
+    /// Whether this backend sends `key` (or no key, for `None`) as its bearer token.
+    pub fn sends_key(&self, key: Option<&str>) -> bool {
+        match (&self.auth_header, key) {
+            (None, None) => true,
+            (Some(h), Some(k)) => {
+                let h = h.as_bytes();
+                h.len() == 7 + k.len() && h.starts_with(b"Bearer ") && &h[7..] == k.as_bytes()
+            }
+            _ => false,
+        }
     }
 
     /// Build with the server's API key given (and where it came from, for errors) rather than

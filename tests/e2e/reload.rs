@@ -1,6 +1,6 @@
 //! Configuration reload (issue 15, item 3): `POST /admin/config/reload` and SIGHUP read the
-//! file again; live settings (health, auth, data-plane limits) apply without a restart and
-//! without dropping a connection; the others are reported as waiting for a
+//! file again; live settings (servers, health, auth, data-plane limits) apply without a
+//! restart and without dropping a connection; the others are reported as waiting for a
 //! restart; an invalid file is refused with its error and nothing changes.
 
 use crate::harness::*;
@@ -41,8 +41,7 @@ async fn a_reload_applies_limits_live_on_open_connections_and_reports_the_rest()
     let (head, _) = read_response(&mut conn, &mut buf).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
-    // A smaller body limit (live); a new listen address and a new server (restart only, for
-    // now: a server's key, provider and removal are not applied live yet).
+    // A smaller body limit and a new server (live); a new listen address (restart only).
     let path = gw.config_path();
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text.replacen("[proxy]\n", "[proxy]\nmax_body_bytes = 2000\n", 1);
@@ -55,20 +54,22 @@ async fn a_reload_applies_limits_live_on_open_connections_and_reports_the_rest()
     let (status, outcome) = reload(&gw, &c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["version"], 2);
-    assert_eq!(outcome["applied"], json!(["proxy.max_body_bytes"]));
     assert_eq!(
-        outcome["pending_restart"],
-        json!(["proxy.listen", "servers"])
+        outcome["applied"],
+        json!(["proxy.max_body_bytes", "servers"])
     );
+    assert_eq!(outcome["pending_restart"], json!(["proxy.listen"]));
+    assert_eq!(outcome["warnings"], json!([]));
 
-    // The connection opened before is still served: the new server waits for a restart,
-    // and the new limit applies (a 413 closes the connection).
+    // The connection opened before is still served: by the new server, and under the new
+    // limit (a 413 closes the connection).
     conn.write_all(request("b", 0).as_bytes()).await.unwrap();
     let (head, _) = read_response(&mut conn, &mut buf).await;
     assert!(
-        head.starts_with("HTTP/1.1 404"),
-        "model b waits for a restart: {head}"
+        head.starts_with("HTTP/1.1 200"),
+        "model b is served: {head}"
     );
+    assert!(head.contains("x-mock-server: b"), "{head}");
     conn.write_all(request("a", 3000).as_bytes()).await.unwrap();
     let (head, _) = read_response(&mut conn, &mut buf).await;
     assert!(
@@ -76,13 +77,13 @@ async fn a_reload_applies_limits_live_on_open_connections_and_reports_the_rest()
         "the new body limit: {head}"
     );
 
-    // The running configuration: the new limit, and the old listen address and servers.
+    // The running configuration: the new limit and servers, the old listen address.
     let (status, running) = gw.admin_get(&c, "/admin/config").await;
     assert_eq!(status, 200);
     assert_eq!(running["version"], 2);
     assert_eq!(running["config"]["proxy"]["max_body_bytes"], 2000);
     assert_eq!(running["config"]["proxy"]["listen"], gw.proxy.to_string());
-    assert_eq!(running["config"]["servers"].as_array().unwrap().len(), 1);
+    assert_eq!(running["config"]["servers"].as_array().unwrap().len(), 2);
     assert_eq!(running["sha256"].as_str().unwrap().len(), 64);
     // The same file again changes nothing.
     let (_, again) = reload(&gw, &c).await;
@@ -187,4 +188,93 @@ async fn a_lowered_max_stale_keeps_valid_keys_confirmed() {
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// What a reload does to `[[servers]]`: a server added with `api_key_env` sends its key, one
+/// whose key changes is rebuilt, one removed stops being routed (it was seeded into the
+/// registry too); an unset variable is refused.
+#[tokio::test]
+async fn a_reloaded_server_list_applies_new_servers_keys_and_removals() {
+    let a = mock("a", &["a"]).await;
+    let keyed = mock_with(infergate::mock::MockConfig {
+        name: "k".into(),
+        models: vec!["k".into()],
+        api_key: Some("sk-upstream".into()),
+        ..Default::default()
+    })
+    .await;
+    let gw = Gateway::start_with_env(
+        &server(&a.url(), &["a"]),
+        &[("UPSTREAM_KEY", "sk-upstream")],
+    )
+    .await;
+    let c = Client::new();
+    let path = gw.config_path();
+    let base = std::fs::read_to_string(&path).unwrap();
+    let without_servers = base.split("[[servers]]").next().unwrap().to_string();
+    let keyed_block = format!(
+        "[[servers]]\nurl = {:?}\nprovider = \"vllm\"\nmodels = [\"k\"]\napi_key_env = \"UPSTREAM_KEY\"\n\n",
+        keyed.url()
+    );
+
+    // Added with its key: served (the mock answers 401 without it).
+    std::fs::write(&path, format!("{base}\n{keyed_block}")).unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["applied"], json!(["servers"]));
+    let r = gw.chat(&c, &chat_body("k")).await;
+    assert_eq!(r.status(), 200, "the added server gets its key");
+    assert_eq!(r.headers()["x-mock-server"], "k");
+
+    // An unset variable: refused, named, and nothing changes.
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n{}",
+            keyed_block.replace("UPSTREAM_KEY", "NOT_SET_ANYWHERE")
+        ),
+    )
+    .unwrap();
+    let (status, body) = reload(&gw, &c).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string().contains("servers[1].api_key_env")
+            && body.to_string().contains("NOT_SET_ANYWHERE"),
+        "{body}"
+    );
+    assert_eq!(gw.chat(&c, &chat_body("k")).await.status(), 200);
+
+    // The key removed from the entry: the backend is rebuilt without it (the mock refuses).
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n{}",
+            keyed_block.replace("api_key_env = \"UPSTREAM_KEY\"\n", "")
+        ),
+    )
+    .unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    let r = gw.chat(&c, &chat_body("k")).await;
+    assert_ne!(r.status(), 200, "the key went with the entry");
+
+    // Server a removed (k back with its key): a is no longer routed, here or in the
+    // registry, and k's entry has its key again.
+    std::fs::write(&path, format!("{without_servers}\n{keyed_block}")).unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["warnings"], json!([]));
+    assert_eq!(gw.chat(&c, &chat_body("a")).await.status(), 404);
+    assert_eq!(gw.chat(&c, &chat_body("k")).await.status(), 200);
+    let (_, routes) = gw.admin_get(&c, "/admin/models/registry").await;
+    let urls: Vec<&str> = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls, [keyed.url().as_str()], "{routes}");
+    // The registry sync (every 10 s, and on every change) does not bring it back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gw.chat(&c, &chat_body("a")).await.status(), 404);
 }
