@@ -160,11 +160,7 @@ impl Gateway {
 
     /// How a server's failures and successes move its health, as configured now.
     pub fn policy(&self) -> HealthPolicy {
-        let running = self.running.load();
-        HealthPolicy {
-            unhealthy_threshold: running.config.health.unhealthy_threshold,
-            healthy_threshold: running.config.health.healthy_threshold,
-        }
+        HealthPolicy::from(&self.running.load().config.health)
     }
 
     /// The config's (model, server URL) routes.

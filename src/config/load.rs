@@ -156,6 +156,12 @@ impl Validator<'_> {
                 "must be at least 100 (milliseconds)".into(),
             );
         }
+        if c.health.passive_ejection_ms > 3_600_000 {
+            self.fail(
+                &[Key("health"), Key("passive_ejection_ms")],
+                "must be at most 3600000 (one hour)".into(),
+            );
+        }
         if !c.health.path.starts_with('/') {
             self.fail(
                 &[Key("health"), Key("path")],

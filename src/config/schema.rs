@@ -516,6 +516,7 @@ pub struct HealthConfig {
     pub timeout_ms: u64,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+    pub passive_ejection_ms: u64,
 }
 
 impl Default for HealthConfig {
@@ -526,6 +527,7 @@ impl Default for HealthConfig {
             timeout_ms: 2_000,
             unhealthy_threshold: 3,
             healthy_threshold: 2,
+            passive_ejection_ms: 10_000,
         }
     }
 }

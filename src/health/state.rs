@@ -7,6 +7,22 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 pub struct HealthPolicy {
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+    /// How long passing probes cannot readmit a server that failing requests ejected; doubled
+    /// for each further such ejection without a served request between (up to 8×).
+    pub passive_ejection_ms: u64,
+}
+
+/// The longest passive ejection, as a multiple of `passive_ejection_ms`.
+const MAX_EJECTION_SHIFT: u32 = 3;
+
+impl From<&crate::config::HealthConfig> for HealthPolicy {
+    fn from(h: &crate::config::HealthConfig) -> Self {
+        Self {
+            unhealthy_threshold: h.unhealthy_threshold,
+            healthy_threshold: h.healthy_threshold,
+            passive_ejection_ms: h.passive_ejection_ms,
+        }
+    }
 }
 
 /// Where an outcome was observed. Probes and proxied requests keep separate failure streaks, so
@@ -49,6 +65,10 @@ pub struct HealthState {
     successes: AtomicU32,
     last_check_ms: AtomicU64,
     last_failure_ms: AtomicU64,
+    /// Passive ejections since the server last served a request well.
+    passive_ejections: AtomicU32,
+    /// Until when (unix ms) probes cannot readmit it after a passive ejection.
+    held_until_ms: AtomicU64,
 }
 
 impl Default for HealthState {
@@ -60,6 +80,8 @@ impl Default for HealthState {
             successes: AtomicU32::new(0),
             last_check_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
+            passive_ejections: AtomicU32::new(0),
+            held_until_ms: AtomicU64::new(0),
         }
     }
 }
@@ -75,9 +97,12 @@ impl HealthState {
         self.last_check_ms.store(now_ms, Relaxed);
     }
 
-    pub fn record_success(&self, policy: HealthPolicy, source: Source) -> Transition {
+    pub fn record_success(&self, policy: HealthPolicy, source: Source, now_ms: u64) -> Transition {
         if source == Source::Passive {
             self.passive_failures.store(0, Relaxed);
+            if self.passive_ejections.load(Relaxed) != 0 {
+                self.passive_ejections.store(0, Relaxed);
+            }
             return Transition::None;
         }
         self.failures.store(0, Relaxed);
@@ -85,6 +110,7 @@ impl HealthState {
         let successes = self.successes.fetch_add(1, Relaxed).saturating_add(1);
         if !self.is_healthy()
             && successes >= policy.healthy_threshold
+            && now_ms >= self.held_until_ms.load(Relaxed)
             && self
                 .healthy
                 .compare_exchange(false, true, Relaxed, Relaxed)
@@ -110,9 +136,21 @@ impl HealthState {
                 .compare_exchange(true, false, Relaxed, Relaxed)
                 .is_ok()
         {
+            if source == Source::Passive {
+                // Its health endpoint may pass while its answers fail: probes wait, longer
+                // each time, so that it does not flap back in to fail more requests.
+                let n = self.passive_ejections.fetch_add(1, Relaxed);
+                let hold = policy.passive_ejection_ms << n.min(MAX_EJECTION_SHIFT);
+                self.held_until_ms.store(now_ms + hold, Relaxed);
+            }
             return Transition::BecameUnhealthy;
         }
         Transition::None
+    }
+
+    /// Until when (unix ms) probes cannot readmit the server (0 or past: no hold).
+    pub fn held_until_ms(&self) -> u64 {
+        self.held_until_ms.load(Relaxed)
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {
@@ -136,6 +174,7 @@ mod tests {
     const P: HealthPolicy = HealthPolicy {
         unhealthy_threshold: 3,
         healthy_threshold: 2,
+        passive_ejection_ms: 1000,
     };
 
     use Source::*;
@@ -149,8 +188,8 @@ mod tests {
         assert_eq!(h.record_failure(P, Probe, 3), Transition::BecameUnhealthy);
         assert!(!h.is_healthy());
         assert_eq!(h.record_failure(P, Probe, 4), Transition::None);
-        assert_eq!(h.record_success(P, Probe), Transition::None);
-        assert_eq!(h.record_success(P, Probe), Transition::BecameHealthy);
+        assert_eq!(h.record_success(P, Probe, 10), Transition::None);
+        assert_eq!(h.record_success(P, Probe, 10), Transition::BecameHealthy);
         let s = h.snapshot();
         assert!(s.healthy);
         assert_eq!((s.consecutive_failures, s.consecutive_successes), (0, 2));
@@ -162,7 +201,7 @@ mod tests {
         let h = HealthState::default();
         h.record_failure(P, Passive, 1);
         h.record_failure(P, Passive, 2);
-        h.record_success(P, Passive);
+        h.record_success(P, Passive, 10);
         h.record_failure(P, Passive, 3);
         h.record_failure(P, Passive, 4);
         assert!(h.is_healthy());
@@ -172,13 +211,50 @@ mod tests {
     fn passing_requests_do_not_mask_failing_probes() {
         let h = HealthState::default();
         h.record_failure(P, Probe, 1);
-        h.record_success(P, Passive);
+        h.record_success(P, Passive, 10);
         h.record_failure(P, Probe, 2);
-        h.record_success(P, Passive);
+        h.record_success(P, Passive, 10);
         assert_eq!(h.record_failure(P, Probe, 3), Transition::BecameUnhealthy);
         // Passive successes cannot readmit; probes do.
-        h.record_success(P, Passive);
-        h.record_success(P, Passive);
+        h.record_success(P, Passive, 10);
+        h.record_success(P, Passive, 10);
         assert!(!h.is_healthy());
+    }
+
+    #[test]
+    fn a_passive_ejection_holds_probes_off_longer_each_time_until_a_request_succeeds() {
+        let h = HealthState::default();
+        let eject = |at: u64| {
+            for i in 0..3 {
+                h.record_failure(P, Passive, at + i);
+            }
+            assert!(!h.is_healthy());
+        };
+        eject(1000);
+        // Held for 1 s from the ejection (at 1002): passing probes wait.
+        h.record_success(P, Probe, 1500);
+        assert_eq!(h.record_success(P, Probe, 1600), Transition::None);
+        assert_eq!(h.record_success(P, Probe, 2002), Transition::BecameHealthy);
+        // Ejected again without a served request between: 2 s, then 4, 8, and 8 at most.
+        for (k, hold) in [2000, 4000, 8000, 8000].into_iter().enumerate() {
+            let at = 10_000 * (k as u64 + 1);
+            eject(at);
+            assert_eq!(h.held_until_ms(), at + 2 + hold);
+            h.record_success(P, Probe, at + hold);
+            assert!(!h.is_healthy());
+            h.record_success(P, Probe, at + 2 + hold);
+            assert!(h.is_healthy());
+        }
+        // A served request resets the count: the next hold is 1 s again.
+        h.record_success(P, Passive, 60_000);
+        eject(70_000);
+        assert_eq!(h.held_until_ms(), 71_002);
+        // Probe failures eject without a hold: probes readmit as soon as they pass.
+        let p = HealthState::default();
+        for i in 0..3 {
+            p.record_failure(P, Probe, i);
+        }
+        p.record_success(P, Probe, 3);
+        assert_eq!(p.record_success(P, Probe, 4), Transition::BecameHealthy);
     }
 }

@@ -54,10 +54,7 @@ impl Settings {
             keepalive: Duration::from_secs(p.keepalive_timeout_secs),
             max_connections: p.max_connections,
             auth_required: live.auth.proxy == crate::config::ProxyAuth::Required,
-            policy: crate::health::HealthPolicy {
-                unhealthy_threshold: live.health.unhealthy_threshold,
-                healthy_threshold: live.health.healthy_threshold,
-            },
+            policy: crate::health::HealthPolicy::from(&live.health),
         }
     }
 }

@@ -135,7 +135,9 @@ impl Backend {
 
     /// Count a success (probe or proxied answer).
     pub fn record_success(&self, policy: HealthPolicy, source: Source) {
-        if self.health.record_success(policy, source) == Transition::BecameHealthy {
+        // (No clock read for a served request: only probes readmit.)
+        let now = if source == Source::Probe { now_ms() } else { 0 };
+        if self.health.record_success(policy, source, now) == Transition::BecameHealthy {
             self.health_gauge.set(1);
             tracing::info!(server = %self.id, "server is healthy again: readmitted");
         }

@@ -351,6 +351,8 @@ fn test_config(
                 ("timeout_ms".into(), "500".into()),
                 ("unhealthy_threshold".into(), "2".into()),
                 ("healthy_threshold".into(), "2".into()),
+                // Tests of passive ejection set their own wait (chaos.rs).
+                ("passive_ejection_ms".into(), "0".into()),
             ],
         ),
     ];
@@ -411,6 +413,11 @@ pub struct MockProcess {
 
 impl MockProcess {
     pub async fn start(port: u16, name: &str, models: &str) -> MockProcess {
+        Self::start_with(port, name, models, &[]).await
+    }
+
+    /// With more `infergate mock` arguments (`--ttft-ms`, `--itl-ms`, ...).
+    pub async fn start_with(port: u16, name: &str, models: &str, args: &[&str]) -> MockProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_infergate"))
             .args([
                 "mock",
@@ -421,6 +428,7 @@ impl MockProcess {
                 "--models",
                 models,
             ])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

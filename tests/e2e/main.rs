@@ -4,9 +4,11 @@ mod fake_docker;
 mod fake_hub;
 mod fake_runpod;
 mod harness;
+mod load;
 mod wire;
 
 mod admin;
+mod chaos;
 mod cli;
 mod differential;
 mod drain;
