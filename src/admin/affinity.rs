@@ -78,7 +78,7 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Result<Json<AffinityRep
             session_hit_count: c.hits,
             session_miss_count: c.misses,
             fallback_count: c.fallbacks,
-            ttl_minutes: s.gw.config.affinity.ttl_minutes,
+            ttl_minutes: s.gw.live().affinity.ttl_minutes,
         });
     }
     Ok(Json(AffinityReport { providers }))

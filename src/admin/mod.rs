@@ -45,8 +45,10 @@ use std::sync::Arc;
 /// What the admin handlers share.
 pub struct AdminState {
     pub gw: Arc<Gateway>,
-    pub creds: Credentials,
-    pub pods: Pods,
+    /// Built from `[admin] credentials` (and the environment), again after a reload.
+    creds: crate::reload::Derived<Vec<crate::config::CredentialConfig>, Credentials>,
+    /// Built from `[pods]`, again after a reload.
+    pods: crate::reload::Derived<crate::config::PodsConfig, Pods>,
     /// For model discovery outside the data plane.
     pub client: reqwest::Client,
     /// Probes on demand (`POST upstreams/refresh-health`).
@@ -77,14 +79,35 @@ pub enum AdminSetupError {
 }
 
 impl AdminState {
+    /// The admin credentials as configured now.
+    pub fn creds(&self) -> Arc<Credentials> {
+        let live = self.gw.live();
+        self.creds
+            .get(&live.admin.credentials, "admin credentials", |_| {
+                Credentials::from_env_and_config(&live.admin)
+            })
+    }
+
+    /// The pod provider as configured now.
+    pub fn pods(&self) -> Arc<Pods> {
+        let live = self.gw.live();
+        self.pods.get(&live.pods, "pod provider", Pods::from_config)
+    }
+
     pub fn new(
         gw: Arc<Gateway>,
         life: Arc<crate::lifecycle::Lifecycle>,
         monitor: Arc<crate::monitoring::Monitor>,
     ) -> Result<Self, AdminSetupError> {
         Ok(Self {
-            creds: Credentials::from_env_and_config(&gw.config.admin)?,
-            pods: Pods::from_config(&gw.config.pods)?,
+            creds: crate::reload::Derived::new(
+                gw.config.admin.credentials.clone(),
+                Credentials::from_env_and_config(&gw.config.admin)?,
+            ),
+            pods: crate::reload::Derived::new(
+                gw.config.pods.clone(),
+                Pods::from_config(&gw.config.pods)?,
+            ),
             client: crate::health::server_client(&gw.config)?,
             prober: crate::health::HealthChecker::new(gw.clone())?,
             usage_scans: tokio::sync::Semaphore::new(2),
@@ -321,7 +344,7 @@ async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Nex
     // same NAT as others, is not guessing).
     let presented =
         req.headers().contains_key(header::AUTHORIZATION) || req.headers().contains_key("api-key");
-    match s.creds.authorize(req.headers(), &s.gw.keys, AI_ADMIN) {
+    match s.creds().authorize(req.headers(), &s.gw.keys, AI_ADMIN) {
         Ok(_) => next.run(req).await,
         Err(e) => {
             if e.status() == StatusCode::UNAUTHORIZED && presented {

@@ -119,7 +119,7 @@ async fn summary(s: &AdminState, pod: &Pod) -> PodSummary {
         id: pod.id.clone(),
         name: pod.name.clone(),
         desired_status: pod.desired_status.clone(),
-        kind: s.pods.kind(&pod.name),
+        kind: s.pods().kind(&pod.name),
         models,
         healthy,
         inflight: demand.inflight,
@@ -158,7 +158,7 @@ pub async fn list(
     RawQuery(q): RawQuery,
 ) -> Result<Json<PodList>, ApiError> {
     let page = Page::from_query(q.as_deref())?;
-    let all = s.pods.list().await.map_err(provider_error)?;
+    let all = s.pods().list().await.map_err(provider_error)?;
     // One demand read per pod of the page, concurrently.
     let mut reads = tokio::task::JoinSet::new();
     for (i, pod) in page.slice(&all).iter().enumerate() {
@@ -199,7 +199,7 @@ pub async fn get(
         // Such an id names no pod (and is never sent to the provider).
         return Err(ApiError::not_found("pod not found"));
     }
-    let pod = s.pods.get(&id).await.map_err(provider_error)?;
+    let pod = s.pods().get(&id).await.map_err(provider_error)?;
     Ok(Json(PodDetail {
         summary: summary(&s, &pod).await,
         last_started_at: pod.last_started_at.clone(),
@@ -232,7 +232,7 @@ pub async fn restart(
     if !valid_pod_id(&id) {
         return Err(invalid());
     }
-    match s.pods.restart(&id).await {
+    match s.pods().restart(&id).await {
         Ok(()) => {
             tracing::info!(pod = %id, "pod restart initiated");
             Ok(Json(RestartAccepted {

@@ -388,7 +388,7 @@ impl Default for AdminConfig {
 }
 
 /// One `[[admin.credentials]]` entry: an API key, the SHA-256 of its secret, and its roles.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     pub api_key: String,
@@ -410,7 +410,7 @@ pub enum PodProviderKind {
 }
 
 /// `[pods]`: the pod provider behind the admin pod endpoints.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PodsConfig {
     pub provider: PodProviderKind,
@@ -442,7 +442,7 @@ impl Default for PodsConfig {
 }
 
 /// One `[[pods.static]]` entry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticPodConfig {
     pub id: String,

@@ -4,8 +4,11 @@
 //! applied at once, without dropping a connection; the others keep their running values
 //! and are reported as waiting for a restart.
 
+mod derived;
 mod redact;
 mod servers;
+
+pub use derived::Derived;
 
 pub use redact::{redacted, scrubbed};
 
@@ -18,6 +21,9 @@ use std::sync::Arc;
 pub const LIVE: &[&str] = &[
     "servers",
     "health.*",
+    "pods.*",
+    "affinity.*",
+    "admin.credentials",
     "auth.proxy",
     "auth.max_stale_secs",
     "proxy.max_body_bytes",
@@ -71,6 +77,7 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
     })?;
     let new = crate::config::parse_str(&text).map_err(ReloadError::Invalid)?;
     check_server_keys(&new)?;
+    check_sections(&new)?;
     let (running, started, file) = (
         to_value(&current.config),
         to_value(&gw.config),
@@ -116,6 +123,10 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
     }
     gw.keys
         .set_max_stale(config.auth.max_stale_secs.saturating_mul(1000));
+    gw.store.set_affinity_limits(
+        config.affinity.ttl_minutes.saturating_mul(60_000),
+        config.affinity.max_entries,
+    );
     gw.apply_config(Running {
         config: Arc::new(config),
         version,
@@ -155,6 +166,23 @@ fn check_server_keys(new: &Config) -> Result<(), ReloadError> {
                 message: format!("{e} in the gateway's environment (a reload cannot add one: restart with it set)"),
             }));
         }
+    }
+    Ok(())
+}
+
+/// The pod provider of the new file must build (its key is in the environment, which a
+/// reload cannot change). (The admin credentials always build: the file's are checked as it
+/// is read, and only the environment's pair can fail, which a reload does not change.)
+fn check_sections(new: &Config) -> Result<(), ReloadError> {
+    let invalid = |key: &str, message: String| {
+        ReloadError::Invalid(crate::config::ConfigError::Invalid {
+            key: key.into(),
+            at: String::new(),
+            message,
+        })
+    };
+    if let Err(e) = crate::pods::Pods::from_config(&new.pods) {
+        return Err(invalid("pods", e.to_string()));
     }
     Ok(())
 }

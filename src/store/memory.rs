@@ -25,8 +25,9 @@ pub type TouchSink = Box<dyn Fn(&Arc<Entry>) + Send + Sync>;
 
 /// In-memory affinity with a sliding TTL and a bound on the number of entries.
 pub struct MemoryStore {
-    ttl_ms: u64,
-    max_entries: usize,
+    /// The affinity TTL and entry bound (`[affinity]`; a reload changes them).
+    ttl_ms: AtomicU64,
+    max_entries: std::sync::atomic::AtomicUsize,
     hasher: std::collections::hash_map::RandomState,
     /// Keyed by a keyed hash of (user, model); the entry keeps both to rule out collisions.
     /// The key is already a keyed SipHash, so the map uses it as it is.
@@ -66,8 +67,8 @@ impl Default for UsageLimits {
 impl MemoryStore {
     pub fn new(ttl_ms: u64, max_entries: usize) -> Self {
         Self {
-            ttl_ms,
-            max_entries,
+            ttl_ms: AtomicU64::new(ttl_ms),
+            max_entries: max_entries.into(),
             hasher: Default::default(),
             entries: DashMap::with_hasher(PassThrough::default()),
             counts: Default::default(),
@@ -94,6 +95,19 @@ impl MemoryStore {
         self
     }
 
+    /// The affinity TTL now.
+    #[inline]
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms.load(Relaxed)
+    }
+
+    /// A new affinity TTL (entries take it the next time they are used) and entry bound
+    /// (entries beyond a lowered one stay until they expire; no new one is added meanwhile).
+    pub fn set_affinity_limits(&self, ttl_ms: u64, max_entries: usize) {
+        self.ttl_ms.store(ttl_ms, Relaxed);
+        self.max_entries.store(max_entries, Relaxed);
+    }
+
     fn key(&self, user: &str, model: &str) -> u64 {
         self.hasher.hash_one((user, model))
     }
@@ -103,15 +117,16 @@ impl MemoryStore {
         let key = self.key(user, model);
         if let Some(e) = self.entries.get(&key) {
             if &*e.user == user && &*e.model == model && *e.server == **server {
-                e.expires_ms.store(now_ms + self.ttl_ms, Relaxed);
+                e.expires_ms.store(now_ms + self.ttl_ms(), Relaxed);
                 return;
             }
         }
-        if self.entries.len() >= self.max_entries {
+        let max_entries = self.max_entries.load(Relaxed);
+        if self.entries.len() >= max_entries {
             self.sweep(now_ms);
-            if self.entries.len() >= self.max_entries {
+            if self.entries.len() >= max_entries {
                 tracing::warn!(
-                    max_entries = self.max_entries,
+                    max_entries,
                     "affinity table full; request served without a new entry"
                 );
                 return;
@@ -121,7 +136,7 @@ impl MemoryStore {
             user: user.into(),
             model: model.into(),
             server: server.clone(),
-            expires_ms: AtomicU64::new(now_ms + self.ttl_ms),
+            expires_ms: AtomicU64::new(now_ms + self.ttl_ms()),
             touched: AtomicBool::new(false),
         });
         self.entries.insert(key, entry);
@@ -320,6 +335,10 @@ impl Store for MemoryStore {
         Ok(removed)
     }
 
+    fn set_affinity_limits(&self, ttl_ms: u64, max_entries: usize) {
+        MemoryStore::set_affinity_limits(self, ttl_ms, max_entries);
+    }
+
     fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.registry_tx.subscribe())
     }
@@ -370,7 +389,7 @@ impl Store for MemoryStore {
         if &*e.user != user || &*e.model != model || e.expires_ms.load(Relaxed) <= now_ms {
             return None;
         }
-        e.expires_ms.store(now_ms + self.ttl_ms, Relaxed);
+        e.expires_ms.store(now_ms + self.ttl_ms(), Relaxed);
         if let Some(sink) = &self.on_touch {
             if !e.touched.swap(true, Relaxed) {
                 sink(e.value());

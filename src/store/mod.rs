@@ -191,6 +191,10 @@ pub trait Store: Send + Sync + 'static {
     /// Remove a route; `true` when it existed.
     async fn registry_remove(&self, model: &str, url: &str) -> Result<bool, StoreError>;
 
+    /// A reloaded `[affinity]`: the TTL entries take the next time they are used, and the
+    /// bound on this instance's entries.
+    fn set_affinity_limits(&self, ttl_ms: u64, max_entries: usize);
+
     /// Changes whenever the registry may have changed (on any instance).
     fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
 

@@ -52,7 +52,7 @@ async fn a_a_server_killed_under_load_fails_only_its_requests_in_flight_and_retu
         let name = format!("s{i}");
         MockProcess::start_with(ports[i], &name, "m", &["--ttft-ms", "40", "--itl-ms", "20"]).await
     };
-    let mut servers = vec![start(0).await, start(1).await, start(2).await];
+    let mut servers = [start(0).await, start(1).await, start(2).await];
     let urls: String = ports
         .iter()
         .map(|p| server(&format!("http://127.0.0.1:{p}/v1"), &["m"]))

@@ -278,3 +278,101 @@ async fn a_reloaded_server_list_applies_new_servers_keys_and_removals() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(gw.chat(&c, &chat_body("a")).await.status(), 404);
 }
+
+/// `[pods]` and `[[admin.credentials]]` change live: a static pod appears, a new ai_admin
+/// account works and a removed one stops working; a RunPod provider whose key variable is
+/// unset is refused.
+#[tokio::test]
+async fn pods_and_admin_credentials_change_live() {
+    let a = mock("a", &["a"]).await;
+    let ops = infergate::admin::auth::hash_secret_hex("ops-secret");
+    let account = format!(
+        "[[admin.credentials]]\napi_key = \"ops\"\nsecret_sha256 = \"{ops}\"\nroles = [\"ai_admin\"]\n\n"
+    );
+    let gw = Gateway::start(&server(&a.url(), &["a"])).await;
+    let c = Client::new();
+    let as_ops = || {
+        c.get(format!("http://{}/admin/pods", gw.admin))
+            .header("api-key", "ops")
+            .header("api-secret", "ops-secret")
+    };
+    assert_eq!(as_ops().send().await.unwrap().status(), 401);
+    let path = gw.config_path();
+    let base = std::fs::read_to_string(&path).unwrap();
+    let pods = format!(
+        "[pods]\nprovider = \"static\"\n[[pods.static]]\nid = \"box-1\"\nname = \"lab-1\"\nurl = {:?}\n\n",
+        a.url()
+    );
+    std::fs::write(&path, format!("{base}\n{pods}{account}")).unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(
+        outcome["applied"],
+        json!(["admin.credentials", "pods.provider", "pods.static"])
+    );
+    let r = as_ops().send().await.unwrap();
+    assert_eq!(r.status(), 200, "the new account works");
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["pods"][0]["id"], "box-1", "{page}");
+    assert_eq!(page["pods"][0]["healthy"], true, "{page}");
+
+    // A RunPod provider without its key in the environment: refused, nothing changes.
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[pods]\nprovider = \"runpod\"\napi_key_env = \"NO_SUCH_KEY_VAR\"\n\n{account}"
+        ),
+    )
+    .unwrap();
+    let (status, body) = reload(&gw, &c).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("NO_SUCH_KEY_VAR"), "{body}");
+    assert_eq!(as_ops().send().await.unwrap().status(), 200);
+
+    // The account removed: refused again; the pods are gone with their table.
+    std::fs::write(&path, &base).unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(as_ops().send().await.unwrap().status(), 401);
+    let (_, page) = gw.admin_get(&c, "/admin/pods").await;
+    assert_eq!(page["pods"], json!([]), "{page}");
+}
+
+/// `[affinity]` changes live: the TTL the admin report shows, and the bound on entries (a user
+/// beyond it is served without an entry, so each of their requests is a miss).
+#[tokio::test]
+async fn affinity_limits_change_live() {
+    let (a, b) = (mock("a", &["m"]).await, mock("b", &["m"]).await);
+    let gw = Gateway::start(&(server(&a.url(), &["m"]) + &server(&b.url(), &["m"]))).await;
+    let c = Client::new();
+    let path = gw.config_path();
+    let base = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{base}\n[affinity]\nttl_minutes = 5\nmax_entries = 1\n"),
+    )
+    .unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(
+        outcome["applied"],
+        json!(["affinity.max_entries", "affinity.ttl_minutes"])
+    );
+    for user in ["alice", "alice", "bob", "bob"] {
+        let mut body = chat_body("m");
+        body["user"] = json!(user);
+        assert_eq!(gw.chat(&c, &body).await.status(), 200);
+    }
+    let (_, report) = gw.admin_get(&c, "/admin/affinity").await;
+    let p = &report["providers"][0];
+    assert_eq!(p["ttl_minutes"], 5, "{report}");
+    // alice: a miss, then a hit; bob, beyond the bound of one entry: two misses.
+    assert_eq!(
+        (
+            p["session_hit_count"].as_u64(),
+            p["session_miss_count"].as_u64()
+        ),
+        (Some(1), Some(3)),
+        "{report}"
+    );
+}

@@ -78,7 +78,6 @@ pub struct ValkeyStore {
     pub(crate) local: MemoryStore,
     pub(crate) valkey: Valkey,
     pub(crate) keys: Keys,
-    pub(crate) ttl_ms: u64,
     pub(crate) usage_retention_ms: u64,
     /// A cluster: a pipeline must stay within one slot.
     pub(crate) cluster: bool,
@@ -122,7 +121,6 @@ impl ValkeyStore {
             local,
             valkey,
             keys: Keys::new(&cfg.prefix),
-            ttl_ms: cfg.ttl_ms,
             usage_retention_ms: cfg.usage_retention_ms,
             cluster: cfg.cluster,
             touched: Mutex::new(Some(rx)),
@@ -180,7 +178,7 @@ impl ValkeyStore {
             .key(self.keys.affinity_index(user))
             .arg(candidate)
             .arg(stale.unwrap_or(""))
-            .arg(self.ttl_ms)
+            .arg(self.local.ttl_ms())
             .arg(model);
         self.valkey
             .run(|mut c| async move { inv.invoke_async::<(String, u8)>(&mut c).await })
@@ -424,6 +422,11 @@ impl Store for ValkeyStore {
 
     async fn registry_remove(&self, model: &str, url: &str) -> Result<bool, StoreError> {
         registry::remove(self, model, url).await
+    }
+
+    fn set_affinity_limits(&self, ttl_ms: u64, max_entries: usize) {
+        // Local entries and the TTL the claim script and the touch sync give shared ones.
+        self.local.set_affinity_limits(ttl_ms, max_entries);
     }
 
     fn registry_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

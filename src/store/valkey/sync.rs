@@ -227,7 +227,7 @@ async fn refresh_ttls(store: &ValkeyStore, touched: &mut mpsc::UnboundedReceiver
         let (aff, idx, ttl) = (
             store.keys.affinity(&e.user, &e.model),
             store.keys.affinity_index(&e.user),
-            store.ttl_ms,
+            store.local.ttl_ms(),
         );
         let _ = store
             .valkey
