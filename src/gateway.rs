@@ -31,6 +31,8 @@ pub struct Gateway {
     pub running: ArcSwap<crate::config::Running>,
     /// Its version, for one-load checks on the request path.
     applied: std::sync::atomic::AtomicU64,
+    /// The same version, for background loops that wait for a reload.
+    reloaded: tokio::sync::watch::Sender<u64>,
     pub table: ArcSwap<RoutingTable>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
@@ -113,6 +115,7 @@ impl Gateway {
         Ok(Arc::new(Self {
             running: ArcSwap::from_pointee(crate::config::Running::new(config.clone())),
             applied: std::sync::atomic::AtomicU64::new(1),
+            reloaded: tokio::sync::watch::channel(1).0,
             config,
             table: ArcSwap::from_pointee(table),
             metrics,
@@ -156,6 +159,12 @@ impl Gateway {
         self.running.store(Arc::new(running));
         self.applied
             .store(version, std::sync::atomic::Ordering::Release);
+        self.reloaded.send_replace(version);
+    }
+
+    /// Changes each time a reload applies a configuration.
+    pub fn config_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
     }
 
     /// How a server's failures and successes move its health, as configured now.

@@ -36,8 +36,8 @@ pub enum ProbeSetupError {
 pub fn server_client(config: &crate::config::Config) -> Result<reqwest::Client, ProbeSetupError> {
     let h = &config.health;
     let mut builder = reqwest::Client::builder()
+        // (Probes set their own timeout, the live `timeout_ms`, which bounds the connect too.)
         .timeout(Duration::from_millis(h.timeout_ms))
-        .connect_timeout(Duration::from_millis(h.timeout_ms))
         .pool_idle_timeout(Duration::from_millis(config.proxy.pool_idle_timeout_ms))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(ca) = &config.proxy.ca_file {
@@ -128,6 +128,7 @@ async fn probe(
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last_sweep = tokio::time::Instant::now();
+        let mut reloads = self.gw.config_changes();
         loop {
             let round = tokio::time::Instant::now();
             self.probe_all().await;
@@ -135,10 +136,17 @@ impl BackgroundService for HealthChecker {
                 self.gw.store.sweep(now_ms());
                 last_sweep = tokio::time::Instant::now();
             }
-            let interval = Duration::from_millis(self.gw.live().health.interval_ms);
-            tokio::select! {
-                _ = tokio::time::sleep_until(round + interval) => {}
-                _ = shutdown.changed() => return,
+            // A reload may shorten the interval: the wait follows it.
+            loop {
+                let interval = Duration::from_millis(self.gw.live().health.interval_ms);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(round + interval) => break,
+                    r = reloads.changed() => if r.is_err() {
+                        tokio::time::sleep_until(round + interval).await;
+                        break;
+                    },
+                    _ = shutdown.changed() => return,
+                }
             }
         }
     }

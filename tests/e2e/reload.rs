@@ -376,3 +376,32 @@ async fn affinity_limits_change_live() {
         "{report}"
     );
 }
+
+/// A shortened probe interval applies at once, not after the long wait already under way.
+#[tokio::test]
+async fn a_shortened_probe_interval_applies_at_once() {
+    let a = mock("a", &["a"]).await;
+    let gw = Gateway::start(&format!(
+        "health.interval_ms = 60000\n{}",
+        server(&a.url(), &["a"])
+    ))
+    .await;
+    let c = Client::new();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = a.state.probes.load(std::sync::atomic::Ordering::Relaxed);
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("interval_ms = 60000", "interval_ms = 200"),
+    )
+    .unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["applied"], json!(["health.interval_ms"]));
+    let probed = eventually(Duration::from_secs(2), || async {
+        a.state.probes.load(std::sync::atomic::Ordering::Relaxed) >= before + 3
+    })
+    .await;
+    assert!(probed, "probes every 200 ms from the reload on");
+}
