@@ -150,7 +150,10 @@ pub fn run_with(
     // Managed engines are spawned and watched on this service's one thread.
     let tenancy = crate::shutdown::upgrade::Tenancy::new(&upgrade_sock);
     let after = match start.upgrade {
-        true => Some(tenancy),
+        true => {
+            life.await_tenancy();
+            Some(tenancy)
+        }
         false => {
             if !tenancy.try_take() {
                 tracing::warn!("another gateway holds this upgrade directory's lock; set [proxy] upgrade_sock per gateway");

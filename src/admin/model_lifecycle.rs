@@ -29,6 +29,10 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NodeUnavailable(d) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model node unavailable").detail(d)
             }
+            LifecycleError::HandingOver(d) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engines being handed over")
+                    .detail(d)
+            }
             LifecycleError::Model(e) => e.into(),
         }
     }

@@ -20,6 +20,10 @@ pub enum LifecycleError {
     /// The node that owns the model cannot be reached (503).
     #[error("{0}")]
     NodeUnavailable(String),
+    /// This process does not run the node's engines now: it waits for the process it upgrades
+    /// to exit, or it is stopping (503).
+    #[error("{0}")]
+    HandingOver(String),
     #[error(transparent)]
     Model(#[from] ModelError),
 }

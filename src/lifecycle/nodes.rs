@@ -208,7 +208,9 @@ impl Lifecycle {
                 Err(RecvError::Closed) => return,
             };
             let Some(me) = me.upgrade() else { return };
-            if msg.node != me.node {
+            // In a binary upgrade, the process being upgraded answers for the node (both
+            // processes get its messages) until it has exited.
+            if msg.node != me.node || !me.tenant.load(std::sync::atomic::Ordering::Acquire) {
                 continue;
             }
             let cmd: remote::Command = match serde_json::from_slice(&msg.body) {
@@ -278,7 +280,7 @@ impl pingora::services::background::BackgroundService for LifecycleService {
             // Stopped before the process being upgraded has exited: its own engines (started
             // by calls meanwhile) stop; the old process's are not touched.
             tokio::select! {
-                _ = old.take() => {}
+                _ = old.take() => self.life.take_tenancy(),
                 _ = drain.reached(crate::shutdown::Phase::Done, Some(&mut phases)) => {
                     self.life.stop_all().await;
                     drain

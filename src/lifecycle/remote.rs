@@ -69,6 +69,7 @@ impl From<&LifecycleError> for Failure {
             LifecycleError::Unstartable(_) => "unstartable",
             LifecycleError::Capacity(_) => "capacity",
             LifecycleError::NodeUnavailable(_) => "node_unavailable",
+            LifecycleError::HandingOver(_) => "handing_over",
             LifecycleError::Model(ModelError::NotFound) => "not_found",
             LifecycleError::Model(ModelError::Invalid(_)) => "invalid",
             LifecycleError::Model(ModelError::Conflict(_)) => "model_conflict",
@@ -92,6 +93,7 @@ impl From<Failure> for LifecycleError {
             "invalid" => LifecycleError::Model(ModelError::Invalid(f.message)),
             "model_conflict" => LifecycleError::Model(ModelError::Conflict(f.message)),
             "capacity" => LifecycleError::Capacity(f.message),
+            "handing_over" => LifecycleError::HandingOver(f.message),
             "internal" => LifecycleError::Model(ModelError::Corrupt(f.message)),
             _ => LifecycleError::NodeUnavailable(f.message),
         }

@@ -48,6 +48,9 @@ pub struct Lifecycle {
     pub(super) halted: Mutex<std::collections::HashSet<String>>,
     /// The Docker Engine API client (docker runner).
     pub(super) docker: Option<bollard::Docker>,
+    /// Whether this process runs the node's engines: false in a binary upgrade's new process
+    /// until the old one has exited (both share the node name).
+    pub(super) tenant: std::sync::atomic::AtomicBool,
 }
 
 impl Lifecycle {
@@ -106,6 +109,7 @@ impl Lifecycle {
             restarts,
             halted: Mutex::default(),
             docker,
+            tenant: std::sync::atomic::AtomicBool::new(true),
             models: ModelService::new(gw.store.clone(), runner.models_dir.clone()),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
@@ -274,7 +278,38 @@ impl Lifecycle {
         }
     }
 
+    /// This process may change the node's engines: it holds the node (not a binary upgrade's
+    /// new process waiting for the old one) and is not stopping.
+    pub(super) fn may_change_engines(&self) -> Result<()> {
+        if !self.tenant.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(LifecycleError::HandingOver(format!(
+                "node {} is in a binary upgrade: this process takes its engines over once the old one has exited; send this again in a few seconds",
+                self.node
+            )));
+        }
+        if self.gw.drain.draining() {
+            return Err(LifecycleError::HandingOver(format!(
+                "node {} is stopping (drain or upgrade): engines change on the process that serves next; send this again in a few seconds",
+                self.node
+            )));
+        }
+        Ok(())
+    }
+
+    /// In a binary upgrade's new process: the node's engines are the old process's until
+    /// [`Self::take_tenancy`].
+    pub fn await_tenancy(&self) {
+        self.tenant
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn take_tenancy(&self) {
+        self.tenant
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     pub(super) async fn start_here(self: &Arc<Self>, id: &str) -> Result<ModelRecord> {
+        self.may_change_engines()?;
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         self.start_locked(id).await
@@ -462,6 +497,7 @@ impl Lifecycle {
     }
 
     pub(super) async fn stop_here(&self, id: &str) -> Result<ModelRecord> {
+        self.may_change_engines()?;
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         let model = self.here(id, &Op::Stop).await?;
@@ -506,6 +542,7 @@ impl Lifecycle {
     }
 
     pub(super) async fn apply_here(self: &Arc<Self>, id: &str) -> Result<(bool, ModelRecord)> {
+        self.may_change_engines()?;
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         let model = self.here(id, &Op::Apply).await?;
@@ -531,6 +568,7 @@ impl Lifecycle {
     }
 
     pub(super) async fn delete_here(&self, id: &str) -> Result<ModelRecord> {
+        self.may_change_engines()?;
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         let model = self.models.get(id).await?;

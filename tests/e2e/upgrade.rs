@@ -35,6 +35,8 @@ pub async fn upgrade(gw: &Gateway, config: &std::path::Path) -> (bool, String, S
         .env("RUST_LOG", "info")
         .env("INFERGATE_ADMIN_API_KEY", ADMIN_KEY)
         .env("INFERGATE_ADMIN_API_SECRET", ADMIN_SECRET)
+        // The new process's environment is the command's (the fake engines run this binary).
+        .env("INFERGATE_BIN", env!("CARGO_BIN_EXE_infergate"))
         .stderr(log.reopen().unwrap())
         .stdout(std::process::Stdio::piped())
         // (`output()` would pipe stderr too.)
@@ -129,4 +131,57 @@ async fn sigquit_without_a_new_process_keeps_serving() {
         log.contains("no new process waits on the upgrade socket"),
         "{log}"
     );
+}
+
+/// During an upgrade, until the old process has exited, neither process changes the node's
+/// engines (they share its name): lifecycle calls are 503 `engines being handed over`; then
+/// the new process runs them.
+#[tokio::test]
+async fn lifecycle_calls_wait_for_the_old_process_to_exit() {
+    use crate::lifecycle::{call, create, runner_gateway, until_state, vllm};
+    let redis = Redis::start().await;
+    let store = format!("[store]\nurl = {:?}\nprefix = \"handover\"\n", redis.url());
+    let (mut gw, _dir) = runner_gateway("", &store).await;
+    let c = Client::new();
+    let id = create(&gw, &c, vllm("hand-over", &[])).await;
+
+    let (ok, stdout, stderr) = upgrade(&gw, &gw.config_path()).await;
+    assert!(ok, "upgrade failed: {stderr}");
+    let _new = Adopted(stdout.parse().expect("the new pid on stdout"));
+    let start = format!("/models/{id}/start");
+    let mut refused = 0;
+    loop {
+        if gw.exited_within(Duration::from_millis(300)).await.is_some() {
+            break;
+        }
+        let (status, body) = call(&gw, &c, reqwest::Method::POST, &start, None).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "engines being handed over", "{body}");
+        refused += 1;
+    }
+    assert!(
+        refused > 3,
+        "the old process drained for a while: {refused} calls"
+    );
+    // The new process alone: it runs the node's engines as soon as it holds the node's lock.
+    let mut answer = (0, Value::Null);
+    for _ in 0..50 {
+        answer = call(&gw, &c, reqwest::Method::POST, &start, None).await;
+        if answer.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer.0, 202, "{}", answer.1);
+    until_state(&gw, &c, &id, "running").await;
+    let (status, body) = call(
+        &gw,
+        &c,
+        reqwest::Method::POST,
+        &format!("/models/{id}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    until_state(&gw, &c, &id, "stopped").await;
 }
