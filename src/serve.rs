@@ -93,6 +93,7 @@ pub fn run_with(
         grace_period_seconds: Some(
             cfg.proxy.graceful_shutdown_timeout_seconds
                 + cfg.runner.stop_grace_secs
+                + cfg.usage.exit_flush_secs
                 + crate::shutdown::HARD_STOP_MARGIN_SECS,
         ),
         graceful_shutdown_timeout_seconds: Some(1),

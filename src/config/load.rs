@@ -156,6 +156,12 @@ impl Validator<'_> {
                 "must be at least 100 (milliseconds)".into(),
             );
         }
+        if c.usage.exit_flush_secs > 3_600 {
+            self.fail(
+                &[Key("usage"), Key("exit_flush_secs")],
+                "must be at most 3600 (seconds)".into(),
+            );
+        }
         if c.health.passive_ejection_ms > 3_600_000 {
             self.fail(
                 &[Key("health"), Key("passive_ejection_ms")],

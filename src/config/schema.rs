@@ -236,6 +236,11 @@ pub struct UsageConfig {
     pub retention_hours: u64,
     pub memory_max_records: usize,
     pub max_scan_records: usize,
+    /// How long the last records get to reach the store at exit before they are spooled.
+    pub exit_flush_secs: u64,
+    /// Where records the store did not take at exit are spooled; empty: the upgrade socket's
+    /// directory.
+    pub spool_dir: String,
 }
 
 impl Default for UsageConfig {
@@ -245,6 +250,8 @@ impl Default for UsageConfig {
             retention_hours: 168,
             memory_max_records: 1_000_000,
             max_scan_records: 1_000_000,
+            exit_flush_secs: 10,
+            spool_dir: String::new(),
         }
     }
 }

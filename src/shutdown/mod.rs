@@ -146,14 +146,14 @@ pub struct DrainService {
     pub gw: Arc<Gateway>,
 }
 
-/// Pingora's own wait after its shutdown starts, beyond the drain's timeout and the engines'
-/// stop: bounds a drain that could not finish (the cut, the last usage records).
-pub const HARD_STOP_MARGIN_SECS: u64 = 15;
+/// Pingora's own wait after its shutdown starts, beyond the drain's timeout, the engines' stop
+/// and the usage flush: bounds a drain that could not finish (the cut, the spool file).
+pub const HARD_STOP_MARGIN_SECS: u64 = 10;
 
 /// After the cut, how long streams get to send their end.
 const AFTER_CUT: Duration = Duration::from_secs(2);
-/// How long the last usage records get to reach the store.
-const USAGE_FLUSH: Duration = Duration::from_secs(10);
+/// How long writing the spool file may take (after `[usage] exit_flush_secs`).
+const SPOOL_WRITE: Duration = Duration::from_secs(5);
 /// How often the drain looks at what is left.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -185,12 +185,18 @@ impl BackgroundService for DrainService {
         // Managed engines stop once nothing is sent to them any more.
         drain.enter(Phase::Done);
         let pending = self.gw.usage.pending();
-        match wait_until(USAGE_FLUSH, || self.gw.usage.pending() == 0).await {
+        let flush = Duration::from_secs(self.gw.config.usage.exit_flush_secs);
+        match wait_until(flush, || self.gw.usage.pending() == 0).await {
             true => tracing::info!(written = pending, "usage records written; exiting"),
-            false => tracing::error!(
-                left = self.gw.usage.pending(),
-                "usage records not written before exit (is the store reachable?)"
-            ),
+            false => {
+                tracing::warn!(
+                    left = self.gw.usage.pending(),
+                    "usage records not written before exit (is the store reachable?): spooling them"
+                );
+                if !self.gw.usage.spool(SPOOL_WRITE).await {
+                    tracing::error!("usage records not spooled in time: lost");
+                }
+            }
         }
         let engines = Duration::from_secs(self.gw.config.runner.stop_grace_secs) + AFTER_CUT;
         if !wait_until(engines, || drain.engines_stopped.load(Relaxed)).await {

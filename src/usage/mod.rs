@@ -5,6 +5,7 @@
 pub mod query;
 mod record;
 mod recorder;
+pub mod spool;
 
 pub use record::UsageRecord;
 pub use recorder::{UsageRecorder, UsageService};

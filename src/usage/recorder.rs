@@ -1,7 +1,8 @@
 //! The hot path hands records to a bounded channel (no lock, no store call); a background
 //! service drains it once a second and appends the batch to the store. A batch the store
 //! refuses (Valkey down) is kept and retried, so a fault loses nothing unless the backlog
-//! outgrows its bound (then the loss is counted and logged).
+//! outgrows its bound (then the loss is counted and logged). What is still unwritten at exit
+//! goes to a spool file that a later process sends ([`super::spool`]).
 
 use super::UsageRecord;
 use crate::gateway::Gateway;
@@ -20,6 +21,8 @@ const CHANNEL: usize = 262_144;
 const MAX_BACKLOG: usize = 1_000_000;
 /// Records per store call.
 const BATCH: usize = 5_000;
+/// How often the spool directory is looked at.
+const LOOK_FOR_SPOOL: Duration = Duration::from_secs(5);
 
 pub struct UsageRecorder {
     tx: mpsc::Sender<UsageRecord>,
@@ -34,6 +37,10 @@ pub struct UsageRecorder {
     batches: AtomicU64,
     /// The size of the batch sent and not confirmed (0: none): it is sent again as it was.
     unconfirmed: AtomicUsize,
+    /// Set by the drain when the store did not take the last records in time: spool them.
+    spool_now: std::sync::atomic::AtomicBool,
+    /// Set once they are spooled (or could not be).
+    spooled: std::sync::atomic::AtomicBool,
 }
 
 impl Default for UsageRecorder {
@@ -47,6 +54,8 @@ impl Default for UsageRecorder {
             instance: format!("{:016x}", rand::random::<u64>()),
             batches: AtomicU64::new(0),
             unconfirmed: AtomicUsize::new(0),
+            spool_now: Default::default(),
+            spooled: Default::default(),
         }
     }
 }
@@ -66,6 +75,20 @@ impl UsageRecorder {
         queued + self.backlog.load(Relaxed)
     }
 
+    /// Spool what is not written yet (the process is about to exit); resolves once done, at
+    /// most `limit`. Whether it was.
+    pub async fn spool(&self, limit: Duration) -> bool {
+        self.spool_now.store(true, Relaxed);
+        let done = || self.spooled.load(Relaxed);
+        tokio::time::timeout(limit, async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     fn take_receiver(&self) -> Option<mpsc::Receiver<UsageRecord>> {
         self.rx.lock().ok().and_then(|mut r| r.take())
     }
@@ -77,7 +100,9 @@ pub struct UsageService {
 }
 
 impl UsageService {
-    async fn flush(
+    /// Move what the channel holds into the backlog (bounded: past the bound the oldest
+    /// records go, never those of the batch being sent).
+    fn take_queued(
         &self,
         rx: &mut mpsc::Receiver<UsageRecord>,
         backlog: &mut VecDeque<UsageRecord>,
@@ -107,6 +132,82 @@ impl UsageService {
             }
             backlog.push_back(r);
         }
+    }
+
+    /// Write the backlog and the channel to a spool file: the batch sent and not confirmed
+    /// under its id (the store may have applied it), the rest in new batches.
+    async fn spool(
+        &self,
+        rx: &mut mpsc::Receiver<UsageRecord>,
+        backlog: &mut VecDeque<UsageRecord>,
+    ) {
+        self.take_queued(rx, backlog);
+        let u = &self.gw.usage;
+        let records = backlog.make_contiguous();
+        if records.is_empty() {
+            return;
+        }
+        let mut batches: Vec<(String, Vec<UsageRecord>)> = Vec::new();
+        let mut rest = &records[..];
+        let first = match u.unconfirmed.load(Relaxed) {
+            0 => rest.len().min(BATCH),
+            n => n,
+        };
+        let mut n = u.batches.load(Relaxed);
+        let mut take = first;
+        while !rest.is_empty() {
+            let (batch, more) = rest.split_at(take.min(rest.len()));
+            batches.push((format!("{}-{n}", u.instance), batch.to_vec()));
+            n += 1;
+            rest = more;
+            take = BATCH;
+        }
+        let (dir, instance) = (super::spool::dir(&self.gw.config), u.instance.clone());
+        let count = records.len();
+        let written = tokio::task::spawn_blocking(move || {
+            let refs: Vec<(String, &[UsageRecord])> =
+                batches.iter().map(|(id, r)| (id.clone(), &r[..])).collect();
+            super::spool::write(&dir, &instance, &refs)
+        })
+        .await;
+        match written {
+            Ok(Ok(path)) => {
+                tracing::warn!(records = count, path = %path.display(), "usage records the store did not take are spooled: the next gateway sharing this spool directory writes them");
+                backlog.clear();
+                u.backlog.store(0, Relaxed);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(records = count, error = %e, "usage records lost: neither the store nor the spool file took them")
+            }
+            Err(e) => {
+                tracing::error!(records = count, error = %e, "usage records lost: the spool write failed")
+            }
+        }
+    }
+
+    /// Send the batches of spool files this process holds, each under its own id; a file
+    /// goes once all of its batches are stored.
+    async fn send_spooled(&self, claimed: &mut Vec<super::spool::Claimed>) {
+        while let Some(file) = claimed.first_mut() {
+            while let Some((id, records)) = file.batches.first() {
+                if let Err(e) = self.gw.store.usage_append(id, records).await {
+                    tracing::warn!(error = %e, path = %file.path().display(), "spooled usage not written yet; kept for the next flush");
+                    return;
+                }
+                file.batches.remove(0);
+            }
+            let file = claimed.remove(0);
+            tracing::info!(path = %file.path().display(), "spooled usage records written");
+            file.done();
+        }
+    }
+
+    async fn flush(
+        &self,
+        rx: &mut mpsc::Receiver<UsageRecord>,
+        backlog: &mut VecDeque<UsageRecord>,
+    ) {
+        self.take_queued(rx, backlog);
         while !backlog.is_empty() {
             // A batch keeps its id and its records until the store has them: a retry after
             // a reply that was lost sends the same batch, which the store adds only once.
@@ -143,6 +244,9 @@ impl BackgroundService for UsageService {
         let mut backlog = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut stopping = false;
+        let dir = super::spool::dir(&self.gw.config);
+        let mut claimed = Vec::new();
+        let mut last_look: Option<tokio::time::Instant> = None;
         loop {
             if stopping {
                 // Requests still draining keep recording until the process exits: flush often.
@@ -153,6 +257,23 @@ impl BackgroundService for UsageService {
                     _ = shutdown.changed() => stopping = true,
                 }
             }
+            if self.gw.usage.spool_now.load(Relaxed) {
+                self.spool(&mut rx, &mut backlog).await;
+                self.gw.usage.spooled.store(true, Relaxed);
+                return;
+            }
+            // Spool files of processes gone (before this one started, or since: the old
+            // process of an upgrade exits after this one starts).
+            if !stopping && last_look.is_none_or(|t| t.elapsed() >= LOOK_FOR_SPOOL) {
+                last_look = Some(tokio::time::Instant::now());
+                let dir = dir.clone();
+                if let Ok(found) =
+                    tokio::task::spawn_blocking(move || super::spool::claim(&dir)).await
+                {
+                    claimed.extend(found);
+                }
+            }
+            self.send_spooled(&mut claimed).await;
             self.flush(&mut rx, &mut backlog).await;
         }
     }

@@ -480,3 +480,61 @@ async fn two_instances_across_a_valkey_restart_record_each_request_once() {
     let seen = usage_total(&gw1, &c, "user_id=restart").await;
     assert_eq!(seen as usize, served, "one usage record per request served");
 }
+
+/// Records the store did not take before the gateway exited (Valkey down through its drain)
+/// are spooled, and the next gateway sharing the spool directory writes them once Valkey is
+/// back: every served request is counted, once.
+#[tokio::test]
+async fn records_unwritten_at_exit_are_spooled_and_written_by_the_next_gateway() {
+    let mut redis = Redis::start_durable().await;
+    let m = mock("a", &["m"]).await;
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().join("spool");
+    let extra = format!(
+        "{}[store]\nurl = \"{}\"\nprefix = \"spool\"\n\n[usage]\nexit_flush_secs = 1\nspool_dir = {:?}\n",
+        server(&m.url(), &["m"]),
+        redis.url(),
+        spool_dir.display().to_string()
+    );
+    let c = Client::new();
+    let mut gw1 = Gateway::start_logged(&extra, &[]).await;
+    for _ in 0..5 {
+        assert_eq!(gw1.chat(&c, &chat_body("m")).await.status(), 200);
+    }
+    let written = eventually(Duration::from_secs(5), || async {
+        usage_total(&gw1, &c, "limit=1").await == 5
+    })
+    .await;
+    assert!(written);
+
+    redis.kill();
+    for _ in 0..7 {
+        assert_eq!(gw1.chat(&c, &chat_body("m")).await.status(), 200);
+    }
+    gw1.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = gw1.exited_within(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", gw1.log());
+    let files: Vec<_> = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].starts_with("usage-spool-"), "{files:?}");
+    assert!(gw1.log().contains("spooled"), "{}", gw1.log());
+
+    redis.restart().await;
+    let gw2 = Gateway::start(&extra).await;
+    let all = eventually(Duration::from_secs(15), || async {
+        usage_total(&gw2, &c, "limit=1").await >= 12
+    })
+    .await;
+    assert!(all, "total {}", usage_total(&gw2, &c, "limit=1").await);
+    let gone = eventually(Duration::from_secs(3), || async {
+        std::fs::read_dir(&spool_dir).unwrap().count() == 0
+    })
+    .await;
+    assert!(gone, "the spool file is removed once written");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(usage_total(&gw2, &c, "limit=1").await, 12, "each once");
+}
