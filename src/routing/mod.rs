@@ -3,6 +3,7 @@
 
 pub mod discovery;
 mod multipart;
+pub mod prefix;
 pub mod registry_sync;
 mod request;
 mod select;

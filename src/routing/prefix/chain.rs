@@ -1,0 +1,147 @@
+//! A prompt as a chain of block hashes. The prompt is cut into fixed-size blocks of bytes
+//! (the rendered prompt: each chat message's role and content in order, or the completion
+//! prompt); block `i`'s hash is XXH3 of its bytes seeded with block `i - 1`'s hash, so one hash
+//! stands for the whole prefix up to its block and two prompts share the hashes of the blocks
+//! they share from the start. Only whole blocks count (an engine caches whole blocks only).
+//!
+//! The bytes are fed as they are found (the body scan that finds `model` feeds the messages),
+//! and the hashes go to a buffer the caller keeps: no allocation per request once it has grown.
+
+/// Bytes per block: about 16 tokens of English, vLLM's default KV block.
+pub const DEFAULT_BLOCK_BYTES: usize = 64;
+/// The largest block (the partial block is kept on the stack).
+pub const MAX_BLOCK_BYTES: usize = 1024;
+
+/// Separates a chat message's role from its content, and one message from the next (bytes that
+/// do not appear in JSON-decoded text as such).
+const ROLE_END: u8 = 0x1e;
+const MESSAGE_END: u8 = 0x1f;
+
+/// Seed of the first block's hash.
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Builds a prompt's chain of block hashes from its bytes, fed in pieces.
+pub struct Chainer<'a> {
+    out: &'a mut Vec<u64>,
+    block: [u8; MAX_BLOCK_BYTES],
+    fill: usize,
+    size: usize,
+    last: u64,
+    /// Stop after this many blocks (the index's depth bound).
+    max_blocks: usize,
+}
+
+impl<'a> Chainer<'a> {
+    /// Hashes go to `out` (cleared first), blocks of `size` bytes (1 to [`MAX_BLOCK_BYTES`]),
+    /// at most `max_blocks`.
+    pub fn new(out: &'a mut Vec<u64>, size: usize, max_blocks: usize) -> Self {
+        out.clear();
+        Self {
+            out,
+            block: [0; MAX_BLOCK_BYTES],
+            fill: 0,
+            size: size.clamp(1, MAX_BLOCK_BYTES),
+            last: SEED,
+            max_blocks,
+        }
+    }
+
+    /// Feed the next bytes of the rendered prompt.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.out.len() < self.max_blocks {
+            let room = self.size - self.fill;
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            if self.fill == 0 && now.len() == self.size {
+                self.last = seal(self.out, self.last, now);
+            } else {
+                self.block[self.fill..self.fill + now.len()].copy_from_slice(now);
+                self.fill += now.len();
+                if self.fill == self.size {
+                    self.last = seal(self.out, self.last, &self.block[..self.size]);
+                    self.fill = 0;
+                }
+            }
+            bytes = rest;
+        }
+    }
+
+    /// Feed one chat message.
+    pub fn message(&mut self, role: &[u8], content: &[u8]) {
+        self.push(role);
+        self.push(&[ROLE_END]);
+        self.push(content);
+        self.push(&[MESSAGE_END]);
+    }
+
+    /// The number of whole blocks so far.
+    pub fn blocks(&self) -> usize {
+        self.out.len()
+    }
+}
+
+/// Hash a whole block onto the chain; the new last hash.
+#[inline]
+fn seal(out: &mut Vec<u64>, last: u64, block: &[u8]) -> u64 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(block, last);
+    out.push(h);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(text: &[u8], size: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        Chainer::new(&mut out, size, usize::MAX).push(text);
+        out
+    }
+
+    #[test]
+    fn shared_prefixes_share_their_block_hashes_and_only_whole_blocks_count() {
+        let a = chain(b"system: you are a helpful assistant. user: hello there", 8);
+        let b = chain(
+            b"system: you are a helpful assistant. user: what is rust?",
+            8,
+        );
+        assert_eq!(a.len(), 6, "53 bytes: six whole blocks of 8");
+        let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        assert_eq!(shared, 5, "the first 40 bytes are the same");
+        // A change in block 0 changes every hash after it (the chain).
+        let c = chain(b"System: you are a helpful assistant. user: hello there", 8);
+        assert!(a.iter().zip(&c).all(|(x, y)| x != y));
+    }
+
+    #[test]
+    fn the_same_bytes_give_the_same_chain_however_they_are_split() {
+        let text: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let whole = chain(&text, 64);
+        for cut in [1usize, 3, 63, 64, 65, 500] {
+            let mut out = Vec::new();
+            let mut ch = Chainer::new(&mut out, 64, usize::MAX);
+            for piece in text.chunks(cut) {
+                ch.push(piece);
+            }
+            assert_eq!(out, whole, "pieces of {cut}");
+        }
+        let mut bounded = Vec::new();
+        Chainer::new(&mut bounded, 64, 3).push(&text);
+        assert_eq!(bounded, whole[..3]);
+    }
+
+    #[test]
+    fn messages_differ_by_role_and_boundary() {
+        let mut a = Vec::new();
+        let mut ch = Chainer::new(&mut a, 4, usize::MAX);
+        ch.message(b"user", b"hi there");
+        let mut b = Vec::new();
+        let mut ch = Chainer::new(&mut b, 4, usize::MAX);
+        ch.message(b"system", b"hi there");
+        assert_ne!(a[0], b[0]);
+        let mut c = Vec::new();
+        let mut ch = Chainer::new(&mut c, 4, usize::MAX);
+        ch.message(b"user", b"hi");
+        ch.message(b"user", b" there");
+        assert_ne!(a, c, "two messages are not one");
+    }
+}
