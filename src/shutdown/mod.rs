@@ -192,6 +192,13 @@ impl BackgroundService for DrainService {
                 "usage records not written before exit (is the store reachable?)"
             ),
         }
+        let audit = &self.gw.audit;
+        if !wait_until(USAGE_FLUSH, || audit.pending() == 0).await {
+            tracing::error!(
+                left = audit.pending(),
+                "audit records not written before exit (is the store reachable?)"
+            );
+        }
         let engines = Duration::from_secs(self.gw.config.runner.stop_grace_secs) + AFTER_CUT;
         if !wait_until(engines, || drain.engines_stopped.load(Relaxed)).await {
             tracing::warn!("managed engines not all stopped before exit");

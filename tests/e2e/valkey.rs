@@ -21,6 +21,7 @@ fn admin_store(url: &str, cluster: bool) -> std::sync::Arc<ValkeyStore> {
         ttl_ms: 30 * 60_000,
         max_entries: 1000,
         usage_retention_ms: 3_600_000,
+        audit_retention_ms: 3_600_000,
     })
     .unwrap()
 }
