@@ -7,6 +7,7 @@ mod harness;
 mod wire;
 
 mod admin;
+mod audit;
 mod cli;
 mod differential;
 mod drain;
