@@ -356,3 +356,179 @@ async fn every_admin_change_leaves_a_record_refused_ones_too() {
         assert!(!out.contains(&token));
     }
 }
+
+#[tokio::test]
+async fn audit_filters_pages_and_csv_export() {
+    let gw = Gateway::start("").await;
+    let c = Client::new();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (s, _, org) = change(
+            &gw,
+            &c,
+            Method::POST,
+            "/admin/orgs",
+            Some(json!({"name": format!("o{i}")})),
+        )
+        .await;
+        assert_eq!(s, 201);
+        ids.push(org["id"].as_str().unwrap().to_string());
+    }
+    let dup = Some(json!({"name": "o0"}));
+    assert_eq!(
+        change(&gw, &c, Method::POST, "/admin/orgs", dup).await.0,
+        409
+    );
+    let bad = Some(json!({"model": "m", "url": "not a url"}));
+    assert_eq!(
+        change(&gw, &c, Method::POST, "/admin/models/registry", bad)
+            .await
+            .0,
+        400
+    );
+    let all = audit_when(&gw, &c, "limit=100", 14).await;
+    let all = all["records"].as_array().unwrap().clone();
+    let total = |q: &'static str| {
+        let (gw, c) = (&gw, &c);
+        async move {
+            let (s, v) = gw.admin_get(c, &format!("/admin/audit?{q}")).await;
+            assert_eq!(s, 200, "{q}: {v}");
+            v["total"].as_u64().unwrap()
+        }
+    };
+
+    // Pages: the same fields as usage's list; together, every record once, newest first.
+    let mut paged = Vec::new();
+    for p in 1..=4 {
+        let (_, v) = gw
+            .admin_get(&c, &format!("/api/ai/v1/admin/audit?limit=5&page={p}"))
+            .await;
+        assert_eq!(
+            (v["page"].as_u64(), v["limit"].as_u64()),
+            (Some(p), Some(5))
+        );
+        assert_eq!(v["total"], 14);
+        assert!(v["from"].as_str().is_some() && v["to"].as_str().is_some());
+        paged.extend(v["records"].as_array().unwrap().clone());
+    }
+    assert_eq!(paged, all, "pages 1-3 hold 5, 5 and 4; page 4 none");
+    assert_eq!(all[0]["action"], "registry.add");
+    assert_eq!(all[13]["target"], ids[0].as_str());
+
+    // Filters.
+    assert_eq!(total("actor=test-admin").await, 14);
+    assert_eq!(total("actor=someone").await, 0);
+    assert_eq!(total("action=org.create").await, 13);
+    assert_eq!(total("action=org.*").await, 13);
+    assert_eq!(total("action=org").await, 0, "exact, or a family with .*");
+    assert_eq!(total("action=registry.add&status=400").await, 1);
+    assert_eq!(total("outcome=failure").await, 2);
+    assert_eq!(total("outcome=success").await, 12);
+    assert_eq!(total("status=409").await, 1);
+    assert_eq!(total("status=4xx").await, 2);
+    assert_eq!(
+        total("target=o0").await,
+        1,
+        "the name a refused create asked for"
+    );
+    assert_eq!(total("target=model%3Dm").await, 1, "contains");
+    let (_, one) = gw
+        .admin_get(&c, &format!("/admin/audit?target={}", ids[5]))
+        .await;
+    assert_eq!(one["total"], 1);
+    // Times: RFC 3339 or Unix ms, as `from`/`to` or `since`/`until`.
+    let t = all[6]["time"].as_str().unwrap();
+    let t_ms = chrono::DateTime::parse_from_rfc3339(t)
+        .unwrap()
+        .timestamp_millis();
+    let newer = all
+        .iter()
+        .filter(|r| r["time"].as_str().unwrap() >= t)
+        .count() as u64;
+    for q in [format!("from={t}"), format!("since={t_ms}")] {
+        let (_, v) = gw
+            .admin_get(&c, &format!("/admin/audit?{}", q.replace('+', "%2B")))
+            .await;
+        assert_eq!(v["total"], newer, "{q}");
+    }
+    let (_, v) = gw
+        .admin_get(&c, &format!("/admin/audit?until={t_ms}&limit=100"))
+        .await;
+    assert_eq!(v["total"], 14 - newer);
+    assert_eq!(total("from=0&to=1").await, 0);
+
+    // Every bad parameter is a precise 400.
+    for (q, detail) in [
+        ("outcome=ok", "outcome must be success or failure"),
+        ("status=abc", "status must be"),
+        ("status=6xx", "status must be"),
+        ("from=yesterday", "from must be an RFC 3339 time"),
+        ("until=x", "until must be an RFC 3339 time"),
+        ("from=2000&to=1000", "from must be before to"),
+        ("from=1&since=2", "give from or since, not both"),
+        ("page=0", "page must be a positive integer"),
+        ("limit=abc", "limit must be a positive integer"),
+    ] {
+        for path in ["/admin/audit", "/admin/audit/export"] {
+            if path.ends_with("export") && (q.starts_with("page") || q.starts_with("limit")) {
+                continue; // the export has no pages
+            }
+            let r = gw
+                .admin(&c, Method::GET, &format!("{path}?{q}"))
+                .send()
+                .await
+                .unwrap();
+            let (_, body) = assert_error(r, 400, "invalid query parameter").await;
+            assert!(
+                body["detail"].as_str().unwrap().contains(detail),
+                "{q}: {body}"
+            );
+        }
+    }
+
+    // The CSV: every record, oldest first, under a header row; filters apply.
+    let r = gw
+        .admin(&c, Method::GET, "/admin/audit/export")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"audit.csv\""
+    );
+    let text = r.text().await.unwrap();
+    let mut rd = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "time", "actor", "action", "target", "outcome", "status", "error", "error_id",
+            "method", "path", "address"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 14);
+    assert_eq!(&rows[0][3], ids[0].as_str(), "oldest first");
+    assert_eq!(&rows[13][2], "registry.add");
+    assert_eq!(&rows[13][3], "model=m url=not a url");
+    assert_eq!(&rows[13][4], "failure");
+    assert_eq!(&rows[13][5], "400");
+    assert_eq!(&rows[13][9], "/admin/models/registry");
+    let failures = gw
+        .admin(
+            &c,
+            Method::GET,
+            "/api/ai/v1/admin/audit/export?outcome=failure",
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(failures.lines().count(), 3, "{failures}");
+    // Reads are not changes: still 14.
+    assert_eq!(total("").await, 14);
+}
