@@ -532,3 +532,138 @@ async fn audit_filters_pages_and_csv_export() {
     // Reads are not changes: still 14.
     assert_eq!(total("").await, 14);
 }
+
+fn shared_store(redis: &Redis) -> String {
+    format!(
+        "[store]\nurl = {:?}\nprefix = \"t\"\n\n[audit]\nretention_hours = 48\n\n",
+        redis.url()
+    )
+}
+
+#[tokio::test]
+async fn audit_records_are_shared_through_valkey_and_kept_through_an_outage() {
+    let mut redis = Redis::start().await;
+    let gw1 = Gateway::start(&shared_store(&redis)).await;
+    let gw2 = Gateway::start(&shared_store(&redis)).await;
+    let c = Client::new();
+
+    let (s, _, org) = change(
+        &gw1,
+        &c,
+        Method::POST,
+        "/admin/orgs",
+        Some(json!({"name": "shared"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _, key) = change(
+        &gw1,
+        &c,
+        Method::POST,
+        "/admin/keys",
+        Some(json!({"org_id": org["id"]})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let secret = key["token"]
+        .as_str()
+        .unwrap()
+        .split_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    let clear = Some(json!({"user_id": "bob"}));
+    assert_eq!(
+        change(&gw2, &c, Method::POST, "/admin/affinity/clear", clear)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        change(&gw2, &c, Method::DELETE, "/admin/orgs/nope", None)
+            .await
+            .0,
+        404
+    );
+
+    // Either instance sees every instance's records.
+    for gw in [&gw1, &gw2] {
+        let page = audit_when(gw, &c, "limit=100", 4).await;
+        let records = page["records"].as_array().unwrap();
+        assert_record(
+            record(records, "org.create", 201),
+            ADMIN_KEY,
+            org["id"].as_str(),
+            "success",
+        );
+        assert_record(
+            record(records, "key.create", 201),
+            ADMIN_KEY,
+            key["id"].as_str(),
+            "success",
+        );
+        assert_record(
+            record(records, "affinity.clear", 200),
+            ADMIN_KEY,
+            Some("user_id=bob"),
+            "success",
+        );
+        assert_record(
+            record(records, "org.delete", 404),
+            ADMIN_KEY,
+            Some("nope"),
+            "failure",
+        );
+    }
+    let csv = gw2
+        .admin(&c, Method::GET, "/admin/audit/export?action=org.*")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+
+    // In Valkey: one list per day, expiring the retention after the day ends; no secret.
+    let keys: Vec<String> = redis.cmd(&["KEYS", "t:audit:*"]).await;
+    let lists: Vec<&String> = keys.iter().filter(|k| !k.contains("batch")).collect();
+    assert!(!lists.is_empty() && lists.len() <= 2, "{keys:?}");
+    let mut stored = 0;
+    for k in lists {
+        let ttl: i64 = redis.cmd(&["PTTL", k]).await;
+        assert!(ttl > 47 * 3_600_000 && ttl <= 72 * 3_600_000, "{k}: {ttl}");
+        let entries: Vec<String> = redis.cmd(&["LRANGE", k, "0", "-1"]).await;
+        for e in &entries {
+            assert!(!e.contains(&secret) && !e.contains(ADMIN_SECRET), "{e}");
+        }
+        stored += entries.len();
+    }
+    assert_eq!(stored, 4, "each record once");
+
+    // Valkey down: a change is not held up by its record, which is kept and written once
+    // Valkey is back (here empty: it lost the others).
+    redis.kill();
+    let started = std::time::Instant::now();
+    let (s, _, outcome) = change(&gw1, &c, Method::POST, "/admin/config/reload", None).await;
+    assert_eq!(s, 200, "{outcome}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    redis.restart().await;
+    let written = eventually(Duration::from_secs(15), || async {
+        let (s, v) = gw2.admin_get(&c, "/admin/audit?action=config.reload").await;
+        s == 200 && v["total"] == 1
+    })
+    .await;
+    assert!(written, "the record kept through the outage is written");
+    let (_, v) = gw2.admin_get(&c, "/admin/audit?action=config.reload").await;
+    assert_record(
+        &v["records"][0],
+        ADMIN_KEY,
+        Some(&gw1.config_path().display().to_string()),
+        "success",
+    );
+}
