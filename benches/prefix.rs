@@ -38,12 +38,16 @@ fn decision(c: &mut Criterion) {
         // A new user of a known family: the shared half is cached, the rest is not.
         let text = prompt(7, usize::MAX, blocks);
         let mut chain = Vec::with_capacity(blocks);
-        g.bench_with_input(BenchmarkId::new("chain_and_lookup", blocks), &text, |b, text| {
-            b.iter(|| {
-                chain_of(black_box(text), &mut chain);
-                ix.longest(&chain, (1 << SERVERS) - 1)
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("chain_and_lookup", blocks),
+            &text,
+            |b, text| {
+                b.iter(|| {
+                    chain_of(black_box(text), &mut chain);
+                    ix.longest(&chain, (1 << SERVERS) - 1)
+                })
+            },
+        );
         chain_of(&text, &mut chain);
         g.bench_with_input(BenchmarkId::new("lookup", blocks), &chain, |b, chain| {
             b.iter(|| ix.longest(black_box(chain), (1 << SERVERS) - 1))

@@ -48,6 +48,8 @@ pub struct Gateway {
     pub identity: crate::identity::IdentityService,
     /// Usage records on their way to the store.
     pub usage: crate::usage::UsageRecorder,
+    /// Audit records (admin changes) on their way to the store.
+    pub audit: crate::audit::AuditRecorder,
     /// Per-key rpm/tpm counts.
     pub limiter: crate::identity::RateLimiter,
     /// Open client connections and the stop's phase.
@@ -99,15 +101,19 @@ impl Gateway {
                 ttl_ms,
                 max_entries: config.affinity.max_entries,
                 usage_retention_ms: config.usage.retention_hours * 3_600_000,
+                audit_retention_ms: config.audit.retention_hours.saturating_mul(3_600_000),
             })?
         } else {
             Arc::new(
-                MemoryStore::new(ttl_ms, config.affinity.max_entries).with_usage_limits(
-                    crate::store::UsageLimits {
+                MemoryStore::new(ttl_ms, config.affinity.max_entries)
+                    .with_usage_limits(crate::store::UsageLimits {
                         retention_ms: config.usage.retention_hours * 3_600_000,
                         max_records: config.usage.memory_max_records,
-                    },
-                ),
+                    })
+                    .with_audit_limits(crate::store::UsageLimits {
+                        retention_ms: config.audit.retention_hours.saturating_mul(3_600_000),
+                        max_records: config.audit.memory_max_records,
+                    }),
             )
         };
         let keys = crate::identity::KeyCache::default();
@@ -125,6 +131,7 @@ impl Gateway {
             keys,
             identity: crate::identity::IdentityService::new(store.clone()),
             usage: Default::default(),
+            audit: Default::default(),
             limiter: Default::default(),
             drain: Default::default(),
             managed: Default::default(),

@@ -11,6 +11,7 @@
 //! (signals and the drain).
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod gateway;
 pub mod gpu;

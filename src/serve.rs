@@ -200,6 +200,9 @@ pub fn run_with(
     let mut usage = background_service("usage", crate::usage::UsageService { gw: gw.clone() });
     usage.threads = Some(1);
     server.add_service(usage);
+    let mut audit = background_service("audit", crate::audit::AuditService { gw: gw.clone() });
+    audit.threads = Some(1);
+    server.add_service(audit);
     let mut limits = background_service(
         "limits",
         crate::identity::limits::LimitSync { gw: gw.clone() },

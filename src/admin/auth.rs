@@ -152,11 +152,15 @@ impl Credentials {
     ) -> Result<Principal, ApiError> {
         let p = self.authenticate(headers, keys)?;
         if !p.has_role(role) {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden")
-                .detail(format!("the {role} role is required")));
+            return Err(forbidden(role));
         }
         Ok(p)
     }
+}
+
+/// 403 for a caller without `role`.
+pub fn forbidden(role: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden").detail(format!("the {role} role is required"))
 }
 
 fn unauthorized(detail: &str) -> ApiError {

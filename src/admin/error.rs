@@ -80,7 +80,9 @@ impl From<crate::store::StoreError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "valkey unavailable").detail(detail)
             }
             Invalid(detail) => Self::bad_request("invalid request", detail),
-            e @ TooMany(_) => Self::bad_request("range too large", e.to_string()),
+            e @ (TooMany(_) | TooManyAudit(_)) => {
+                Self::bad_request("range too large", e.to_string())
+            }
         }
     }
 }

@@ -122,7 +122,7 @@ pub async fn list(
 pub async fn create(
     State(s): State<Arc<AdminState>>,
     b: Body,
-) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+) -> Result<(StatusCode, super::audited::CreatedId, Json<KeyCreated>), ApiError> {
     let req: CreateKeyBody = body::json(b).await?;
     let scopes = match req.scopes {
         None => None,
@@ -167,6 +167,7 @@ pub async fn create(
     tracing::info!(key = %created.key.id, "API key created");
     Ok((
         StatusCode::CREATED,
+        super::audited::created(&created.key.id),
         Json(KeyCreated {
             key: created.key.into(),
             token: created.token,

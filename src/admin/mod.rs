@@ -4,6 +4,8 @@
 //! `/admin/...`, which requires the `ai_admin` role.
 
 mod affinity;
+mod audit;
+mod audited;
 pub mod auth;
 mod body;
 mod config;
@@ -237,6 +239,8 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .route("/usage/latency", get(usage::latency))
         .route("/usage/ttft", get(usage::ttft))
         .route("/usage/export", get(usage::export))
+        .route("/audit", get(audit::list))
+        .route("/audit/export", get(audit::export))
         .route("/upstreams", get(upstreams::get))
         .route("/config", get(config::get))
         .route("/config/reload", post(config::reload))
@@ -344,8 +348,8 @@ async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Nex
     // same NAT as others, is not guessing).
     let presented =
         req.headers().contains_key(header::AUTHORIZATION) || req.headers().contains_key("api-key");
-    match s.creds().authorize(req.headers(), &s.gw.keys, AI_ADMIN) {
-        Ok(_) => next.run(req).await,
+    let principal = match s.creds().authenticate(req.headers(), &s.gw.keys) {
+        Ok(p) => p,
         Err(e) => {
             if e.status() == StatusCode::UNAUTHORIZED && presented {
                 if let Some(block) = ip.and_then(|ip| s.lockout.failed(ip)) {
@@ -354,9 +358,23 @@ async fn require_admin(State(s): State<Arc<AdminState>>, req: Request, next: Nex
                     return too_many_failures(block, ip);
                 }
             }
-            e.into_response()
+            return e.into_response();
         }
+    };
+    let allowed = principal.has_role(AI_ADMIN);
+    // Every change of an authenticated caller is recorded, refused ones too (403 included).
+    if crate::audit::actions::is_change(req.method()) {
+        let caller = audited::Caller {
+            actor: principal.api_key,
+            allowed,
+            address: ip,
+        };
+        return audited::change(&s, caller, req, next).await;
     }
+    if !allowed {
+        return auth::forbidden(AI_ADMIN).into_response();
+    }
+    next.run(req).await
 }
 
 /// 429 for an address blocked after failed authentications (the answer's log line carries its

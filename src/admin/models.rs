@@ -147,11 +147,15 @@ pub async fn get(
 pub async fn create(
     State(s): State<Arc<AdminState>>,
     b: Body,
-) -> Result<(StatusCode, Json<ModelView>), ApiError> {
+) -> Result<(StatusCode, super::audited::CreatedId, Json<ModelView>), ApiError> {
     let spec: ModelSpec = body::json(b).await?;
     let model = s.life.models.create(spec).await?;
     tracing::info!(model = %model.id, served = %model.spec.served_model_name, "model created");
-    Ok((StatusCode::CREATED, Json(model.into())))
+    Ok((
+        StatusCode::CREATED,
+        super::audited::created(&model.id),
+        Json(model.into()),
+    ))
 }
 
 /// Change a model's configuration: a JSON merge patch (a field set to null is cleared), checked

@@ -2,7 +2,7 @@
 //! (`GET /admin/openapi.json`, unauthenticated).
 
 use super::{
-    affinity, config, demand, error, identity_views, keys, model_files, model_lifecycle,
+    affinity, audit, config, demand, error, identity_views, keys, model_files, model_lifecycle,
     model_registry, models, orgs, pods, registry, servers, system, upstreams, usage, users,
 };
 use axum::Json;
@@ -31,6 +31,7 @@ x-error-id headers."
         upstreams::get, upstreams::refresh_health,
         config::get, config::reload,
         usage::list, usage::aggregate, usage::series, usage::latency, usage::ttft, usage::export,
+        audit::list, audit::export,
         model_registry::list, model_registry::add, model_registry::remove,
         models::list, models::get, models::create, models::patch, models::delete,
         model_lifecycle::start, model_lifecycle::stop, model_lifecycle::apply,
@@ -53,6 +54,7 @@ x-error-id headers."
         keys::CreateKeyBody, keys::ScopesInput, keys::KeyCreated, keys::KeyList,
         upstreams::Upstreams,
         config::RunningConfig, crate::reload::Outcome,
+        audit::AuditView, audit::AuditList, crate::audit::Outcome,
         usage::RecordView, usage::RecordList, usage::Aggregate, usage::SeriesBucket, usage::Series, usage::LatencyReport,
         crate::usage::query::ModelTotals, crate::usage::query::Percentiles,
         model_registry::Route, model_registry::RouteList, model_registry::RouteBody, model_registry::RouteChange,

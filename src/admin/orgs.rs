@@ -112,11 +112,15 @@ pub async fn lookup(
 pub async fn create(
     State(s): State<Arc<AdminState>>,
     b: Body,
-) -> Result<(StatusCode, Json<OrgView>), ApiError> {
+) -> Result<(StatusCode, super::audited::CreatedId, Json<OrgView>), ApiError> {
     let req: CreateOrg = body::json(b).await?;
     let org = s.gw.identity.create_org(&req.name, req.description).await?;
     tracing::info!(org = %org.id, "organization created");
-    Ok((StatusCode::CREATED, Json(org.into())))
+    Ok((
+        StatusCode::CREATED,
+        super::audited::created(&org.id),
+        Json(org.into()),
+    ))
 }
 
 /// Change an organization's name or description.

@@ -39,7 +39,7 @@ pub struct UsageParams {
     status: Option<String>,
 }
 
-fn time_param(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiError> {
+pub(super) fn time_param(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiError> {
     let Some(v) = param(query, name) else {
         return Ok(None);
     };
@@ -340,7 +340,7 @@ const CSV_HEADER: [&str; 12] = [
 
 /// A text field a spreadsheet will not run as a formula: a leading `=`, `+`, `-`, `@`, tab or
 /// carriage return gets a `'` in front (OWASP's advice for CSV injection).
-fn inert(s: &str) -> String {
+pub(super) fn inert(s: &str) -> String {
     match s.as_bytes().first() {
         Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}"),
         _ => s.to_string(),

@@ -123,14 +123,18 @@ pub async fn lookup(
 pub async fn create(
     State(s): State<Arc<AdminState>>,
     b: Body,
-) -> Result<(StatusCode, Json<UserView>), ApiError> {
+) -> Result<(StatusCode, super::audited::CreatedId, Json<UserView>), ApiError> {
     let req: CreateUser = body::json(b).await?;
     let user =
         s.gw.identity
             .create_user(&req.name, req.email, req.org_id)
             .await?;
     tracing::info!(user = %user.id, "user created");
-    Ok((StatusCode::CREATED, Json(user.into())))
+    Ok((
+        StatusCode::CREATED,
+        super::audited::created(&user.id),
+        Json(user.into()),
+    ))
 }
 
 /// Change a user's name, email or organization.

@@ -71,7 +71,7 @@ impl Validator<'_> {
         use Seg::*;
         self.addr(&[Key("proxy"), Key("listen")], &c.proxy.listen);
         self.addr(&[Key("admin"), Key("listen")], &c.admin.listen);
-        let positive: [(&str, &str, u64); 26] = [
+        let positive: [(&str, &str, u64); 29] = [
             ("admin", "header_timeout_secs", c.admin.header_timeout_secs),
             ("admin", "max_connections", c.admin.max_connections as u64),
             (
@@ -126,6 +126,13 @@ impl Validator<'_> {
                 c.usage.memory_max_records as u64,
             ),
             ("usage", "max_scan_records", c.usage.max_scan_records as u64),
+            ("audit", "retention_hours", c.audit.retention_hours),
+            (
+                "audit",
+                "memory_max_records",
+                c.audit.memory_max_records as u64,
+            ),
+            ("audit", "max_scan_records", c.audit.max_scan_records as u64),
             ("affinity", "ttl_minutes", c.affinity.ttl_minutes),
             ("health", "timeout_ms", c.health.timeout_ms),
             (

@@ -16,6 +16,7 @@ pub struct Config {
     pub pods: PodsConfig,
     pub auth: AuthConfig,
     pub usage: UsageConfig,
+    pub audit: AuditConfig,
     pub runner: RunnerConfig,
     pub monitoring: MonitoringConfig,
     pub servers: Vec<ServerConfig>,
@@ -252,6 +253,28 @@ impl Default for UsageConfig {
             max_scan_records: 1_000_000,
             exit_flush_secs: 10,
             spool_dir: String::new(),
+        }
+    }
+}
+
+/// `[audit]`: the record of every admin change (`GET /admin/audit`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Records are kept this long.
+    pub retention_hours: u64,
+    /// The embedded store keeps at most this many records (oldest dropped first).
+    pub memory_max_records: usize,
+    /// A query reading more records than this is refused (400).
+    pub max_scan_records: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 2160,
+            memory_max_records: 100_000,
+            max_scan_records: 1_000_000,
         }
     }
 }

@@ -184,19 +184,27 @@ impl BackgroundService for DrainService {
         }
         // Managed engines stop once nothing is sent to them any more.
         drain.enter(Phase::Done);
-        let pending = self.gw.usage.pending();
+        // The last usage and audit records get `[usage] exit_flush_secs` together.
+        let (usage, audit) = (&self.gw.usage, &self.gw.audit);
+        let pending = usage.pending();
         let flush = Duration::from_secs(self.gw.config.usage.exit_flush_secs);
-        match wait_until(flush, || self.gw.usage.pending() == 0).await {
-            true => tracing::info!(written = pending, "usage records written; exiting"),
-            false => {
-                tracing::warn!(
-                    left = self.gw.usage.pending(),
-                    "usage records not written before exit (is the store reachable?): spooling them"
-                );
-                if !self.gw.usage.spool(SPOOL_WRITE).await {
-                    tracing::error!("usage records not spooled in time: lost");
-                }
+        let written = wait_until(flush, || usage.pending() == 0 && audit.pending() == 0).await;
+        if usage.pending() == 0 {
+            tracing::info!(written = pending, "usage records written");
+        } else {
+            tracing::warn!(
+                left = usage.pending(),
+                "usage records not written before exit (is the store reachable?): spooling them"
+            );
+            if !usage.spool(SPOOL_WRITE).await {
+                tracing::error!("usage records not spooled in time: lost");
             }
+        }
+        if !written && audit.pending() > 0 {
+            tracing::error!(
+                left = audit.pending(),
+                "audit records not written before exit (is the store reachable?): lost"
+            );
         }
         let engines = Duration::from_secs(self.gw.config.runner.stop_grace_secs) + AFTER_CUT;
         if !wait_until(engines, || drain.engines_stopped.load(Relaxed)).await {

@@ -55,10 +55,31 @@ impl ShutdownSignalWatch for Signals {
                 _ = hup.recv() => {
                     let gw = self.gw.clone();
                     tokio::spawn(async move {
-                        match crate::reload::reload(&gw).await {
-                            Ok(o) => tracing::info!(version = o.version, applied = ?o.applied, pending_restart = ?o.pending_restart, warnings = ?o.warnings, "SIGHUP: configuration reloaded"),
-                            Err(e) => tracing::error!(error = %crate::reload::scrubbed(&e.to_string()), "SIGHUP: configuration not reloaded; the running one stays"),
-                        }
+                        let (status, error) = match crate::reload::reload(&gw).await {
+                            Ok(o) => {
+                                tracing::info!(version = o.version, applied = ?o.applied, pending_restart = ?o.pending_restart, warnings = ?o.warnings, "SIGHUP: configuration reloaded");
+                                (200, None)
+                            }
+                            Err(e) => {
+                                let why = crate::reload::scrubbed(&e.to_string());
+                                tracing::error!(error = %why, "SIGHUP: configuration not reloaded; the running one stays");
+                                (422, Some(why))
+                            }
+                        };
+                        // The audit log has it too, as the API's reload would be.
+                        gw.audit.record(crate::audit::AuditRecord {
+                            ts_ms: crate::telemetry::now_ms(),
+                            actor: "signal:SIGHUP".into(),
+                            action: "config.reload".into(),
+                            target: None,
+                            outcome: crate::audit::Outcome::of(status),
+                            status,
+                            error,
+                            error_id: None,
+                            method: "SIGHUP".into(),
+                            path: String::new(),
+                            address: None,
+                        });
                     });
                 }
             }

@@ -46,9 +46,12 @@ pub struct MemoryStore {
     /// Usage records, oldest first (same).
     usage: std::sync::Mutex<std::collections::VecDeque<crate::usage::UsageRecord>>,
     usage_limits: UsageLimits,
+    /// Audit records, oldest first (same).
+    audit: std::sync::Mutex<std::collections::VecDeque<crate::audit::AuditRecord>>,
+    audit_limits: UsageLimits,
 }
 
-/// How long and how many usage records the embedded store keeps.
+/// How long and how many records (usage, or audit) the embedded store keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct UsageLimits {
     pub retention_ms: u64,
@@ -80,7 +83,15 @@ impl MemoryStore {
             registry_tx: tokio::sync::watch::channel(0).0,
             usage: Default::default(),
             usage_limits: UsageLimits::default(),
+            audit: Default::default(),
+            audit_limits: UsageLimits::default(),
         }
+    }
+
+    /// Keep audit records this long, and at most this many.
+    pub fn with_audit_limits(mut self, limits: UsageLimits) -> Self {
+        self.audit_limits = limits;
+        self
     }
 
     /// Keep usage records this long, and at most this many.
@@ -211,6 +222,46 @@ pub(crate) fn outcome_index(o: AffinityOutcome) -> usize {
         AffinityOutcome::Miss => 1,
         AffinityOutcome::Fallback => 2,
     }
+}
+
+/// Append `records` to `list` (oldest first), then drop those past the retention and the
+/// oldest beyond the most kept.
+fn append_bounded<T: Clone>(
+    list: &std::sync::Mutex<std::collections::VecDeque<T>>,
+    records: &[T],
+    limits: UsageLimits,
+    ts_ms: impl Fn(&T) -> u64,
+) -> Result<(), StoreError> {
+    let mut l = list
+        .lock()
+        .map_err(|_| StoreError::Invalid("records poisoned".into()))?;
+    l.extend(records.iter().cloned());
+    let horizon = crate::telemetry::now_ms().saturating_sub(limits.retention_ms);
+    while l.front().is_some_and(|r| ts_ms(r) < horizon) || l.len() > limits.max_records {
+        l.pop_front();
+    }
+    Ok(())
+}
+
+/// The records of `list` with `from_ms <= ts < to_ms`; `None` when there are more than `max`.
+fn scan_range<T: Clone>(
+    list: &std::sync::Mutex<std::collections::VecDeque<T>>,
+    from_ms: u64,
+    to_ms: u64,
+    max: usize,
+    ts_ms: impl Fn(&T) -> u64,
+) -> Result<Option<Vec<T>>, StoreError> {
+    let l = list
+        .lock()
+        .map_err(|_| StoreError::Invalid("records poisoned".into()))?;
+    let mut out = Vec::new();
+    for r in l.iter().filter(|r| (from_ms..to_ms).contains(&ts_ms(r))) {
+        if out.len() >= max {
+            return Ok(None);
+        }
+        out.push(r.clone());
+    }
+    Ok(Some(out))
 }
 
 #[async_trait]
@@ -350,18 +401,7 @@ impl Store for MemoryStore {
         _batch: &str,
         records: &[crate::usage::UsageRecord],
     ) -> Result<(), StoreError> {
-        let mut u = self
-            .usage
-            .lock()
-            .map_err(|_| StoreError::Invalid("usage poisoned".into()))?;
-        u.extend(records.iter().cloned());
-        let horizon = crate::telemetry::now_ms().saturating_sub(self.usage_limits.retention_ms);
-        while u.front().is_some_and(|r| r.ts_ms < horizon)
-            || u.len() > self.usage_limits.max_records
-        {
-            u.pop_front();
-        }
-        Ok(())
+        append_bounded(&self.usage, records, self.usage_limits, |r| r.ts_ms)
     }
 
     async fn usage_scan(
@@ -370,18 +410,26 @@ impl Store for MemoryStore {
         to_ms: u64,
         max: usize,
     ) -> Result<Vec<crate::usage::UsageRecord>, StoreError> {
-        let u = self
-            .usage
-            .lock()
-            .map_err(|_| StoreError::Invalid("usage poisoned".into()))?;
-        let mut out = Vec::new();
-        for r in u.iter().filter(|r| r.ts_ms >= from_ms && r.ts_ms < to_ms) {
-            if out.len() >= max {
-                return Err(StoreError::TooMany(max));
-            }
-            out.push(r.clone());
-        }
-        Ok(out)
+        scan_range(&self.usage, from_ms, to_ms, max, |r| r.ts_ms)?.ok_or(StoreError::TooMany(max))
+    }
+
+    async fn audit_append(
+        &self,
+        // As for usage: no batch can be applied twice in-process.
+        _batch: &str,
+        records: &[crate::audit::AuditRecord],
+    ) -> Result<(), StoreError> {
+        append_bounded(&self.audit, records, self.audit_limits, |r| r.ts_ms)
+    }
+
+    async fn audit_scan(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
+        scan_range(&self.audit, from_ms, to_ms, max, |r| r.ts_ms)?
+            .ok_or(StoreError::TooManyAudit(max))
     }
 
     fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {
@@ -468,6 +516,66 @@ mod tests {
         assert!(s.affinity_get("u1", "m1", 1).is_none());
         assert_eq!(s.affinity_clear("u1", None).await.unwrap(), 1);
         assert_eq!(s.affinity_get("u2", "m1", 1).as_deref(), Some("b"));
+    }
+
+    fn audit(ts_ms: u64, action: &str) -> crate::audit::AuditRecord {
+        crate::audit::AuditRecord {
+            ts_ms,
+            actor: "ops".into(),
+            action: action.into(),
+            target: None,
+            outcome: crate::audit::Outcome::Success,
+            status: 200,
+            error: None,
+            error_id: None,
+            method: "POST".into(),
+            path: "/admin/x".into(),
+            address: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_records_are_kept_for_the_retention_and_bounded() {
+        let now = crate::telemetry::now_ms();
+        let s = MemoryStore::new(60_000, 10).with_audit_limits(UsageLimits {
+            retention_ms: 3_600_000,
+            max_records: 3,
+        });
+        // Older than the retention: trimmed on write.
+        s.audit_append("b0", &[audit(now - 7_200_000, "old"), audit(now - 10, "a")])
+            .await
+            .unwrap();
+        let all = s.audit_scan(0, u64::MAX, 100).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        s.audit_append(
+            "b1",
+            &[
+                audit(now - 5, "b"),
+                audit(now - 4, "c"),
+                audit(now - 3, "d"),
+            ],
+        )
+        .await
+        .unwrap();
+        let all = s.audit_scan(0, u64::MAX, 100).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+            ["b", "c", "d"],
+            "at most 3, the oldest dropped first"
+        );
+        // The range is [from, to); more than max is refused, not cut.
+        let some = s.audit_scan(now - 4, now - 3, 100).await.unwrap();
+        assert_eq!(some.len(), 1);
+        assert_eq!(some[0].action, "c");
+        assert!(matches!(
+            s.audit_scan(0, u64::MAX, 2).await,
+            Err(StoreError::TooManyAudit(2))
+        ));
+        // Usage records are kept apart.
+        assert!(s.usage_scan(0, u64::MAX, 100).await.unwrap().is_empty());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub enum StoreError {
     Valkey(String),
     #[error("the range holds more than {0} usage records: narrow it (from, to)")]
     TooMany(usize),
+    #[error("the range holds more than {0} audit records: narrow it (from, to)")]
+    TooManyAudit(usize),
 }
 
 /// State every gateway instance must agree on.
@@ -163,6 +165,24 @@ pub trait Store: Send + Sync + 'static {
         to_ms: u64,
         max: usize,
     ) -> Result<Vec<crate::usage::UsageRecord>, StoreError>;
+
+    /// Append audit records (a write of the recorder); they are kept for `[audit]
+    /// retention_hours`. Like [`Self::usage_append`], `batch` names the records for good: the
+    /// same batch appended again adds nothing that was already added.
+    async fn audit_append(
+        &self,
+        batch: &str,
+        records: &[crate::audit::AuditRecord],
+    ) -> Result<(), StoreError>;
+
+    /// Audit records with `from_ms <= ts_ms < to_ms`, from every instance, in no particular
+    /// order. More than `max` is an error (the caller should narrow the range).
+    async fn audit_scan(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
 
     /// Add this instance's counts, (key id, minute, requests, tokens), to the shared
     /// counters in one round trip; the totals of every instance in the same order, or `None`

@@ -39,7 +39,7 @@ impl StatusFilter {
         }
     }
 
-    fn matches(self, status: u16) -> bool {
+    pub fn matches(self, status: u16) -> bool {
         match self {
             StatusFilter::Code(c) => status == c,
             StatusFilter::Class(c) => status / 100 == c,

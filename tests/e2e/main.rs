@@ -8,6 +8,7 @@ mod load;
 mod wire;
 
 mod admin;
+mod audit;
 mod chaos;
 mod cli;
 mod differential;

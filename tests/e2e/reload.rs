@@ -144,6 +144,17 @@ async fn sighup_reloads_and_a_key_becomes_required_on_open_connections() {
         "a key is required now: {head}"
     );
     assert!(gw.log().contains("SIGHUP: configuration reloaded"));
+    // The audit log has the reload, with the signal as its actor.
+    let recorded = eventually(Duration::from_secs(5), || async {
+        let (_, page) = gw.admin_get(&c, "/admin/audit?action=config.reload").await;
+        page["records"].as_array().is_some_and(|r| {
+            r.iter().any(|r| {
+                r["actor"] == "signal:SIGHUP" && r["outcome"] == "success" && r["status"] == 200
+            })
+        })
+    })
+    .await;
+    assert!(recorded, "{}", gw.admin_get(&c, "/admin/audit").await.1);
 }
 
 /// A reload that lowers `[auth] max_stale_secs` also makes the key cache resync more often:

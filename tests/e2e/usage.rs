@@ -188,6 +188,7 @@ fn instance(url: &str, prefix: &str) -> std::sync::Arc<ValkeyStore> {
         ttl_ms: 60_000,
         max_entries: 100,
         usage_retention_ms: 7 * 24 * 3_600_000,
+        audit_retention_ms: 3_600_000,
     })
     .unwrap()
 }

@@ -21,6 +21,7 @@ fn admin_store(url: &str, cluster: bool) -> std::sync::Arc<ValkeyStore> {
         ttl_ms: 30 * 60_000,
         max_entries: 1000,
         usage_retention_ms: 3_600_000,
+        audit_retention_ms: 3_600_000,
     })
     .unwrap()
 }
@@ -242,8 +243,8 @@ async fn a_valkey_cluster_shares_affinity_the_same_way() {
     keys_usage_and_limits_work_on_a_cluster(&nodes[0].url()).await;
 }
 
-/// Identity documents (one hash tag), usage (one list per hour) and rate counters (one hash
-/// tag per key) through a cluster: pipelines that span slots included.
+/// Identity documents (one hash tag), usage (one list per hour), audit records (one list per
+/// day) and rate counters (one hash tag per key) through a cluster: pipelines that span slots included.
 async fn keys_usage_and_limits_work_on_a_cluster(url: &str) {
     let m = mock("a", &["m"]).await;
     let extra = format!(
@@ -321,6 +322,13 @@ async fn keys_usage_and_limits_work_on_a_cluster(url: &str) {
         eventually(Duration::from_secs(5), || async { total(&gw2).await >= 6 }).await,
         "usage of both instances read back through the cluster"
     );
+    // The audit records of the keys created through gw1 (one list per day) read through gw2.
+    let audited = eventually(Duration::from_secs(5), || async {
+        let (s, v) = gw2.admin_get(&c, "/admin/audit?action=key.create").await;
+        s == 200 && v["total"] == 3
+    })
+    .await;
+    assert!(audited, "audit records read back through the cluster");
 }
 
 #[tokio::test]

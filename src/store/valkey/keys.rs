@@ -89,6 +89,11 @@ impl Keys {
         format!("{}:usage:{}", self.prefix, hour)
     }
 
+    /// LIST of the audit records of one Unix day: `<p>:audit:<day>`.
+    pub fn audit(&self, day: u64) -> String {
+        format!("{}:audit:{}", self.prefix, day)
+    }
+
     /// HASH node -> JSON heartbeat of every lifecycle node: `<p>:nodes`.
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

@@ -11,6 +11,7 @@
 //!   When it returns, sharing resumes; if it lost its data, the instance writes back what it
 //!   knows.
 
+mod audit;
 mod conn;
 mod demand;
 mod docs;
@@ -71,6 +72,8 @@ pub struct ValkeyConfig {
     pub max_entries: usize,
     /// Usage records older than this are trimmed.
     pub usage_retention_ms: u64,
+    /// Audit records older than this are trimmed.
+    pub audit_retention_ms: u64,
 }
 
 /// Affinity, counters and health shared through Valkey.
@@ -79,6 +82,7 @@ pub struct ValkeyStore {
     pub(crate) valkey: Valkey,
     pub(crate) keys: Keys,
     pub(crate) usage_retention_ms: u64,
+    pub(crate) audit_retention_ms: u64,
     /// A cluster: a pipeline must stay within one slot.
     pub(crate) cluster: bool,
     touched: Mutex<Option<mpsc::UnboundedReceiver<Arc<Entry>>>>,
@@ -122,6 +126,7 @@ impl ValkeyStore {
             valkey,
             keys: Keys::new(&cfg.prefix),
             usage_retention_ms: cfg.usage_retention_ms,
+            audit_retention_ms: cfg.audit_retention_ms,
             cluster: cfg.cluster,
             touched: Mutex::new(Some(rx)),
             instance: format!("{:016x}", rand::random::<u64>()),
@@ -379,6 +384,23 @@ impl Store for ValkeyStore {
         max: usize,
     ) -> Result<Vec<crate::usage::UsageRecord>, StoreError> {
         usage::scan(self, from_ms, to_ms, max).await
+    }
+
+    async fn audit_append(
+        &self,
+        batch: &str,
+        records: &[crate::audit::AuditRecord],
+    ) -> Result<(), StoreError> {
+        audit::append(self, batch, records).await
+    }
+
+    async fn audit_scan(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
+        audit::scan(self, from_ms, to_ms, max).await
     }
 
     async fn rate_add(

@@ -42,7 +42,6 @@ pub async fn append(
         let json = serde_json::to_vec(r).map_err(|e| StoreError::Invalid(e.to_string()))?;
         by_hour.entry(r.ts_ms / HOUR_MS).or_default().push(json);
     }
-    let script = redis::Script::new(APPEND_ONCE);
     // Each hour's list is its own key (its own slot in a cluster); its markers share the
     // slot (their hash tag is the list's whole name). A batch that failed part way is
     // retried whole, and only the chunks not yet appended are added.
@@ -51,28 +50,15 @@ pub async fn append(
         if expires_ms == 0 {
             continue; // already past the retention
         }
-        let key = store.keys.usage(hour);
-        for (i, chunk) in entries.chunks(CHUNK).enumerate() {
-            // A prefix with its own hash tag already puts every key of it in one slot.
-            let marker = match key.contains('{') {
-                true => format!("{key}:batch:{batch}:{i}"),
-                false => format!("{{{key}}}:batch:{batch}:{i}"),
-            };
-            let mut call = script.key(&key);
-            call.key(&marker).arg(expires_ms).arg(chunk);
-            let applied: i64 = store
-                .valkey
-                .run(|mut c| async move { call.invoke_async(&mut c).await })
-                .await?;
-            if applied == 0 {
-                tracing::info!(
-                    batch,
-                    hour,
-                    chunk = i,
-                    "usage chunk already written; not added again"
-                );
-            }
-        }
+        append_once(
+            store,
+            &store.keys.usage(hour),
+            batch,
+            &entries,
+            expires_ms,
+            "usage",
+        )
+        .await?;
     }
     Ok(())
 }
@@ -92,22 +78,8 @@ pub async fn scan(
         return Ok(out);
     }
     for hour in from_ms / HOUR_MS..=(to_ms - 1) / HOUR_MS {
-        let key = store.keys.usage(hour);
-        let mut start: isize = 0;
-        loop {
-            let k = key.clone();
-            let page: Vec<Vec<u8>> = store
-                .valkey
-                .run(|mut c| async move {
-                    redis::cmd("LRANGE")
-                        .arg(&k)
-                        .arg(start)
-                        .arg(start + PAGE - 1)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            for bytes in &page {
+        read_pages(store, &store.keys.usage(hour), |page| {
+            for bytes in page {
                 match serde_json::from_slice::<UsageRecord>(bytes) {
                     Ok(r) if r.ts_ms >= from_ms && r.ts_ms < to_ms => {
                         if out.len() >= max {
@@ -119,11 +91,75 @@ pub async fn scan(
                     Err(e) => tracing::debug!(error = %e, "unreadable usage record skipped"),
                 }
             }
-            if (page.len() as isize) < PAGE {
-                break;
-            }
-            start += PAGE;
-        }
+            Ok(())
+        })
+        .await?;
     }
     Ok(out)
+}
+
+/// Append `entries` to the list `key` (expiring in `expires_ms`) in chunks, each once: a chunk
+/// of `batch` appended before (a retry after a lost reply) is not added again. The markers
+/// share the list's slot (their hash tag is the list's whole name, or the prefix's tag).
+pub(super) async fn append_once(
+    store: &ValkeyStore,
+    key: &str,
+    batch: &str,
+    entries: &[Vec<u8>],
+    expires_ms: u64,
+    what: &str,
+) -> Result<(), StoreError> {
+    let script = redis::Script::new(APPEND_ONCE);
+    for (i, chunk) in entries.chunks(CHUNK).enumerate() {
+        // A prefix with its own hash tag already puts every key of it in one slot.
+        let marker = match key.contains('{') {
+            true => format!("{key}:batch:{batch}:{i}"),
+            false => format!("{{{key}}}:batch:{batch}:{i}"),
+        };
+        let mut call = script.key(key);
+        call.key(&marker).arg(expires_ms).arg(chunk);
+        let applied: i64 = store
+            .valkey
+            .run(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
+        if applied == 0 {
+            tracing::info!(
+                what,
+                batch,
+                key,
+                chunk = i,
+                "chunk already written; not added again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every entry of the list `key`, read in pages handed to `each` (which may stop the read
+/// with an error).
+pub(super) async fn read_pages(
+    store: &ValkeyStore,
+    key: &str,
+    mut each: impl FnMut(&[Vec<u8>]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut start: isize = 0;
+    loop {
+        let k = key.to_string();
+        let page: Vec<Vec<u8>> = store
+            .valkey
+            .run(|mut c| async move {
+                redis::cmd("LRANGE")
+                    .arg(&k)
+                    .arg(start)
+                    .arg(start + PAGE - 1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        each(&page)?;
+        if (page.len() as isize) < PAGE {
+            return Ok(());
+        }
+        start += PAGE;
+    }
 }
