@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod files;
 pub mod gateway;
 pub mod gpu;
 pub mod health;

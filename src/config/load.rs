@@ -163,16 +163,23 @@ impl Validator<'_> {
                 "must be at least 100 (milliseconds)".into(),
             );
         }
+        if !c.usage.spool_dir.is_empty() && !std::path::Path::new(&c.usage.spool_dir).is_absolute()
+        {
+            self.fail(
+                &[Key("usage"), Key("spool_dir")],
+                format!("must be an absolute path, got {:?}", c.usage.spool_dir),
+            );
+        }
         if c.usage.exit_flush_secs > 3_600 {
             self.fail(
                 &[Key("usage"), Key("exit_flush_secs")],
                 "must be at most 3600 (seconds)".into(),
             );
         }
-        if c.health.passive_ejection_ms > 3_600_000 {
+        if c.health.passive_ejection_ms > 300_000 {
             self.fail(
                 &[Key("health"), Key("passive_ejection_ms")],
-                "must be at most 3600000 (one hour)".into(),
+                "must be at most 300000 (five minutes; doubled up to 8x)".into(),
             );
         }
         if !c.health.path.starts_with('/') {

@@ -99,7 +99,11 @@ impl HealthState {
 
     pub fn record_success(&self, policy: HealthPolicy, source: Source, now_ms: u64) -> Transition {
         if source == Source::Passive {
-            self.passive_failures.store(0, Relaxed);
+            // Every served request comes here: write only what changes (routing reads
+            // `healthy`, beside these, on every request).
+            if self.passive_failures.load(Relaxed) != 0 {
+                self.passive_failures.store(0, Relaxed);
+            }
             if self.passive_ejections.load(Relaxed) != 0 {
                 self.passive_ejections.store(0, Relaxed);
             }
@@ -116,6 +120,7 @@ impl HealthState {
                 .compare_exchange(false, true, Relaxed, Relaxed)
                 .is_ok()
         {
+            self.held_until_ms.store(0, Relaxed);
             return Transition::BecameHealthy;
         }
         Transition::None
@@ -129,21 +134,25 @@ impl HealthState {
             Source::Passive => &self.passive_failures,
         };
         let failures = streak.fetch_add(1, Relaxed).saturating_add(1);
-        if self.is_healthy()
-            && failures >= policy.unhealthy_threshold
-            && self
+        if self.is_healthy() && failures >= policy.unhealthy_threshold {
+            if source == Source::Passive {
+                // Its health endpoint may pass while its answers fail: probes wait, longer
+                // each time, so that it does not flap back in to fail more requests. Set
+                // before the server leaves, so that no probe readmits it in between.
+                let n = self.passive_ejections.load(Relaxed);
+                let hold = policy.passive_ejection_ms << n.min(MAX_EJECTION_SHIFT);
+                self.held_until_ms.store((now_ms + hold).max(1), Relaxed);
+            }
+            if self
                 .healthy
                 .compare_exchange(true, false, Relaxed, Relaxed)
                 .is_ok()
-        {
-            if source == Source::Passive {
-                // Its health endpoint may pass while its answers fail: probes wait, longer
-                // each time, so that it does not flap back in to fail more requests.
-                let n = self.passive_ejections.fetch_add(1, Relaxed);
-                let hold = policy.passive_ejection_ms << n.min(MAX_EJECTION_SHIFT);
-                self.held_until_ms.store(now_ms + hold, Relaxed);
+            {
+                if source == Source::Passive {
+                    self.passive_ejections.fetch_add(1, Relaxed);
+                }
+                return Transition::BecameUnhealthy;
             }
-            return Transition::BecameUnhealthy;
         }
         Transition::None
     }
@@ -151,6 +160,15 @@ impl HealthState {
     /// Until when (unix ms) probes cannot readmit the server (0 or past: no hold).
     pub fn held_until_ms(&self) -> u64 {
         self.held_until_ms.load(Relaxed)
+    }
+
+    /// Ejected by failing requests while its probes pass: the server routing falls back to
+    /// when a pool has no healthy one (its answers may fail, but a pool answering 503 for the
+    /// whole hold would be worse).
+    pub fn is_held_passing(&self) -> bool {
+        !self.is_healthy()
+            && self.held_until_ms.load(Relaxed) != 0
+            && self.successes.load(Relaxed) > 0
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {

@@ -97,7 +97,11 @@ impl RoutingTable {
     pub fn healthy_models(&self) -> BTreeSet<&str> {
         self.pools
             .values()
-            .filter(|p| p.members.iter().any(|m| m.backend.is_healthy()))
+            .filter(|p| {
+                p.members
+                    .iter()
+                    .any(|m| m.backend.is_healthy() || m.backend.health.is_held_passing())
+            })
             .map(|p| &*p.model)
             .collect()
     }

@@ -8,7 +8,7 @@
 //! and land on the new process), then closes its side and drains like a SIGTERM without the
 //! grace period: the sockets never close, so no client sees a refused connection.
 
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -99,46 +99,13 @@ pub fn prepare(socket: &Path) -> Result<(), UpgradeError> {
         return Err(UpgradeError::TooLong(socket.to_path_buf()));
     }
     let dir = socket.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let io = |source| UpgradeError::Dir {
-        dir: dir.clone(),
-        source,
-    };
-    if std::fs::symlink_metadata(&dir).is_err() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io)?;
-    }
-    let meta = std::fs::symlink_metadata(&dir).map_err(io)?;
-    if !meta.is_dir() {
-        return Err(UpgradeError::NotADirectory(dir));
-    }
-    let uid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != uid {
-        return Err(UpgradeError::NotOurs {
-            dir,
-            owner: meta.uid(),
-            uid,
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(UpgradeError::Open { dir, mode });
-    }
-    for above in dir.ancestors().skip(1) {
-        let Ok(m) = std::fs::metadata(above) else {
-            continue;
-        };
-        let mode = m.permissions().mode();
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(UpgradeError::Open {
-                dir: above.to_path_buf(),
-                mode: mode & 0o7777,
-            });
-        }
-    }
-    Ok(())
+    use crate::files::PrivateDirError as E;
+    crate::files::private_dir(&dir).map_err(|e| match e {
+        E::Io { dir, source } => UpgradeError::Dir { dir, source },
+        E::NotADirectory(dir) => UpgradeError::NotADirectory(dir),
+        E::NotOurs { dir, owner, uid } => UpgradeError::NotOurs { dir, owner, uid },
+        E::Open { dir, mode } => UpgradeError::Open { dir, mode },
+    })
 }
 
 /// The process holding the gateway lock beside `socket` (from `/proc/locks`), if any.
@@ -363,6 +330,7 @@ pub fn notify_ready() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_default_socket_is_in_a_private_directory() {

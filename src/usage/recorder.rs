@@ -140,6 +140,7 @@ impl UsageService {
         &self,
         rx: &mut mpsc::Receiver<UsageRecord>,
         backlog: &mut VecDeque<UsageRecord>,
+        file: u32,
     ) {
         self.take_queued(rx, backlog);
         let u = &self.gw.usage;
@@ -162,12 +163,15 @@ impl UsageService {
             rest = more;
             take = BATCH;
         }
-        let (dir, instance) = (super::spool::dir(&self.gw.config), u.instance.clone());
+        let (dir, name) = (
+            super::spool::dir(&self.gw.config),
+            format!("{}-{file}", u.instance),
+        );
         let count = records.len();
         let written = tokio::task::spawn_blocking(move || {
             let refs: Vec<(String, &[UsageRecord])> =
                 batches.iter().map(|(id, r)| (id.clone(), &r[..])).collect();
-            super::spool::write(&dir, &instance, &refs)
+            super::spool::write(&dir, &name, &refs)
         })
         .await;
         match written {
@@ -175,6 +179,8 @@ impl UsageService {
                 tracing::warn!(records = count, path = %path.display(), "usage records the store did not take are spooled: the next gateway sharing this spool directory writes them");
                 backlog.clear();
                 u.backlog.store(0, Relaxed);
+                u.unconfirmed.store(0, Relaxed);
+                u.batches.store(n, Relaxed);
             }
             Ok(Err(e)) => {
                 tracing::error!(records = count, error = %e, "usage records lost: neither the store nor the spool file took them")
@@ -185,14 +191,36 @@ impl UsageService {
         }
     }
 
+    /// `f`, unless the drain asks for the spool first (then `None`: a store call given up is
+    /// safe, as the batch keeps its id).
+    async fn unless_spooling<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        let spool = async {
+            while !self.gw.usage.spool_now.load(Relaxed) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            out = f => Some(out),
+            _ = spool => None,
+        }
+    }
+
     /// Send the batches of spool files this process holds, each under its own id; a file
     /// goes once all of its batches are stored.
     async fn send_spooled(&self, claimed: &mut Vec<super::spool::Claimed>) {
         while let Some(file) = claimed.first_mut() {
             while let Some((id, records)) = file.batches.first() {
-                if let Err(e) = self.gw.store.usage_append(id, records).await {
-                    tracing::warn!(error = %e, path = %file.path().display(), "spooled usage not written yet; kept for the next flush");
-                    return;
+                match self
+                    .unless_spooling(self.gw.store.usage_append(id, records))
+                    .await
+                {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, path = %file.path().display(), "spooled usage not written yet; kept for the next flush");
+                        return;
+                    }
+                    // Exiting: the file stays for the next process.
+                    None => return,
                 }
                 file.batches.remove(0);
             }
@@ -219,7 +247,14 @@ impl UsageService {
             u.unconfirmed.store(n, Relaxed);
             let batch = &backlog.make_contiguous()[..n];
             let id = format!("{}-{}", u.instance, u.batches.load(Relaxed));
-            match self.gw.store.usage_append(&id, batch).await {
+            let Some(appended) = self
+                .unless_spooling(self.gw.store.usage_append(&id, batch))
+                .await
+            else {
+                // Exiting: the batch keeps its id in the spool (the store may have it).
+                break;
+            };
+            match appended {
                 Ok(()) => {
                     backlog.drain(..n);
                     u.unconfirmed.store(0, Relaxed);
@@ -245,8 +280,12 @@ impl BackgroundService for UsageService {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut stopping = false;
         let dir = super::spool::dir(&self.gw.config);
+        if let Err(e) = super::spool::check(&dir) {
+            tracing::error!(error = %e, "usage records the store has not taken at exit would be lost: fix the spool directory ([usage] spool_dir)");
+        }
         let mut claimed = Vec::new();
         let mut last_look: Option<tokio::time::Instant> = None;
+        let mut files = 0u32;
         loop {
             if stopping {
                 // Requests still draining keep recording until the process exits: flush often.
@@ -258,9 +297,12 @@ impl BackgroundService for UsageService {
                 }
             }
             if self.gw.usage.spool_now.load(Relaxed) {
-                self.spool(&mut rx, &mut backlog).await;
+                // Records of requests still open keep coming until the process exits: each
+                // round's go to a file of their own.
+                self.spool(&mut rx, &mut backlog, files).await;
+                files += 1;
                 self.gw.usage.spooled.store(true, Relaxed);
-                return;
+                continue;
             }
             // Spool files of processes gone (before this one started, or since: the old
             // process of an upgrade exits after this one starts).

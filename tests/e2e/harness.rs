@@ -342,6 +342,23 @@ fn test_config(
             ],
         ),
         ("admin", vec![("listen".into(), format!("\"{admin}\""))]),
+        // Each gateway its own spool (the default is one per user, shared).
+        (
+            "usage",
+            vec![(
+                "spool_dir".into(),
+                format!(
+                    "{:?}",
+                    upgrade_sock
+                        .parent()
+                        .and_then(|d| d.parent())
+                        .unwrap_or(upgrade_sock)
+                        .join("spool")
+                        .display()
+                        .to_string()
+                ),
+            )],
+        ),
         // Data-plane keys are tested on their own (tests/e2e/identity.rs).
         ("auth", vec![("proxy".into(), "\"off\"".into())]),
         (

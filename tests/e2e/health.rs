@@ -158,3 +158,33 @@ async fn server_errors_count_as_passive_failures_and_pass_through() {
     }
     assert_eq!(gw.metric(&healthy_sample(&a.url())).await, 0.0);
 }
+
+/// A server ejected by its failing answers is held out of rotation while others can serve, but
+/// a pool left with no healthy server falls back to it (its probes pass) instead of answering
+/// 503 for the whole hold.
+#[tokio::test]
+async fn a_pool_whose_only_server_is_held_falls_back_to_it() {
+    let a = mock("a", &["m"]).await;
+    let gw = Gateway::start(&format!(
+        "health.passive_ejection_ms = 60000\n{}",
+        server(&a.url(), &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    a.state.fail_status.store(500, Relaxed);
+    for _ in 0..2 {
+        assert_eq!(gw.chat(&c, &chat_body("m")).await.status(), 500);
+    }
+    a.state.fail_status.store(0, Relaxed);
+    // Ejected (held for a minute), yet after a passing probe it still serves the pool.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sample = format!("{} 0", healthy_sample(&a.url()));
+    let metrics = gw.metrics().await;
+    assert!(metrics.lines().any(|l| l == sample), "held out: {metrics}");
+    let r = gw.chat(&c, &chat_body("m")).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "the held server serves a pool with no other"
+    );
+}

@@ -492,10 +492,10 @@ async fn records_unwritten_at_exit_are_spooled_and_written_by_the_next_gateway()
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().join("spool");
     let extra = format!(
-        "{}[store]\nurl = \"{}\"\nprefix = \"spool\"\n\n[usage]\nexit_flush_secs = 1\nspool_dir = {:?}\n",
+        "usage.exit_flush_secs = 1\nusage.spool_dir = {:?}\n{}[store]\nurl = \"{}\"\nprefix = \"spool\"\n",
+        spool_dir.display().to_string(),
         server(&m.url(), &["m"]),
-        redis.url(),
-        spool_dir.display().to_string()
+        redis.url()
     );
     let c = Client::new();
     let mut gw1 = Gateway::start_logged(&extra, &[]).await;
