@@ -258,7 +258,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
-        let r = vec![record(1)];
+        let r = [record(1)];
         write(&spool, "a", &[("a-0".into(), &r[..])]).unwrap();
         // A file open to others (planted, or edited) is not read.
         let planted = spool.join("usage-spool-x.jsonl");
