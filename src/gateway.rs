@@ -59,6 +59,9 @@ pub struct Gateway {
     /// The registry routes of the last rebuild (a managed engine's route changes the table
     /// without reading the store again).
     registry_applied: std::sync::Mutex<Vec<(String, String)>>,
+    /// Routes a reload dropped from the config whose removal from the shared registry failed
+    /// (the store was down): kept out of the table, and removed when the store answers.
+    pub dropped_routes: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     /// Held through a whole rebuild: two at once (the registry sync, an engine routed or
     /// unrouted) could each read the inputs before the other stored its table, and lose a
     /// route.
@@ -136,6 +139,7 @@ impl Gateway {
             drain: Default::default(),
             managed: Default::default(),
             registry_applied: Default::default(),
+            dropped_routes: Default::default(),
             rebuilding: Default::default(),
             store,
         }))
@@ -222,6 +226,12 @@ impl Gateway {
             .map(|r| (r.model.clone(), r.url.clone()))
             .collect();
         let mut models: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let dropped = self
+            .dropped_routes
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        let registry = registry.iter().filter(|r| !dropped.contains(*r));
         for (model, url) in self
             .config_routes()
             .iter()

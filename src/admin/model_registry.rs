@@ -124,6 +124,10 @@ pub async fn add(
     s.gw.store
         .registry_add(&[(model.clone(), url.clone())])
         .await?;
+    // Added on purpose: no longer a route a reload dropped.
+    if let Ok(mut dropped) = s.gw.dropped_routes.lock() {
+        dropped.remove(&(model.clone(), url.clone()));
+    }
     apply_now(&s).await?;
     tracing::info!(%model, %url, "registry route added");
     let status = if existed { "exists" } else { "added" };

@@ -287,7 +287,7 @@ impl Lifecycle {
                 self.node
             )));
         }
-        if self.gw.drain.draining() {
+        if self.gw.drain.draining() || self.gw.drain.handed_over() {
             return Err(LifecycleError::HandingOver(format!(
                 "node {} is stopping (drain or upgrade): engines change on the process that serves next; send this again in a few seconds",
                 self.node
@@ -315,7 +315,10 @@ impl Lifecycle {
         self.start_locked(id).await
     }
 
+    /// (Also an apply's pending restart.) Checked again under the model's lock: a drain or an
+    /// upgrade may have begun while the call waited for it.
     pub(super) async fn start_locked(self: &Arc<Self>, id: &str) -> Result<ModelRecord> {
+        self.may_change_engines()?;
         let model = self.here(id, &Op::Start).await?;
         if self.engines.lock().is_ok_and(|e| e.contains_key(id)) {
             return Err(LifecycleError::Conflict(format!(
@@ -500,6 +503,7 @@ impl Lifecycle {
         self.may_change_engines()?;
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
+        self.may_change_engines()?;
         let model = self.here(id, &Op::Stop).await?;
         self.halt(id);
         match self.ask_stop(id, Stop::Halt) {
@@ -545,6 +549,7 @@ impl Lifecycle {
         self.may_change_engines()?;
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
+        self.may_change_engines()?;
         let model = self.here(id, &Op::Apply).await?;
         self.startable(&model).await?;
         match self.ask_stop(id, Stop::Restart) {
@@ -571,6 +576,7 @@ impl Lifecycle {
         self.may_change_engines()?;
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
+        self.may_change_engines()?;
         let model = self.models.get(id).await?;
         if let Some(node) = self.owner(&model, &Op::Delete) {
             return Err(LifecycleError::Conflict(format!(

@@ -67,14 +67,19 @@ pub fn scrubbed(text: &str) -> String {
         rest = &tail[authority_end..];
     }
     out.push_str(rest);
+    // `--api-key=sk` and `--api-key sk` (a whole command line in one string), every time.
     for flag in SECRET_FLAGS {
-        let prefix = format!("{flag}=");
-        if let Some(start) = out.find(&prefix) {
-            let from = start + prefix.len();
-            let end = out[from..]
-                .find(|c: char| c.is_whitespace() || c == '"')
-                .map_or(out.len(), |e| from + e);
-            out.replace_range(from..end, REDACTED);
+        for sep in ["=", " "] {
+            let prefix = format!("{flag}{sep}");
+            let mut at = 0;
+            while let Some(start) = out[at..].find(&prefix).map(|i| at + i) {
+                let from = start + prefix.len();
+                let end = out[from..]
+                    .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+                    .map_or(out.len(), |e| from + e);
+                out.replace_range(from..end, REDACTED);
+                at = from + REDACTED.len();
+            }
         }
     }
     out
@@ -112,8 +117,12 @@ mod tests {
         );
         assert_eq!(scrubbed("https://h:1/v1 and x@y"), "https://h:1/v1 and x@y");
         assert_eq!(
-            scrubbed("vllm serve m --api-key=sk-1 --port 1"),
-            "vllm serve m --api-key=<redacted> --port 1"
+            scrubbed("vllm serve m --api-key=sk-1 --port 1 --api-key=sk-2"),
+            "vllm serve m --api-key=<redacted> --port 1 --api-key=<redacted>"
+        );
+        assert_eq!(
+            scrubbed("sh -c 'vllm serve m --api-key sk-3 --hf-token hf_x'"),
+            "sh -c 'vllm serve m --api-key <redacted> --hf-token <redacted>'"
         );
         let mut v = serde_json::json!({"pods": {"api_url": "https://u:pw@rp/v1"},
             "runner": {"args": ["--api-key", "sk-2", "--port", "1"]}});

@@ -14,11 +14,18 @@ pub async fn apply(gw: &Arc<Gateway>, old_routes: &[(String, String)]) -> Vec<St
     let new_routes = gw.config_routes();
     let kept: BTreeSet<&(String, String)> = new_routes.iter().collect();
     let dropped: Vec<&(String, String)> = old_routes.iter().filter(|r| !kept.contains(r)).collect();
+    if let Ok(mut tombstones) = gw.dropped_routes.lock() {
+        // Listed again: the file owns it again.
+        tombstones.retain(|r| !kept.contains(r));
+    }
     for (model, url) in &dropped {
         if let Err(e) = gw.store.registry_remove(model, url).await {
             warnings.push(format!(
-                "the route {model} -> {url} is still in the shared registry ({e}): it is routed again at the next registry sync unless removed with DELETE /admin/models/registry"
+                "the route {model} -> {url} is still in the shared registry ({e}): this instance routes nothing to it, and removes it once the store answers"
             ));
+            if let Ok(mut tombstones) = gw.dropped_routes.lock() {
+                tombstones.insert((model.clone(), url.clone()));
+            }
         }
     }
     if let Err(e) = gw.store.registry_add(&new_routes).await {
@@ -42,5 +49,6 @@ pub async fn apply(gw: &Arc<Gateway>, old_routes: &[(String, String)]) -> Vec<St
         ),
         Err(e) => warnings.push(format!("routing table not rebuilt: {e}")),
     }
-    warnings
+    // (A server URL may carry credentials.)
+    warnings.iter().map(|w| super::scrubbed(w)).collect()
 }

@@ -19,6 +19,20 @@ impl RegistrySync {
     /// Seed, read and apply the registry once.
     pub async fn sync(&self) {
         let store = &self.gw.store;
+        // Routes a reload dropped while the store was down leave it now.
+        let dropped: Vec<(String, String)> = self
+            .gw
+            .dropped_routes
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        for (model, url) in dropped {
+            if store.registry_remove(&model, &url).await.is_ok() {
+                if let Ok(mut d) = self.gw.dropped_routes.lock() {
+                    d.remove(&(model, url));
+                }
+            }
+        }
         if store.registry_add(&self.gw.config_routes()).await.is_err() {
             return;
         }

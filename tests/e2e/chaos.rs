@@ -270,6 +270,14 @@ async fn d_a_reloaded_server_list_under_load_fails_no_request() {
     })
     .await;
     assert!(reloaded, "{}", gw.log());
+    // Once the added server has answered, the table is the new one: every request sent from
+    // then on is routed by it (the version shows a moment before the table is rebuilt).
+    let sighup = Instant::now();
+    let routed = eventually(Duration::from_secs(5), || async {
+        load.served_by_since("c", sighup) > 0
+    })
+    .await;
+    assert!(routed, "the added server serves");
     let applied = Instant::now();
     tokio::time::sleep(phase()).await;
     let r = load.stop().await;

@@ -416,3 +416,64 @@ async fn a_shortened_probe_interval_applies_at_once() {
     .await;
     assert!(probed, "probes every 200 ms from the reload on");
 }
+
+/// A server dropped by a reload while the shared store is down stays out: this instance routes
+/// nothing to it, and its routes leave the registry once the store is back (before, the next
+/// registry sync brought it back as a keyless vLLM server).
+#[tokio::test]
+async fn a_server_dropped_while_the_store_is_down_stays_out() {
+    let mut redis = Redis::start_durable().await;
+    let (a, b) = (mock("a", &["ma"]).await, mock("b", &["mb"]).await);
+    let gw = Gateway::start(&format!(
+        "{}{}[store]\nurl = {:?}\nprefix = \"dropped\"\n",
+        server(&a.url(), &["ma"]),
+        server(&b.url(), &["mb"]),
+        redis.url()
+    ))
+    .await;
+    let c = Client::new();
+    let registry_has_b = || async {
+        let (_, routes) = gw.admin_get(&c, "/admin/models/registry?model=mb").await;
+        routes["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["source"] == "registry"))
+    };
+    // Seeded into the shared registry by the registry sync.
+    let seeded = eventually(Duration::from_secs(5), || async {
+        let n: i64 = redis
+            .cmd(&["SISMEMBER", "dropped:registry:models", "mb"])
+            .await;
+        n == 1
+    })
+    .await;
+    assert!(seeded);
+
+    redis.kill();
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(&server(&b.url(), &["mb"]), "")).unwrap();
+    let (status, outcome) = reload(&gw, &c).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert!(
+        outcome["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("still in the shared registry")),
+        "{outcome}"
+    );
+    assert_eq!(gw.chat(&c, &chat_body("mb")).await.status(), 404);
+
+    redis.restart().await;
+    // The registry sync (every 10 s) removes it; meanwhile it is never routed.
+    let removed = eventually(Duration::from_secs(15), || async {
+        assert_eq!(gw.chat(&c, &chat_body("mb")).await.status(), 404);
+        let left: i64 = redis.cmd(&["SCARD", "dropped:registry:{mb}"]).await;
+        left == 0 && !registry_has_b().await
+    })
+    .await;
+    assert!(
+        removed,
+        "{}",
+        gw.admin_get(&c, "/admin/models/registry").await.1
+    );
+    assert_eq!(gw.chat(&c, &chat_body("ma")).await.status(), 200);
+}
