@@ -12,10 +12,8 @@ use crate::audit::query::Filter;
 use crate::audit::{AuditRecord, Outcome};
 use crate::telemetry::now_ms;
 use crate::usage::query::StatusFilter;
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 use std::sync::Arc;
@@ -214,30 +212,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let f = filter(&s, q.as_deref())?;
     let records = select(&s, &f).await?;
-    let mut start = 0usize;
-    let mut first = true;
-    let chunks = std::iter::from_fn(move || {
-        if !first && start >= records.len() {
-            return None;
-        }
-        let end = (start + 1_000).min(records.len());
-        let chunk = csv_chunk(&records[start..end], first);
-        first = false;
-        start = end;
-        Some(Ok::<_, std::convert::Infallible>(chunk))
-    });
-    let body = Body::from_stream(tokio_stream::iter(chunks));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"audit.csv\"",
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(super::csv_export::attachment(records, "audit.csv", csv_chunk))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod audited;
 pub mod auth;
 mod body;
 mod config;
+mod csv_export;
 mod demand;
 pub mod error;
 mod identity_views;

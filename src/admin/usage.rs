@@ -10,10 +10,8 @@ use super::{AdminState, PageParams};
 use crate::telemetry::now_ms;
 use crate::usage::query::{self, Bucket, Filter, ModelTotals, Percentiles, StatusFilter};
 use crate::usage::UsageRecord;
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 use std::sync::Arc;
@@ -386,30 +384,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let f = filter(q.as_deref())?;
     let records = select(&s, &f).await?;
-    let mut start = 0usize;
-    let mut first = true;
-    let chunks = std::iter::from_fn(move || {
-        if !first && start >= records.len() {
-            return None;
-        }
-        let end = (start + 1_000).min(records.len());
-        let chunk = csv_chunk(&records[start..end], first);
-        first = false;
-        start = end;
-        Some(Ok::<_, std::convert::Infallible>(chunk))
-    });
-    let body = Body::from_stream(tokio_stream::iter(chunks));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"usage.csv\"",
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(super::csv_export::attachment(records, "usage.csv", csv_chunk))
 }
 
 #[cfg(test)]

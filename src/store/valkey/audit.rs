@@ -4,7 +4,7 @@
 //! the same lists and a record written late (after an outage) lands in its own day. Days are
 //! separate keys: a cluster spreads them over its nodes.
 
-use super::usage::{append_once, read_pages};
+use super::usage::{append_once, Buckets};
 use super::ValkeyStore;
 use crate::audit::AuditRecord;
 use crate::store::StoreError;
@@ -42,31 +42,20 @@ pub async fn scan(
     to_ms: u64,
     max: usize,
 ) -> Result<Vec<AuditRecord>, StoreError> {
-    let now = crate::telemetry::now_ms();
-    // Nothing older than the retention (and the day it ends in), or newer than now, is stored.
-    let from_ms = from_ms.max(now.saturating_sub(store.audit_retention_ms.saturating_add(DAY_MS)));
-    let to_ms = to_ms.min(now + DAY_MS);
-    let mut out = Vec::new();
-    if from_ms >= to_ms {
-        return Ok(out);
-    }
-    for day in from_ms / DAY_MS..=(to_ms - 1) / DAY_MS {
-        read_pages(store, &store.keys.audit(day), |page| {
-            for bytes in page {
-                match serde_json::from_slice::<AuditRecord>(bytes) {
-                    Ok(r) if r.ts_ms >= from_ms && r.ts_ms < to_ms => {
-                        if out.len() >= max {
-                            return Err(StoreError::TooManyAudit(max));
-                        }
-                        out.push(r);
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "unreadable audit record skipped"),
-                }
-            }
-            Ok(())
-        })
-        .await?;
-    }
-    Ok(out)
+    let buckets = Buckets {
+        span_ms: DAY_MS,
+        retention_ms: store.audit_retention_ms,
+        kind: "audit",
+    };
+    buckets
+        .scan(
+            store,
+            from_ms,
+            to_ms,
+            |day| store.keys.audit(day),
+            |r: &AuditRecord| r.ts_ms,
+            || StoreError::TooManyAudit(max),
+            max,
+        )
+        .await
 }

@@ -69,33 +69,77 @@ pub async fn scan(
     to_ms: u64,
     max: usize,
 ) -> Result<Vec<UsageRecord>, StoreError> {
-    let now = crate::telemetry::now_ms();
-    // Nothing older than the retention, or newer than now, can be stored.
-    let from_ms = from_ms.max(now.saturating_sub(store.usage_retention_ms + HOUR_MS));
-    let to_ms = to_ms.min(now + HOUR_MS);
-    let mut out = Vec::new();
-    if from_ms >= to_ms {
-        return Ok(out);
-    }
-    for hour in from_ms / HOUR_MS..=(to_ms - 1) / HOUR_MS {
-        read_pages(store, &store.keys.usage(hour), |page| {
-            for bytes in page {
-                match serde_json::from_slice::<UsageRecord>(bytes) {
-                    Ok(r) if r.ts_ms >= from_ms && r.ts_ms < to_ms => {
-                        if out.len() >= max {
-                            return Err(StoreError::TooMany(max));
+    let buckets = Buckets {
+        span_ms: HOUR_MS,
+        retention_ms: store.usage_retention_ms,
+        kind: "usage",
+    };
+    buckets
+        .scan(
+            store,
+            from_ms,
+            to_ms,
+            |hour| store.keys.usage(hour),
+            |r: &UsageRecord| r.ts_ms,
+            || StoreError::TooMany(max),
+            max,
+        )
+        .await
+}
+
+/// Records kept in one list per time bucket (usage: an hour, audit: a day), each list expiring
+/// `retention_ms` after its bucket ends.
+pub(super) struct Buckets {
+    pub span_ms: u64,
+    pub retention_ms: u64,
+    /// For the log: what an unreadable entry was.
+    pub kind: &'static str,
+}
+
+impl Buckets {
+    /// The records with `from_ms <= ts < to_ms`, oldest bucket first; at most `max` (else
+    /// `too_many`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        store: &ValkeyStore,
+        from_ms: u64,
+        to_ms: u64,
+        key: impl Fn(u64) -> String,
+        ts_ms: impl Fn(&T) -> u64,
+        too_many: impl Fn() -> StoreError,
+        max: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let now = crate::telemetry::now_ms();
+        // Nothing older than the retention (and the bucket it ends in), or newer than now, is
+        // stored.
+        let from_ms =
+            from_ms.max(now.saturating_sub(self.retention_ms.saturating_add(self.span_ms)));
+        let to_ms = to_ms.min(now + self.span_ms);
+        let mut out = Vec::new();
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        for bucket in from_ms / self.span_ms..=(to_ms - 1) / self.span_ms {
+            read_pages(store, &key(bucket), |page| {
+                for bytes in page {
+                    match serde_json::from_slice::<T>(bytes) {
+                        Ok(r) if (from_ms..to_ms).contains(&ts_ms(&r)) => {
+                            if out.len() >= max {
+                                return Err(too_many());
+                            }
+                            out.push(r);
                         }
-                        out.push(r);
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, kind = self.kind, "unreadable record skipped"),
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "unreadable usage record skipped"),
                 }
-            }
-            Ok(())
-        })
-        .await?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// Append `entries` to the list `key` (expiring in `expires_ms`) in chunks, each once: a chunk
