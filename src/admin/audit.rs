@@ -212,7 +212,11 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let f = filter(&s, q.as_deref())?;
     let records = select(&s, &f).await?;
-    Ok(super::csv_export::attachment(records, "audit.csv", csv_chunk))
+    Ok(super::csv_export::attachment(
+        records,
+        "audit.csv",
+        csv_chunk,
+    ))
 }
 
 #[cfg(test)]

@@ -404,6 +404,9 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let (m, relaxed) = (&s.gw.metrics, std::sync::atomic::Ordering::Relaxed);
+    m.records_lost_to("usage", s.gw.usage.lost_total.load(relaxed));
+    m.records_lost_to("audit", s.gw.audit.dropped.load(relaxed));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.gw.metrics.render(),

@@ -384,7 +384,11 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let f = filter(q.as_deref())?;
     let records = select(&s, &f).await?;
-    Ok(super::csv_export::attachment(records, "usage.csv", csv_chunk))
+    Ok(super::csv_export::attachment(
+        records,
+        "usage.csv",
+        csv_chunk,
+    ))
 }
 
 #[cfg(test)]

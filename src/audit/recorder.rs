@@ -29,6 +29,8 @@ pub struct AuditRecorder {
     pending: AtomicUsize,
     /// Records lost (a full channel or backlog), since the start.
     pub dropped: AtomicU64,
+    /// Set at exit when the store did not take the last records: log them instead.
+    give_up: std::sync::atomic::AtomicBool,
 }
 
 impl Default for AuditRecorder {
@@ -39,6 +41,7 @@ impl Default for AuditRecorder {
             rx: Mutex::new(Some(rx)),
             pending: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            give_up: Default::default(),
         }
     }
 }
@@ -70,6 +73,18 @@ impl AuditRecorder {
     /// Records handed off and not yet written to the store.
     pub fn pending(&self) -> usize {
         self.pending.load(Relaxed)
+    }
+
+    /// At exit, with the store still not taking them: every record not written goes to the
+    /// log at error level (its only trace); resolves once done, at most `limit`.
+    pub async fn give_up(&self, limit: Duration) {
+        self.give_up.store(true, Relaxed);
+        let _ = tokio::time::timeout(limit, async {
+            while self.pending() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
     }
 
     fn take_receiver(&self) -> Option<mpsc::Receiver<AuditRecord>> {
@@ -148,6 +163,19 @@ impl BackgroundService for AuditService {
             unconfirmed: 0,
         };
         loop {
+            if self.gw.audit.give_up.load(Relaxed) {
+                while let Ok(r) = rx.try_recv() {
+                    w.backlog.push_back(r);
+                }
+                for r in w.backlog.drain(..) {
+                    lost(&r, "the store did not take it before the process exited");
+                    self.gw.audit.pending.fetch_sub(1, Relaxed);
+                    self.gw.audit.dropped.fetch_add(1, Relaxed);
+                }
+                w.unconfirmed = 0;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             let next = if w.backlog.is_empty() {
                 rx.recv().await
             } else {

@@ -203,8 +203,9 @@ impl BackgroundService for DrainService {
         if !written && audit.pending() > 0 {
             tracing::error!(
                 left = audit.pending(),
-                "audit records not written before exit (is the store reachable?): lost"
+                "audit records not written before exit (is the store reachable?): each is logged below"
             );
+            audit.give_up(Duration::from_secs(2)).await;
         }
         let engines = Duration::from_secs(self.gw.config.runner.stop_grace_secs) + AFTER_CUT;
         if !wait_until(engines, || drain.engines_stopped.load(Relaxed)).await {

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub client_refused: IntCounter,
     /// Clients too slow, by phase (`head`, `body`).
     client_timeouts: IntCounterVec,
+    /// Usage and audit records lost (queue or backlog full, or unwritten at exit), by kind.
+    records_lost: IntCounterVec,
 }
 
 /// Pre-resolved handles for one (model, server) route.
@@ -167,8 +169,17 @@ impl Metrics {
             &["phase"],
         )
         .expect("valid metric");
+        let records_lost = IntCounterVec::new(
+            Opts::new(
+                "infergate_records_lost_total",
+                "Usage and audit records lost, by kind: a full queue or backlog (the store refused them too long), or unwritten and unspooled at exit; each loss is also logged at error level",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(records_lost.clone()),
             Box::new(client_refused.clone()),
             Box::new(client_timeouts.clone()),
             Box::new(requests.clone()),
@@ -197,7 +208,15 @@ impl Metrics {
             client_connections,
             client_refused,
             client_timeouts,
+            records_lost,
         }
+    }
+
+    /// Bring the lost-records counter of `kind` up to `total` (the recorder's own count
+    /// since the start), at scrape time.
+    pub fn records_lost_to(&self, kind: &str, total: u64) {
+        let c = self.records_lost.with_label_values(&[kind]);
+        c.inc_by(total.saturating_sub(c.get()));
     }
 
     /// A client too slow in `phase` (`head` or `body`).

@@ -27,8 +27,10 @@ const LOOK_FOR_SPOOL: Duration = Duration::from_secs(5);
 pub struct UsageRecorder {
     tx: mpsc::Sender<UsageRecord>,
     rx: Mutex<Option<mpsc::Receiver<UsageRecord>>>,
-    /// Records lost to a full channel or backlog.
+    /// Records lost to a full channel or backlog, since the last flush looked.
     pub dropped: AtomicU64,
+    /// Records lost since the start (the metric).
+    pub lost_total: AtomicU64,
     /// Records taken from the channel and not yet written (the flush's backlog).
     backlog: AtomicUsize,
     /// Names this process's batches (random per process): `<instance>-<n>`.
@@ -50,6 +52,7 @@ impl Default for UsageRecorder {
             tx,
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
+            lost_total: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
             instance: format!("{:016x}", rand::random::<u64>()),
             batches: AtomicU64::new(0),
@@ -108,6 +111,7 @@ impl UsageService {
         backlog: &mut VecDeque<UsageRecord>,
     ) {
         let dropped = self.gw.usage.dropped.swap(0, Relaxed);
+        self.gw.usage.lost_total.fetch_add(dropped, Relaxed);
         if dropped > 0 {
             tracing::error!(
                 dropped,
@@ -183,9 +187,11 @@ impl UsageService {
                 u.batches.store(n, Relaxed);
             }
             Ok(Err(e)) => {
+                u.lost_total.fetch_add(count as u64, Relaxed);
                 tracing::error!(records = count, error = %e, "usage records lost: neither the store nor the spool file took them")
             }
             Err(e) => {
+                u.lost_total.fetch_add(count as u64, Relaxed);
                 tracing::error!(records = count, error = %e, "usage records lost: the spool write failed")
             }
         }

@@ -512,6 +512,26 @@ async fn records_unwritten_at_exit_are_spooled_and_written_by_the_next_gateway()
     for _ in 0..7 {
         assert_eq!(gw1.chat(&c, &chat_body("m")).await.status(), 200);
     }
+    // An admin change while the store is down: its audit record cannot be written either.
+    let r = gw1
+        .admin(&c, Method::POST, "/admin/affinity/clear")
+        .json(&json!({"user_id": "nobody"}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 400);
+    let metrics = c
+        .get(format!("http://{}/metrics", gw1.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("infergate_records_lost_total{kind=\"audit\"} 0"),
+        "{metrics}"
+    );
     gw1.signal(nix::sys::signal::Signal::SIGTERM);
     let status = gw1.exited_within(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", gw1.log());
@@ -523,6 +543,13 @@ async fn records_unwritten_at_exit_are_spooled_and_written_by_the_next_gateway()
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].starts_with("usage-spool-"), "{files:?}");
     assert!(gw1.log().contains("spooled"), "{}", gw1.log());
+    // The audit record the store never took is in the log, its only trace.
+    let log = gw1.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit record lost") && l.contains("affinity.clear")),
+        "{log}"
+    );
 
     redis.restart().await;
     let gw2 = Gateway::start(&extra).await;
