@@ -76,15 +76,9 @@ impl AuditRecorder {
     }
 
     /// At exit, with the store still not taking them: every record not written goes to the
-    /// log at error level (its only trace); resolves once done, at most `limit`.
-    pub async fn give_up(&self, limit: Duration) {
+    /// log at error level (its only trace), within a second; [`Self::pending`] reaches 0.
+    pub fn give_up(&self) {
         self.give_up.store(true, Relaxed);
-        let _ = tokio::time::timeout(limit, async {
-            while self.pending() > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
     }
 
     fn take_receiver(&self) -> Option<mpsc::Receiver<AuditRecord>> {

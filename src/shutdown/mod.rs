@@ -196,7 +196,8 @@ impl BackgroundService for DrainService {
                 left = usage.pending(),
                 "usage records not written before exit (is the store reachable?): spooling them"
             );
-            if !usage.spool(SPOOL_WRITE).await {
+            usage.spool();
+            if !wait_until(SPOOL_WRITE, || usage.spooled()).await {
                 tracing::error!("usage records not spooled in time: lost");
             }
         }
@@ -205,7 +206,8 @@ impl BackgroundService for DrainService {
                 left = audit.pending(),
                 "audit records not written before exit (is the store reachable?): each is logged below"
             );
-            audit.give_up(Duration::from_secs(2)).await;
+            audit.give_up();
+            wait_until(Duration::from_secs(2), || audit.pending() == 0).await;
         }
         let engines = Duration::from_secs(self.gw.config.runner.stop_grace_secs) + AFTER_CUT;
         if !wait_until(engines, || drain.engines_stopped.load(Relaxed)).await {

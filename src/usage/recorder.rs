@@ -41,6 +41,8 @@ pub struct UsageRecorder {
     unconfirmed: AtomicUsize,
     /// Set by the drain when the store did not take the last records in time: spool them.
     spool_now: std::sync::atomic::AtomicBool,
+    /// Wakes a store call under way when the spool is asked for.
+    spool_asked: tokio::sync::Notify,
     /// Set once they are spooled (or could not be).
     spooled: std::sync::atomic::AtomicBool,
 }
@@ -58,6 +60,7 @@ impl Default for UsageRecorder {
             batches: AtomicU64::new(0),
             unconfirmed: AtomicUsize::new(0),
             spool_now: Default::default(),
+            spool_asked: Default::default(),
             spooled: Default::default(),
         }
     }
@@ -78,18 +81,16 @@ impl UsageRecorder {
         queued + self.backlog.load(Relaxed)
     }
 
-    /// Spool what is not written yet (the process is about to exit); resolves once done, at
-    /// most `limit`. Whether it was.
-    pub async fn spool(&self, limit: Duration) -> bool {
+    /// Spool what is not written yet (the process is about to exit): a store call under way
+    /// is given up. [`Self::spooled`] says when it is done.
+    pub fn spool(&self) {
         self.spool_now.store(true, Relaxed);
-        let done = || self.spooled.load(Relaxed);
-        tokio::time::timeout(limit, async {
-            while !done() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .is_ok()
+        self.spool_asked.notify_waiters();
+    }
+
+    /// Whether the spool asked for is written (or could not be).
+    pub fn spooled(&self) -> bool {
+        self.spooled.load(Relaxed)
     }
 
     fn take_receiver(&self) -> Option<mpsc::Receiver<UsageRecord>> {
@@ -200,14 +201,14 @@ impl UsageService {
     /// `f`, unless the drain asks for the spool first (then `None`: a store call given up is
     /// safe, as the batch keeps its id).
     async fn unless_spooling<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
-        let spool = async {
-            while !self.gw.usage.spool_now.load(Relaxed) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
+        // Registered before the flag is read: a spool asked for in between still wakes it.
+        let asked = self.gw.usage.spool_asked.notified();
+        if self.gw.usage.spool_now.load(Relaxed) {
+            return None;
+        }
         tokio::select! {
             out = f => Some(out),
-            _ = spool => None,
+            _ = asked => None,
         }
     }
 
