@@ -3,10 +3,11 @@
 //! whole retention), `actor`, `action` (exact, or `key.*` for a family), `target` (contains),
 //! `outcome` (`success` or `failure`) and `status` (a code or a class: `4xx`).
 
+use super::csv_export::{inert, CsvRow};
 use super::error::{ApiError, ErrorBody};
 use super::identity_views::iso;
 use super::page::{param, Page};
-use super::usage::{inert, time_param};
+use super::usage::time_param;
 use super::{AdminState, PageParams};
 use crate::audit::query::Filter;
 use crate::audit::{AuditRecord, Outcome};
@@ -169,22 +170,16 @@ pub async fn list(
     }))
 }
 
-const CSV_HEADER: [&str; 11] = [
-    "time", "actor", "action", "target", "outcome", "status", "error", "error_id", "method",
-    "path", "address",
-];
+impl CsvRow for AuditRecord {
+    const HEADER: &'static [&'static str] = &[
+        "time", "actor", "action", "target", "outcome", "status", "error", "error_id", "method",
+        "path", "address",
+    ];
 
-/// Rows of CSV (RFC 4180 quoting), optionally after the header row.
-fn csv_chunk(records: &[AuditRecord], header: bool) -> bytes::Bytes {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::with_capacity(160 * (records.len() + 1)));
-    if header {
-        let _ = w.write_record(CSV_HEADER);
-    }
-    for r in records {
+    fn row(&self) -> Vec<String> {
+        let r = self;
         let opt = |v: &Option<String>| inert(v.as_deref().unwrap_or(""));
-        let _ = w.write_record([
+        vec![
             iso(r.ts_ms),
             inert(&r.actor),
             inert(&r.action),
@@ -196,9 +191,8 @@ fn csv_chunk(records: &[AuditRecord], header: bool) -> bytes::Bytes {
             inert(&r.method),
             inert(&r.path),
             opt(&r.address),
-        ]);
+        ]
     }
-    bytes::Bytes::from(w.into_inner().unwrap_or_default())
 }
 
 /// The filtered admin changes as CSV (oldest first, a header row, RFC 4180 quoting), streamed
@@ -212,11 +206,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let f = filter(&s, q.as_deref())?;
     let records = select(&s, &f).await?;
-    Ok(super::csv_export::attachment(
-        records,
-        "audit.csv",
-        csv_chunk,
-    ))
+    Ok(super::csv_export::attachment(records, "audit.csv"))
 }
 
 #[cfg(test)]
@@ -238,9 +228,12 @@ mod tests {
             path: "/admin/models/registry".into(),
             address: None,
         };
-        let text = String::from_utf8(csv_chunk(&[r], true).to_vec()).unwrap();
+        let text = String::from_utf8(super::super::csv_export::chunk(&[r], true).to_vec()).unwrap();
         let mut rd = csv::Reader::from_reader(text.as_bytes());
-        assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), CSV_HEADER);
+        assert_eq!(
+            rd.headers().unwrap().iter().collect::<Vec<_>>(),
+            AuditRecord::HEADER
+        );
         let row = rd.records().next().unwrap().unwrap();
         assert_eq!(&row[1], "'=cmd");
         assert_eq!(&row[3], "model=a,b url=\"x\"");

@@ -3,6 +3,7 @@
 //! (CSV). Every one takes the filters `from`, `to` (RFC 3339 or Unix ms; default: the last
 //! 24 hours), `key_id`, `user_id`, `org_id`, `model` and `status` (a code or a class: `5xx`).
 
+use super::csv_export::{inert, CsvRow};
 use super::error::{ApiError, ErrorBody};
 use super::identity_views::iso;
 use super::page::{param, Page};
@@ -321,41 +322,26 @@ async fn percentile_report(
     }))
 }
 
-const CSV_HEADER: [&str; 12] = [
-    "time",
-    "key_id",
-    "user_id",
-    "org_id",
-    "model",
-    "server",
-    "status",
-    "latency_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "stream",
-];
+impl CsvRow for UsageRecord {
+    const HEADER: &'static [&'static str] = &[
+        "time",
+        "key_id",
+        "user_id",
+        "org_id",
+        "model",
+        "server",
+        "status",
+        "latency_ms",
+        "ttft_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "stream",
+    ];
 
-/// A text field a spreadsheet will not run as a formula: a leading `=`, `+`, `-`, `@`, tab or
-/// carriage return gets a `'` in front (OWASP's advice for CSV injection).
-pub(super) fn inert(s: &str) -> String {
-    match s.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}"),
-        _ => s.to_string(),
-    }
-}
-
-/// Rows of CSV (RFC 4180 quoting), optionally after the header row.
-fn csv_chunk(records: &[UsageRecord], header: bool) -> bytes::Bytes {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::with_capacity(128 * (records.len() + 1)));
-    if header {
-        let _ = w.write_record(CSV_HEADER);
-    }
-    for r in records {
+    fn row(&self) -> Vec<String> {
+        let r = self;
         let opt = |v: &Option<Arc<str>>| inert(v.as_deref().unwrap_or(""));
-        let _ = w.write_record([
+        vec![
             iso(r.ts_ms),
             opt(&r.key_id),
             opt(&r.user_id),
@@ -368,9 +354,8 @@ fn csv_chunk(records: &[UsageRecord], header: bool) -> bytes::Bytes {
             r.prompt_tokens.to_string(),
             r.completion_tokens.to_string(),
             r.stream.to_string(),
-        ]);
+        ]
     }
-    bytes::Bytes::from(w.into_inner().unwrap_or_default())
 }
 
 /// The filtered records as CSV (oldest first, a header row, RFC 4180 quoting), streamed in
@@ -384,11 +369,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let f = filter(q.as_deref())?;
     let records = select(&s, &f).await?;
-    Ok(super::csv_export::attachment(
-        records,
-        "usage.csv",
-        csv_chunk,
-    ))
+    Ok(super::csv_export::attachment(records, "usage.csv"))
 }
 
 #[cfg(test)]
@@ -422,7 +403,7 @@ mod tests {
             completion_tokens: 2,
             stream: false,
         };
-        let text = String::from_utf8(csv_chunk(&[r], true).to_vec()).unwrap();
+        let text = String::from_utf8(super::super::csv_export::chunk(&[r], true).to_vec()).unwrap();
         let mut lines = text.split("\r\n");
         assert!(lines.next().unwrap().starts_with("time,key_id,user_id"));
         assert_eq!(
