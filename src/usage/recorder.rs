@@ -93,6 +93,11 @@ impl UsageRecorder {
         self.spooled.load(Relaxed)
     }
 
+    /// Batch `n` of this process: `<instance>-<n>` (the store adds a batch id once).
+    fn batch_id(&self, n: u64) -> String {
+        format!("{}-{n}", self.instance)
+    }
+
     fn take_receiver(&self) -> Option<mpsc::Receiver<UsageRecord>> {
         self.rx.lock().ok().and_then(|mut r| r.take())
     }
@@ -163,7 +168,7 @@ impl UsageService {
         let mut take = first;
         while !rest.is_empty() {
             let (batch, more) = rest.split_at(take.min(rest.len()));
-            batches.push((format!("{}-{n}", u.instance), batch.to_vec()));
+            batches.push((u.batch_id(n), batch.to_vec()));
             n += 1;
             rest = more;
             take = BATCH;
@@ -179,21 +184,20 @@ impl UsageService {
             super::spool::write(&dir, &name, &refs)
         })
         .await;
-        match written {
-            Ok(Ok(path)) => {
+        match written
+            .map_err(|e| e.to_string())
+            .and_then(|w| w.map_err(|e| e.to_string()))
+        {
+            Ok(path) => {
                 tracing::warn!(records = count, path = %path.display(), "usage records the store did not take are spooled: the next gateway sharing this spool directory writes them");
                 backlog.clear();
                 u.backlog.store(0, Relaxed);
                 u.unconfirmed.store(0, Relaxed);
                 u.batches.store(n, Relaxed);
             }
-            Ok(Err(e)) => {
-                u.lost_total.fetch_add(count as u64, Relaxed);
-                tracing::error!(records = count, error = %e, "usage records lost: neither the store nor the spool file took them")
-            }
             Err(e) => {
                 u.lost_total.fetch_add(count as u64, Relaxed);
-                tracing::error!(records = count, error = %e, "usage records lost: the spool write failed")
+                tracing::error!(records = count, error = %e, "usage records lost: neither the store nor the spool file took them")
             }
         }
     }
@@ -253,7 +257,7 @@ impl UsageService {
             };
             u.unconfirmed.store(n, Relaxed);
             let batch = &backlog.make_contiguous()[..n];
-            let id = format!("{}-{}", u.instance, u.batches.load(Relaxed));
+            let id = u.batch_id(u.batches.load(Relaxed));
             let Some(appended) = self
                 .unless_spooling(self.gw.store.usage_append(&id, batch))
                 .await
