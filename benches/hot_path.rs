@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use infergate::routing::prefix::{Chainer, DEFAULT_BLOCK_BYTES};
 use infergate::routing::route_key_json;
 use infergate::telemetry::sse::SseScanner;
 use infergate::telemetry::usage::UsageTail;
@@ -23,7 +24,25 @@ fn route_key(c: &mut Criterion) {
         let body = chat_body(size);
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(body.len()), &body, |b, body| {
-            b.iter(|| route_key_json(black_box(body)).unwrap().model.len())
+            b.iter(|| route_key_json(black_box(body), None).unwrap().model.len())
+        });
+    }
+    g.finish();
+    // The same scan feeding cache-aware routing's chain (the defaults: 128-byte blocks, at
+    // most 512).
+    let mut g = c.benchmark_group("route_key_json_chained");
+    let mut chain = Vec::new();
+    for size in [200usize, 64 * 1024, 5 * 1024 * 1024] {
+        let body = chat_body(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(body.len()), &body, |b, body| {
+            b.iter(|| {
+                let mut ch = Chainer::new(&mut chain, DEFAULT_BLOCK_BYTES, 512);
+                route_key_json(black_box(body), Some(&mut ch))
+                    .unwrap()
+                    .model
+                    .len()
+            })
         });
     }
     g.finish();

@@ -34,6 +34,8 @@ pub struct Gateway {
     /// The same version, for background loops that wait for a reload.
     reloaded: tokio::sync::watch::Sender<u64>,
     pub table: ArcSwap<RoutingTable>,
+    /// The prefix indexes of the models routed by prefix (kept across table rebuilds).
+    pub prefix: crate::routing::prefix::PrefixIndexes,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// This instance's per-minute request counts (demand telemetry).
@@ -94,7 +96,8 @@ impl Gateway {
                 ))
             })
             .collect::<Result<Vec<_>, BackendError>>()?;
-        let table = RoutingTable::new(routes, &metrics);
+        let prefix = crate::routing::prefix::PrefixIndexes::default();
+        let table = RoutingTable::new(routes, &metrics, &config.routing, &prefix);
         let ttl_ms = config.affinity.ttl_minutes * 60_000;
         let store: Arc<dyn Store> = if config.store.is_valkey() {
             ValkeyStore::start(ValkeyConfig {
@@ -127,6 +130,7 @@ impl Gateway {
             reloaded: tokio::sync::watch::channel(1).0,
             config,
             table: ArcSwap::from_pointee(table),
+            prefix,
             metrics,
             demand: Default::default(),
             discovered: Default::default(),
@@ -294,6 +298,7 @@ impl Gateway {
             })
         };
         let unchanged = failed.is_empty()
+            && *current.routing() == live.routing
             && current.backends().len() == models.len()
             && current.backends().iter().all(|b| {
                 fits(b)
@@ -339,8 +344,12 @@ impl Gateway {
             servers = routes.len(),
             "routing table rebuilt from config and registry"
         );
-        self.table
-            .store(Arc::new(RoutingTable::new(routes, &self.metrics)));
+        self.table.store(Arc::new(RoutingTable::new(
+            routes,
+            &self.metrics,
+            &live.routing,
+            &self.prefix,
+        )));
         failed
     }
 }

@@ -215,6 +215,12 @@ pub fn run_with(
     );
     monitoring.threads = Some(1);
     server.add_service(monitoring);
+    let mut prefix = background_service(
+        "prefix index",
+        crate::routing::prefix::pools::PrefixMaintenance { gw: gw.clone() },
+    );
+    prefix.threads = Some(1);
+    server.add_service(prefix);
     let mut drain = background_service("drain", crate::shutdown::DrainService { gw: gw.clone() });
     drain.threads = Some(1);
     server.add_service(drain);

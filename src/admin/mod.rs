@@ -25,6 +25,7 @@ mod orgs;
 pub mod page;
 mod pods;
 mod registry;
+mod routing;
 mod servers;
 mod system;
 mod upstreams;
@@ -214,6 +215,7 @@ fn fleet_api(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .route("/servers", get(servers::list))
         .route("/affinity", get(affinity::report))
         .route("/affinity/clear", post(affinity::clear))
+        .route("/routing", get(routing::report))
         .route(
             "/registry/refresh",
             post(registry::refresh).get(registry::get_refresh_model),

@@ -3,7 +3,8 @@
 
 use super::{
     affinity, audit, config, demand, error, identity_views, keys, model_files, model_lifecycle,
-    model_registry, models, orgs, pods, registry, servers, system, upstreams, usage, users,
+    model_registry, models, orgs, pods, registry, routing, servers, system, upstreams, usage,
+    users,
 };
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -23,6 +24,7 @@ x-error-id headers."
         pods::list, pods::get, pods::restart,
         servers::list,
         affinity::report, affinity::clear,
+        routing::report,
         registry::get, registry::refresh,
         demand::get,
         orgs::list, orgs::lookup, orgs::create, orgs::patch, orgs::delete,
@@ -46,6 +48,7 @@ x-error-id headers."
         pods::PodSummary, pods::PodDetail, pods::PodList, pods::RestartAccepted, pods::RestartFailed,
         servers::ServerInfo, servers::ServerList,
         affinity::ProviderAffinity, affinity::AffinityReport, affinity::ClearRequest, affinity::ClearResult,
+        routing::RoutingReport, routing::ModelRouting, routing::IndexReport, routing::IndexedServer,
         registry::RegistryPage, registry::RefreshResult,
         demand::DemandInfo, demand::ModelDemandInfo,
         identity_views::OrgView, identity_views::UserView, identity_views::KeyView, identity_views::LookupItem,

@@ -151,6 +151,43 @@ impl Validator<'_> {
                 self.fail(&[Key(table), Key(key)], "must be at least 1".into());
             }
         }
+        let r = &c.routing;
+        if !(1..=crate::routing::prefix::MAX_BLOCK_BYTES).contains(&r.block_bytes) {
+            self.fail(
+                &[Key("routing"), Key("block_bytes")],
+                format!(
+                    "must be 1 to {} (bytes of prompt per block)",
+                    crate::routing::prefix::MAX_BLOCK_BYTES
+                ),
+            );
+        }
+        if !(1..=crate::routing::prefix::MAX_CHAIN_BLOCKS).contains(&r.max_blocks) {
+            self.fail(
+                &[Key("routing"), Key("max_blocks")],
+                format!(
+                    "must be 1 to {} (blocks of a prompt indexed)",
+                    crate::routing::prefix::MAX_CHAIN_BLOCKS
+                ),
+            );
+        }
+        if r.server_cache_tokens == 0 {
+            self.fail(
+                &[Key("routing"), Key("server_cache_tokens")],
+                "must be at least 1 (tokens of a server's KV cache)".into(),
+            );
+        }
+        if !(1024..=1 << 30).contains(&r.index_max_entries) {
+            self.fail(
+                &[Key("routing"), Key("index_max_entries")],
+                "must be 1024 to 1073741824 (entries of 16 bytes per model)".into(),
+            );
+        }
+        if !(r.balance_rel.is_finite() && r.balance_rel >= 1.0) {
+            self.fail(
+                &[Key("routing"), Key("balance_rel")],
+                format!("must be a number of at least 1.0, got {}", r.balance_rel),
+            );
+        }
         if c.proxy.max_retries >= crate::proxy::MAX_ATTEMPTS {
             self.fail(
                 &[Key("proxy"), Key("max_retries")],

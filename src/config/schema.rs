@@ -12,6 +12,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub store: StoreConfig,
     pub affinity: AffinityConfig,
+    pub routing: RoutingConfig,
     pub health: HealthConfig,
     pub pods: PodsConfig,
     pub auth: AuthConfig,
@@ -534,6 +535,87 @@ impl Default for AffinityConfig {
             ttl_minutes: 30,
             max_entries: 1_000_000,
         }
+    }
+}
+
+/// How a model's pool picks the server of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The user's server (session affinity), else the least loaded.
+    #[default]
+    Affinity,
+    /// The server that most likely holds the prompt's longest prefix in its KV cache, unless
+    /// it is loaded more than the balance thresholds allow; the user's server breaks ties.
+    Prefix,
+    /// The server with the fewest requests in flight.
+    LeastInflight,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Affinity => "affinity",
+            Policy::Prefix => "prefix",
+            Policy::LeastInflight => "least_inflight",
+        }
+    }
+}
+
+/// `[routing]`: how each model's pool picks a server, and cache-aware routing's index.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Every model's policy unless `models` names its own.
+    pub policy: Policy,
+    /// Per-model policies: model name -> policy.
+    pub models: std::collections::BTreeMap<String, Policy>,
+    /// Bytes of rendered prompt per indexed block (about 4 bytes a token).
+    pub block_bytes: usize,
+    /// Blocks of a prompt indexed at most (the rest of a longer prompt is not looked at).
+    pub max_blocks: usize,
+    /// KV cache of each server, in tokens: how much of the prompts routed to it a server is
+    /// taken to still hold (the index evicts its least recently used blocks beyond it).
+    pub server_cache_tokens: u64,
+    /// Entries of one pool's index table at most (16 bytes each).
+    pub index_max_entries: usize,
+    /// The server with the longest prefix is skipped when its requests in flight exceed the
+    /// least loaded server's by more than this ...
+    pub balance_abs: u32,
+    /// ... and by more than this factor.
+    pub balance_rel: f64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Affinity,
+            models: Default::default(),
+            block_bytes: crate::routing::prefix::DEFAULT_BLOCK_BYTES,
+            max_blocks: 512,
+            server_cache_tokens: 262_144,
+            index_max_entries: 4 << 20,
+            balance_abs: 8,
+            balance_rel: 1.5,
+        }
+    }
+}
+
+impl RoutingConfig {
+    /// The policy of `model`.
+    pub fn policy_of(&self, model: &str) -> Policy {
+        self.models.get(model).copied().unwrap_or(self.policy)
+    }
+
+    /// Whether any model routes by prefix (then prompts are hashed as bodies are read).
+    pub fn any_prefix(&self) -> bool {
+        self.policy == Policy::Prefix || self.models.values().any(|p| *p == Policy::Prefix)
+    }
+
+    /// Blocks each server is taken to hold.
+    pub fn server_cache_blocks(&self) -> usize {
+        let bytes = self.server_cache_tokens.saturating_mul(4);
+        (bytes / self.block_bytes.max(1) as u64).min(usize::MAX as u64) as usize
     }
 }
 

@@ -9,6 +9,7 @@ use super::h1::{BodyError, ClientConn, NextRequest, RequestHead};
 use super::settings::Settings;
 use crate::gateway::Gateway;
 use crate::identity::{presented, KeyEntry, Limited, Scope};
+use crate::routing::prefix::Chainer;
 use crate::routing::{route_key_json, route_key_multipart};
 use crate::shutdown::Phase;
 use arc_swap::ArcSwap;
@@ -20,6 +21,9 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A connection keeps the buffer of its prompts' block hashes up to this many (32 KiB).
+const MAX_KEPT_CHAIN: usize = 4096;
 
 /// Longest `user` (body field or `x-user-id` header) accepted as an affinity identity.
 pub const MAX_USER_BYTES: usize = 256;
@@ -227,13 +231,38 @@ impl ProxyApp {
         started: Instant,
         now_ms: u64,
     ) {
-        let key = match endpoint {
-            Endpoint::Multipart => {
+        // The prompt's block hashes, when a model routes by prefix: read in the same scan.
+        let mut chain = std::mem::take(&mut ex.conn.chain);
+        let key = match (endpoint, ex.settings.prefix_chain) {
+            (Endpoint::Multipart, _) => {
                 let ct = ex.head.header("content-type").unwrap_or_default();
                 route_key_multipart(body, ct)
             }
-            _ => route_key_json(body),
+            (_, Some((block, max))) => {
+                let mut chainer = Chainer::new(&mut chain, block, max);
+                route_key_json(body, Some(&mut chainer))
+            }
+            (_, None) => route_key_json(body, None),
         };
+        self.route_keyed(ex, key, &chain, api_key, body, started, now_ms)
+            .await;
+        chain.clear();
+        if chain.capacity() <= MAX_KEPT_CHAIN {
+            ex.conn.chain = chain;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn route_keyed(
+        &self,
+        ex: &mut Exchange<'_>,
+        key: Result<crate::routing::RouteKey<'_>, crate::routing::BodyError>,
+        chain: &[u64],
+        api_key: Option<&KeyEntry>,
+        body: &Bytes,
+        started: Instant,
+        now_ms: u64,
+    ) {
         let key = match key {
             Ok(k) => k,
             Err(e) => {
@@ -270,6 +299,7 @@ impl ProxyApp {
         let ctx = super::forward::RequestCtx {
             key: api_key,
             user: user.as_deref(),
+            chain: if pool.prefix.is_some() { chain } else { &[] },
             started,
             started_ms: now_ms,
         };

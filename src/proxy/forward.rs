@@ -8,6 +8,7 @@ use super::h1::request::RequestHead;
 use super::h1::{pool, UpstreamConn, UpstreamError};
 use crate::health::Source;
 use crate::identity::KeyEntry;
+use crate::routing::prefix::NO_SLOT;
 use crate::routing::{choose, Member, Pool};
 use crate::usage::UsageRecord;
 use bytes::Bytes;
@@ -79,6 +80,8 @@ pub(super) struct RequestCtx<'a> {
     pub key: Option<&'a KeyEntry>,
     /// The affinity identity.
     pub user: Option<&'a str>,
+    /// The prompt's block hashes (empty unless the model routes by prefix).
+    pub chain: &'a [u64],
     pub started: Instant,
     /// Unix ms when the request arrived.
     pub started_ms: u64,
@@ -142,7 +145,7 @@ impl ProxyApp {
         let mut attempts = 0usize;
         let now = ctx.started_ms;
         loop {
-            let choice = choose(pool, user, &*gw.store, now, &tried[..attempts]).await;
+            let choice = choose(pool, user, ctx.chain, &*gw.store, now, &tried[..attempts]).await;
             let Some((index, member)) = choice.member else {
                 let err = if attempts == 0 {
                     ProxyError::NoHealthyServer(pool.model.to_string())
@@ -156,6 +159,16 @@ impl ProxyApp {
                 if let Some(outcome) = choice.affinity {
                     gw.store.affinity_record(backend.provider, outcome);
                     gw.metrics.affinity(backend.provider.as_str(), outcome);
+                }
+                if let (Some(blocks), Some(h)) = (choice.matched_blocks, &pool.match_blocks) {
+                    h.observe(blocks as f64);
+                }
+            }
+            if let Some(ix) = &pool.prefix {
+                // The server now has the prompt (it prefills it): later requests that share
+                // its prefix find it there.
+                if member.slot != NO_SLOT && !ctx.chain.is_empty() {
+                    ix.index.record(ctx.chain, usize::from(member.slot), now);
                 }
             }
             backend.last_use_ms.store(now, Relaxed);

@@ -26,6 +26,9 @@ pub(super) struct Settings {
     pub auth_required: bool,
     /// How passive failures move a server's health (`[health]` thresholds).
     pub policy: crate::health::HealthPolicy,
+    /// When a model routes by prefix: the prompt's block size and most blocks hashed as the
+    /// body is read (`[routing] block_bytes`, `max_blocks`).
+    pub prefix_chain: Option<(usize, usize)>,
 }
 
 impl Settings {
@@ -55,6 +58,10 @@ impl Settings {
             max_connections: p.max_connections,
             auth_required: live.auth.proxy == crate::config::ProxyAuth::Required,
             policy: crate::health::HealthPolicy::from(&live.health),
+            prefix_chain: live
+                .routing
+                .any_prefix()
+                .then_some((live.routing.block_bytes, live.routing.max_blocks)),
         }
     }
 }

@@ -23,6 +23,7 @@ pub const LIVE: &[&str] = &[
     "health.*",
     "pods.*",
     "affinity.*",
+    "routing.*",
     "admin.credentials",
     "auth.proxy",
     "auth.max_stale_secs",
@@ -137,6 +138,15 @@ pub async fn reload(gw: &Arc<Gateway>) -> Result<Outcome, ReloadError> {
     });
     let warnings = if applied.iter().any(|k| k == "servers") {
         servers::apply(gw, &old_routes).await
+    } else if applied.iter().any(|k| k.starts_with("routing.")) {
+        // The same servers, routed by other policies: the table is built again.
+        match crate::routing::registry_sync::apply(gw, gw.last_registry()).await {
+            Ok(left_out) => left_out
+                .into_iter()
+                .map(|e| scrubbed(&format!("server left out of the routing table: {e}")))
+                .collect(),
+            Err(e) => vec![format!("routing table not rebuilt: {e}")],
+        }
     } else {
         Vec::new()
     };

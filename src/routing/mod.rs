@@ -1,6 +1,9 @@
-//! Routing: what a request asks for (its model and user, read from the body) and which server
-//! of that model's pool answers it (session affinity, then least in-flight requests).
+//! Routing: what a request asks for (its model and user, and its prompt's prefix, read from
+//! the body in one scan) and which server of that model's pool answers it, by the pool's
+//! policy: session affinity then least in flight, the longest cached prefix within the load
+//! balance ([`cache_aware`]), or least in flight alone.
 
+mod cache_aware;
 pub mod discovery;
 mod multipart;
 pub mod prefix;
@@ -11,4 +14,4 @@ mod table;
 
 pub use request::{route_key_json, route_key_multipart, BodyError, RouteKey};
 pub use select::{choose, Choice};
-pub use table::{Member, Pool, RoutingTable};
+pub use table::{Balance, Member, Pool, RoutingTable};

@@ -1,9 +1,13 @@
-//! Reading the route key (`model`, `user`) from a request body without building a tree: serde
-//! visits the top-level object, borrows the two strings it wants and skips (while validating)
-//! everything else, so a `"model"` nested in a message or metadata is never mistaken for it.
+//! Reading the route key (`model`, `user`) from a request body without building a tree: a
+//! serde visitor walks the top-level object, borrows the two strings it wants and skips (while
+//! validating) everything else, so a `"model"` nested in a message or metadata is never
+//! mistaken for it. When cache-aware routing wants it, the same walk feeds the prompt (chat
+//! `messages` in order, or a completion's `prompt`) to a [`Chainer`]: the body is read once.
 
-use serde::Deserialize;
+use super::prefix::Chainer;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
+use std::fmt;
 
 /// What routing needs from a body.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,22 +31,214 @@ pub enum BodyError {
     Multipart(&'static str),
 }
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    user: Option<Cow<'a, str>>,
-}
-
-/// The route key of a JSON body.
-pub fn route_key_json(body: &[u8]) -> Result<RouteKey<'_>, BodyError> {
+/// The route key of a JSON body; its prompt goes to `chain` when given.
+pub fn route_key_json<'a>(
+    body: &'a [u8],
+    chain: Option<&mut Chainer<'_>>,
+) -> Result<RouteKey<'a>, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::Empty);
     }
-    let head: Head<'_> =
-        serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
-    finish(head.model, head.user)
+    let json = |e: serde_json::Error| BodyError::Json(e.to_string());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let (model, user) = Top { chain }.deserialize(&mut de).map_err(json)?;
+    de.end().map_err(json)?;
+    finish(model, user)
+}
+
+/// The top-level object: `model` and `user` kept, the prompt fed, the rest skipped.
+struct Top<'c, 'o> {
+    chain: Option<&'c mut Chainer<'o>>,
+}
+
+type Head<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = Head<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Head<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = Head<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Head<'de>, A::Error> {
+        let (mut model, mut user) = (None, None);
+        let (mut seen_model, mut seen_user) = (false, false);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Model => {
+                    if std::mem::replace(&mut seen_model, true) {
+                        return Err(de::Error::duplicate_field("model"));
+                    }
+                    model = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                }
+                Field::User => {
+                    if std::mem::replace(&mut seen_user, true) {
+                        return Err(de::Error::duplicate_field("user"));
+                    }
+                    user = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                }
+                Field::Prompt(marker) => match self.chain.as_deref_mut() {
+                    Some(chain) => {
+                        chain.push(&[marker]);
+                        map.next_value_seed(Feed(chain))?;
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                },
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((model, user))
+    }
+}
+
+/// A top-level field's name.
+enum Field {
+    Model,
+    User,
+    /// `messages` or `prompt`, with the byte that marks which in the chain.
+    Prompt(u8),
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "model" => Field::Model,
+                    "user" => Field::User,
+                    "messages" => Field::Prompt(b'm'),
+                    "prompt" => Field::Prompt(b'p'),
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Name)
+    }
+}
+
+/// A string, borrowed from the body unless it had escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Bytes that close a value in the fed prompt, so that `["ab"]` and `["a","b"]` (or a role and
+/// its content) never feed the same bytes.
+const STRING_END: u8 = 0x1f;
+const KEY_END: u8 = 0x1e;
+const SEQ_END: u8 = 0x1d;
+const MAP_END: u8 = 0x1c;
+
+/// Feeds a JSON value to the chain as it is read: strings (decoded), object keys, numbers and
+/// the structure's boundaries, in document order. Chat messages thus give their roles and
+/// contents in order (parts and tool calls included); a completion prompt its text or tokens.
+struct Feed<'c, 'o>(&'c mut Chainer<'o>);
+
+impl<'de> DeserializeSeed<'de> for Feed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Feed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push(v.as_bytes());
+        self.0.push(&[STRING_END]);
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.push(&v.to_le_bytes());
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push(&v.to_le_bytes());
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.push(&v.to_le_bytes());
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.0.push(&[u8::from(v)]);
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.push(&[0]);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Feed(&mut *self.0))?.is_some() {}
+        self.0.push(&[SEQ_END]);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Key(&mut *self.0))?.is_some() {
+            map.next_value_seed(Feed(&mut *self.0))?;
+        }
+        self.0.push(&[MAP_END]);
+        Ok(())
+    }
+}
+
+/// An object key, fed with its own end mark.
+struct Key<'c, 'o>(&'c mut Chainer<'o>);
+
+impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Key<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push(v.as_bytes());
+        self.0.push(&[KEY_END]);
+        Ok(())
+    }
 }
 
 /// The route key of a `multipart/form-data` body (audio transcription and translation), whose
@@ -89,45 +285,48 @@ mod tests {
     #[test]
     fn model_anywhere_at_the_top_level() {
         let body = br#"{"messages":[{"role":"user","content":"hi","model":"decoy"}],"metadata":{"model":"decoy2"},"model":"qwen","user":"alice"}"#;
-        let k = route_key_json(body).unwrap();
+        let k = route_key_json(body, None).unwrap();
         assert_eq!(k.model, "qwen");
         assert_eq!(k.user.as_deref(), Some("alice"));
     }
 
     #[test]
     fn escaped_model_names_are_decoded() {
-        let k = route_key_json(br#"{"model":"org\/m\u0031"}"#).unwrap();
+        let k = route_key_json(br#"{"model":"org\/m\u0031"}"#, None).unwrap();
         assert_eq!(k.model, "org/m1");
     }
 
     #[test]
     fn nested_model_only_is_missing() {
         let body = br#"{"messages":[{"model":"decoy"}]}"#;
-        assert_eq!(route_key_json(body), Err(BodyError::MissingModel));
+        assert_eq!(route_key_json(body, None), Err(BodyError::MissingModel));
     }
 
     #[test]
     fn malformed_bodies_say_why() {
-        assert_eq!(route_key_json(b"  "), Err(BodyError::Empty));
+        assert_eq!(route_key_json(b"  ", None), Err(BodyError::Empty));
         assert!(matches!(
-            route_key_json(b"{\"model\":\"a\""),
-            Err(BodyError::Json(_))
-        ));
-        assert!(matches!(route_key_json(b"[1,2]"), Err(BodyError::Json(_))));
-        assert!(matches!(
-            route_key_json(b"{\"model\":5}"),
+            route_key_json(b"{\"model\":\"a\"", None),
             Err(BodyError::Json(_))
         ));
         assert!(matches!(
-            route_key_json(b"{\"model\":\"a\",\"model\":\"b\"}"),
+            route_key_json(b"[1,2]", None),
+            Err(BodyError::Json(_))
+        ));
+        assert!(matches!(
+            route_key_json(b"{\"model\":5}", None),
+            Err(BodyError::Json(_))
+        ));
+        assert!(matches!(
+            route_key_json(b"{\"model\":\"a\",\"model\":\"b\"}", None),
             Err(BodyError::Json(m)) if m.contains("duplicate")
         ));
         assert!(matches!(
-            route_key_json(b"{\"model\":\"a\"} x"),
+            route_key_json(b"{\"model\":\"a\"} x", None),
             Err(BodyError::Json(_))
         ));
         assert_eq!(
-            route_key_json(b"{\"model\":\"\"}"),
+            route_key_json(b"{\"model\":\"\"}", None),
             Err(BodyError::EmptyModel)
         );
     }
@@ -146,6 +345,76 @@ mod tests {
         );
     }
 
+    fn chain_of(body: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut ch = Chainer::new(&mut out, 16, usize::MAX);
+        route_key_json(body.as_bytes(), Some(&mut ch)).unwrap();
+        out
+    }
+
+    fn shared(a: &[u64], b: &[u64]) -> usize {
+        a.iter().zip(b).take_while(|(x, y)| x == y).count()
+    }
+
+    #[test]
+    fn the_prompt_is_chained_in_the_same_scan() {
+        let system = "You are the support assistant of a large company. Be brief and kind.";
+        let a = chain_of(&format!(
+            r#"{{"messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"Where is my order?"}}],"model":"m","user":"u1"}}"#
+        ));
+        let b = chain_of(&format!(
+            r#"{{"model":"m","stream":true,"messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"How do I return a pair of shoes?"}}]}}"#
+        ));
+        // "messages" and the system message's bytes: the same blocks from the start, in
+        // whatever place the other fields are.
+        assert!(
+            shared(&a, &b) >= system.len() / 16,
+            "{} blocks",
+            shared(&a, &b)
+        );
+        assert!(shared(&a, &b) < a.len().min(b.len()));
+        // Escapes are decoded: the same text written two ways is the same prompt.
+        let c = chain_of(&format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{}"}},{{"role":"user","content":"Where is my order?"}}]}}"#,
+            system.replace('Y', "\\u0059")
+        ));
+        assert_eq!(a, c);
+        // A role is not content, and parts are fed like strings.
+        let d = chain_of(&format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{system}"}}]}}"#
+        ));
+        assert_eq!(shared(&a, &d), 0);
+        let e = chain_of(&format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":[{{"type":"text","text":"{system}"}}]}}]}}"#
+        ));
+        assert!(!e.is_empty());
+        // A completion prompt, text or tokens; a nested "messages" is not the prompt.
+        assert!(chain_of(&format!(r#"{{"model":"m","prompt":"{system}"}}"#)).len() >= 4);
+        assert_eq!(
+            chain_of(r#"{"model":"m","prompt":[1,2,3,4,5,6,7,8,9]}"#).len(),
+            4
+        );
+        assert!(chain_of(&format!(
+            r#"{{"model":"m","metadata":{{"messages":"{system}"}}}}"#
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn the_chained_scan_refuses_what_the_plain_one_refuses() {
+        let mut out = Vec::new();
+        for body in [
+            &b"{\"model\":\"a\",\"messages\":[{\"role\":\"user\"]}"[..],
+            b"{\"model\":\"a\",\"messages\":[]} x",
+            b"{\"messages\":[]}",
+        ] {
+            let mut ch = Chainer::new(&mut out, 16, usize::MAX);
+            let chained = route_key_json(body, Some(&mut ch));
+            assert_eq!(chained, route_key_json(body, None));
+            assert!(chained.is_err());
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
@@ -154,7 +423,10 @@ mod tests {
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
             ct in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
         ) {
-            let _ = route_key_json(&body);
+            let _ = route_key_json(&body, None);
+            let mut out = Vec::new();
+            let mut ch = Chainer::new(&mut out, 8, 64);
+            let _ = route_key_json(&body, Some(&mut ch));
             let _ = route_key_multipart(&body, &ct);
             let _ = route_key_multipart(&body, b"multipart/form-data; boundary=xyz");
         }
@@ -175,7 +447,7 @@ mod tests {
             let pos = at % (fields.len() + 1);
             fields.insert(pos, format!("\"model\":{}", serde_json::to_string(&model).unwrap()));
             let body = format!("{{{}}}", fields.join(","));
-            let k = route_key_json(body.as_bytes()).unwrap();
+            let k = route_key_json(body.as_bytes(), None).unwrap();
             proptest::prop_assert_eq!(k.model.as_ref(), model.as_str());
             // The same model as a form field, after a file part.
             let form = format!(

@@ -1,7 +1,9 @@
-//! Choosing a server: the user's affinity entry first, otherwise the healthy server with the
-//! fewest requests in flight (ties broken at random).
+//! Choosing a server by the pool's policy. `affinity`: the user's affinity entry first,
+//! otherwise the healthy server with the fewest requests in flight (ties broken at random).
+//! `least_inflight`: that server always. `prefix`: see [`super::cache_aware`].
 
 use super::table::{Member, Pool};
+use crate::config::Policy;
 use crate::store::{Claim, Store};
 use crate::telemetry::AffinityOutcome;
 
@@ -10,23 +12,54 @@ pub struct Choice<'a> {
     /// Index in the pool and the member.
     pub member: Option<(usize, &'a Member)>,
     pub affinity: Option<AffinityOutcome>,
+    /// Under the `prefix` policy: the blocks of the prompt the chosen server holds.
+    pub matched_blocks: Option<usize>,
 }
 
-/// Pick a server of `pool` for `user` (if any), skipping the members at the `exclude` indices
-/// (already tried). An affinity hit is answered from local state; only a miss or a fallback
-/// asks the store to agree with the other instances.
+impl<'a> Choice<'a> {
+    fn by_load(member: Option<(usize, &'a Member)>) -> Self {
+        Self {
+            member,
+            affinity: None,
+            matched_blocks: None,
+        }
+    }
+}
+
+/// Pick a server of `pool` for `user` (if any) and the prompt `chain` (its block hashes, empty
+/// unless the pool routes by prefix), skipping the members at the `exclude` indices (already
+/// tried). An affinity hit is answered from local state; only a miss or a fallback asks the
+/// store to agree with the other instances.
 pub async fn choose<'a>(
     pool: &'a Pool,
     user: Option<&str>,
+    chain: &[u64],
     store: &dyn Store,
     now_ms: u64,
     exclude: &[usize],
 ) -> Choice<'a> {
+    match (pool.policy, &pool.prefix) {
+        (Policy::Prefix, Some(ix)) => {
+            // The user's server, as this instance knows it: a tie-breaker, never claimed.
+            let pinned = user.and_then(|u| store.affinity_get(u, &pool.model, now_ms));
+            let c = super::cache_aware::choose_by_prefix(
+                pool,
+                &ix.index,
+                chain,
+                pinned.as_deref(),
+                exclude,
+            );
+            return Choice {
+                member: c.member,
+                affinity: None,
+                matched_blocks: Some(c.matched_blocks),
+            };
+        }
+        (Policy::LeastInflight, _) => return Choice::by_load(least_in_flight(pool, exclude)),
+        _ => {}
+    }
     let Some(user) = user else {
-        return Choice {
-            member: least_in_flight(pool, exclude),
-            affinity: None,
-        };
+        return Choice::by_load(least_in_flight(pool, exclude));
     };
     let usable = |id: &str| {
         pool.member(id)
@@ -37,13 +70,11 @@ pub async fn choose<'a>(
         return Choice {
             member: Some(hit),
             affinity: Some(AffinityOutcome::Hit),
+            matched_blocks: None,
         };
     }
     let Some(candidate) = least_in_flight(pool, exclude) else {
-        return Choice {
-            member: None,
-            affinity: None,
-        };
+        return Choice::by_load(None);
     };
     let mut stale = pinned;
     // At most twice: the shared entry may name a server this instance cannot use.
@@ -70,6 +101,7 @@ pub async fn choose<'a>(
             return Choice {
                 member: Some(candidate),
                 affinity: Some(outcome),
+                matched_blocks: None,
             };
         }
         match usable(&agreed) {
@@ -78,6 +110,7 @@ pub async fn choose<'a>(
                 return Choice {
                     member: Some(other),
                     affinity: Some(AffinityOutcome::Hit),
+                    matched_blocks: None,
                 }
             }
             None => stale = Some(agreed),
@@ -87,6 +120,7 @@ pub async fn choose<'a>(
     Choice {
         member: Some(candidate),
         affinity: Some(AffinityOutcome::Fallback),
+        matched_blocks: None,
     }
 }
 

@@ -1,5 +1,7 @@
 //! The routing table: model -> pool of servers, rebuilt off the hot path and swapped in whole.
 
+use super::prefix::pools::{PoolIndex, PrefixIndexes, NO_SLOT};
+use crate::config::{Policy, RoutingConfig};
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Backend;
 use std::collections::{BTreeSet, HashMap};
@@ -17,12 +19,38 @@ pub struct Member {
     pub requests: AtomicU64,
     /// `requests` as of the last demand flush.
     pub flushed: AtomicU64,
+    /// Its slot in the pool's prefix index ([`NO_SLOT`]: none).
+    pub slot: u8,
 }
 
 /// The servers of one model.
 pub struct Pool {
     pub model: Arc<str>,
     pub members: Vec<Member>,
+    pub policy: Policy,
+    /// The prefix index, when the policy is `prefix`.
+    pub prefix: Option<Arc<PoolIndex>>,
+    /// `[routing] balance_abs` and `balance_rel`.
+    pub balance: Balance,
+    /// The prefix-match histogram, when the policy is `prefix`.
+    pub match_blocks: Option<prometheus::Histogram>,
+}
+
+/// How much more loaded than the least loaded server the server holding the longest prefix
+/// may be and still be chosen: by `abs` requests in flight, or by the factor `rel`.
+#[derive(Debug, Clone, Copy)]
+pub struct Balance {
+    pub abs: i64,
+    pub rel: f64,
+}
+
+impl Balance {
+    /// Whether a server with `load` requests in flight may take a request the least loaded
+    /// (`least` in flight) could.
+    #[inline]
+    pub fn allows(self, load: i64, least: i64) -> bool {
+        load <= least.saturating_add(self.abs) || load as f64 <= least as f64 * self.rel
+    }
 }
 
 impl Pool {
@@ -41,11 +69,20 @@ pub struct RoutingTable {
     pools: HashMap<Box<str>, Pool>,
     backends: Vec<Arc<Backend>>,
     models_of: HashMap<Arc<str>, Vec<String>>,
+    /// The `[routing]` section it was built with.
+    routing: RoutingConfig,
 }
 
 impl RoutingTable {
-    /// A table of servers with the models each serves.
-    pub fn new(routes: Vec<(Arc<Backend>, Vec<String>)>, metrics: &Metrics) -> Self {
+    /// A table of servers with the models each serves, each model's pool routed by its
+    /// policy in `routing`; the prefix indexes of its `prefix` pools come from `indexes`
+    /// (allocated there the first time: call off the request path).
+    pub fn new(
+        routes: Vec<(Arc<Backend>, Vec<String>)>,
+        metrics: &Metrics,
+        routing: &RoutingConfig,
+        indexes: &PrefixIndexes,
+    ) -> Self {
         let mut pools: HashMap<Box<str>, Pool> = HashMap::new();
         let mut backends = Vec::with_capacity(routes.len());
         let mut models_of = HashMap::with_capacity(routes.len());
@@ -54,6 +91,13 @@ impl RoutingTable {
                 let pool = pools.entry(model.as_str().into()).or_insert_with(|| Pool {
                     model: model.as_str().into(),
                     members: Vec::new(),
+                    policy: routing.policy_of(model),
+                    prefix: None,
+                    balance: Balance {
+                        abs: i64::from(routing.balance_abs),
+                        rel: routing.balance_rel,
+                    },
+                    match_blocks: None,
                 });
                 pool.members.push(Member {
                     model: pool.model.clone(),
@@ -61,17 +105,42 @@ impl RoutingTable {
                     requests: AtomicU64::new(0),
                     flushed: AtomicU64::new(0),
                     metrics: metrics.route(model, &b.id),
+                    slot: NO_SLOT,
                     backend: b.clone(),
                 });
             }
             models_of.insert(b.id.clone(), models);
             backends.push(b);
         }
+        for pool in pools.values_mut() {
+            if pool.policy != Policy::Prefix {
+                continue;
+            }
+            let servers: Vec<&Arc<Backend>> = pool.members.iter().map(|m| &m.backend).collect();
+            let (index, slots) = indexes.attach(&pool.model, &servers, routing);
+            for (m, slot) in pool.members.iter_mut().zip(slots) {
+                m.slot = slot;
+            }
+            pool.prefix = Some(index);
+            pool.match_blocks = Some(metrics.prefix_match(&pool.model));
+        }
+        indexes.retain(|m| pools.get(m).is_some_and(|p| p.prefix.is_some()));
         Self {
             pools,
             backends,
             models_of,
+            routing: routing.clone(),
         }
+    }
+
+    /// The `[routing]` section the table was built with.
+    pub fn routing(&self) -> &RoutingConfig {
+        &self.routing
+    }
+
+    /// Every pool, in no order.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.values()
     }
 
     /// The models a server serves in this table.

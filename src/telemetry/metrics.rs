@@ -63,7 +63,19 @@ pub struct Metrics {
     client_timeouts: IntCounterVec,
     /// Usage and audit records lost (queue or backlog full, or unwritten at exit), by kind.
     records_lost: IntCounterVec,
+    /// Cache-aware routing: blocks of each prompt the chosen server held, by model.
+    prefix_match: HistogramVec,
+    /// Cache-aware routing's indexes, by model: blocks held (summed over servers), bytes,
+    /// blocks dropped.
+    prefix_blocks: IntGaugeVec,
+    prefix_bytes: IntGaugeVec,
+    prefix_evicted: IntCounterVec,
 }
+
+/// Buckets of the prefix match, in blocks (0: no match).
+const MATCH_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
+];
 
 /// Pre-resolved handles for one (model, server) route.
 #[derive(Clone)]
@@ -177,8 +189,45 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let prefix_match = HistogramVec::new(
+            HistogramOpts::new(
+                "infergate_prefix_match_blocks",
+                "Cache-aware routing: blocks of the prompt (block_bytes each) the chosen server was taken to hold, per request of a model routed by prefix (0: none)",
+            )
+            .buckets(MATCH_BUCKETS.to_vec()),
+            &["model"],
+        )
+        .expect("valid metric");
+        let prefix_blocks = IntGaugeVec::new(
+            Opts::new(
+                "infergate_prefix_index_blocks",
+                "Cache-aware routing: blocks the model's index takes its servers to hold, summed over the servers",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let prefix_bytes = IntGaugeVec::new(
+            Opts::new(
+                "infergate_prefix_index_bytes",
+                "Cache-aware routing: memory of the model's index table",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let prefix_evicted = IntCounterVec::new(
+            Opts::new(
+                "infergate_prefix_index_evicted_total",
+                "Cache-aware routing: blocks dropped from the model's index (a server over its cache capacity, unused for two hours, unhealthy or gone)",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(prefix_match.clone()),
+            Box::new(prefix_blocks.clone()),
+            Box::new(prefix_bytes.clone()),
+            Box::new(prefix_evicted.clone()),
             Box::new(records_lost.clone()),
             Box::new(client_refused.clone()),
             Box::new(client_timeouts.clone()),
@@ -209,6 +258,31 @@ impl Metrics {
             client_refused,
             client_timeouts,
             records_lost,
+            prefix_match,
+            prefix_blocks,
+            prefix_bytes,
+            prefix_evicted,
+        }
+    }
+
+    /// The prefix-match histogram of `model` (resolved once per routing table).
+    pub fn prefix_match(&self, model: &str) -> prometheus::Histogram {
+        self.prefix_match.with_label_values(&[model])
+    }
+
+    /// The figures of `model`'s prefix index: blocks held and table bytes now, and `dropped`
+    /// blocks since the last call.
+    pub fn prefix_index(&self, model: &str, blocks: usize, bytes: usize, dropped: usize) {
+        self.prefix_blocks
+            .with_label_values(&[model])
+            .set(blocks.min(i64::MAX as usize) as i64);
+        self.prefix_bytes
+            .with_label_values(&[model])
+            .set(bytes.min(i64::MAX as usize) as i64);
+        if dropped > 0 {
+            self.prefix_evicted
+                .with_label_values(&[model])
+                .inc_by(dropped as u64);
         }
     }
 

@@ -361,6 +361,8 @@ fn test_config(
         ),
         // Data-plane keys are tested on their own (tests/e2e/identity.rs).
         ("auth", vec![("proxy".into(), "\"off\"".into())]),
+        // (Tests set routing.* lines; the default policy is the config's own.)
+        ("routing", vec![]),
         (
             "health",
             vec![

@@ -23,6 +23,7 @@ mod limits;
 mod model_files;
 mod models;
 mod monitoring;
+mod prefix;
 mod reload;
 mod routing;
 mod slow_clients;

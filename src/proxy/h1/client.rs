@@ -98,6 +98,8 @@ pub struct ClientConn {
     pub out: Vec<u8>,
     /// Where requests to servers are assembled (kept between requests).
     pub scratch: Vec<u8>,
+    /// The prompt's block hashes (cache-aware routing), kept between requests.
+    pub chain: Vec<u64>,
     limits: ClientLimits,
 }
 
@@ -109,6 +111,7 @@ impl ClientConn {
             read_size: read_size.max(1024),
             out: Vec::new(),
             scratch: Vec::new(),
+            chain: Vec::new(),
             limits,
         }
     }

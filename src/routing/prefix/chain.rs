@@ -1,21 +1,20 @@
 //! A prompt as a chain of block hashes. The prompt is cut into fixed-size blocks of bytes
 //! (the rendered prompt: each chat message's role and content in order, or the completion
-//! prompt); block `i`'s hash is XXH3 of its bytes seeded with block `i - 1`'s hash, so one hash
+//! prompt, as `routing::request` feeds them); block `i`'s hash is XXH3 of its bytes seeded with block `i - 1`'s hash, so one hash
 //! stands for the whole prefix up to its block and two prompts share the hashes of the blocks
 //! they share from the start. Only whole blocks count (an engine caches whole blocks only).
 //!
 //! The bytes are fed as they are found (the body scan that finds `model` feeds the messages),
 //! and the hashes go to a buffer the caller keeps: no allocation per request once it has grown.
 
-/// Bytes per block: about 16 tokens of English, vLLM's default KV block.
-pub const DEFAULT_BLOCK_BYTES: usize = 64;
+/// Bytes per block: about 32 tokens of English (two of vLLM's default KV blocks). Finer
+/// blocks find a shared prefix to within fewer bytes, at the cost of more hashes per prompt
+/// and more entries per server.
+pub const DEFAULT_BLOCK_BYTES: usize = 128;
 /// The largest block (the partial block is kept on the stack).
 pub const MAX_BLOCK_BYTES: usize = 1024;
-
-/// Separates a chat message's role from its content, and one message from the next (bytes that
-/// do not appear in JSON-decoded text as such).
-const ROLE_END: u8 = 0x1e;
-const MESSAGE_END: u8 = 0x1f;
+/// The most blocks of one prompt a chain holds.
+pub const MAX_CHAIN_BLOCKS: usize = 16_384;
 
 /// Seed of the first block's hash.
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -63,14 +62,6 @@ impl<'a> Chainer<'a> {
             }
             bytes = rest;
         }
-    }
-
-    /// Feed one chat message.
-    pub fn message(&mut self, role: &[u8], content: &[u8]) {
-        self.push(role);
-        self.push(&[ROLE_END]);
-        self.push(content);
-        self.push(&[MESSAGE_END]);
     }
 
     /// The number of whole blocks so far.
@@ -127,21 +118,5 @@ mod tests {
         let mut bounded = Vec::new();
         Chainer::new(&mut bounded, 64, 3).push(&text);
         assert_eq!(bounded, whole[..3]);
-    }
-
-    #[test]
-    fn messages_differ_by_role_and_boundary() {
-        let mut a = Vec::new();
-        let mut ch = Chainer::new(&mut a, 4, usize::MAX);
-        ch.message(b"user", b"hi there");
-        let mut b = Vec::new();
-        let mut ch = Chainer::new(&mut b, 4, usize::MAX);
-        ch.message(b"system", b"hi there");
-        assert_ne!(a[0], b[0]);
-        let mut c = Vec::new();
-        let mut ch = Chainer::new(&mut c, 4, usize::MAX);
-        ch.message(b"user", b"hi");
-        ch.message(b"user", b" there");
-        assert_ne!(a, c, "two messages are not one");
     }
 }

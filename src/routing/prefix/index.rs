@@ -1,36 +1,66 @@
 //! Which servers of one model's pool recently served which prompt prefixes, as block hashes
 //! (see [`super::chain`]): an approximation of what each server still holds in its KV cache.
 //!
-//! Lookups take no lock (a lock-free map; readers only load atomics) and walk the prompt's chain
-//! by galloping and binary search, which is sound because a server that holds a block's hash
-//! holds its prefix too: a request records its whole chain, and eviction drops the least
-//! recently used blocks first, so later blocks go no later than earlier ones.
+//! A flat table of a fixed number of entries, allocated once, in buckets of one cache line
+//! (four entries of a 40-bit tag with a 24-bit last-use stamp, and a bit per server). A probe
+//! reads one cache line; no lock is taken, readers and writers only load and swap atomics. The
+//! table is lossy, as the caches it mirrors are: a full bucket gives its least recently used
+//! entry to a new block.
 //!
-//! Memory is bounded per server: each holds at most `capacity` blocks (its KV cache's size in
-//! blocks, or a configured share of it); [`PrefixIndex::evict`] takes the oldest of a server
-//! over its bound, off the request path.
+//! A lookup walks the prompt's chain by galloping and then bisection, which is sound because a
+//! server that holds a block's hash holds its prefix too: a request records its whole chain
+//! (the prefix's stamps are never older than its continuation's), and eviction drops the
+//! least recently used blocks first.
+//!
+//! Each server may hold `capacity` blocks (its KV cache's size in blocks, or a configured
+//! share of it). [`PrefixIndex::evict`] brings a server over its bound back under it, oldest
+//! blocks first, off the request path (a scan of the table).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Servers per pool the index can tell apart (one bit each).
 pub const MAX_SERVERS: usize = 64;
 
-/// One block hash: the servers that hold it and when it was last used.
+/// Entries per bucket (one 64-byte cache line of 16-byte entries).
+const WAYS: usize = 4;
+/// Bits of the last-use stamp (milliseconds, wrapping every 4.66 hours).
+const STAMP_BITS: u32 = 24;
+const STAMP_MASK: u64 = (1 << STAMP_BITS) - 1;
+/// A block unused this long is dropped by the next scan whatever the capacity (well inside the
+/// stamp's wrap, so that an age is never misread).
+pub const MAX_AGE_MS: u64 = 2 * 3_600_000;
+/// A shared prefix's stamp is rewritten at most this often (every request touches it: writing
+/// it each time would move its cache line between cores for nothing).
+const STAMP_GRAIN_MS: u64 = 8;
+/// Blocks ahead whose buckets `record` prefetches.
+const PREFETCH_AHEAD: usize = 8;
+/// Eviction brings a server over its capacity down to this share of it, so that the next scan
+/// is not due at once.
+const LOW_WATER: f64 = 0.9;
+
+/// One block hash: `key` is its tag and last-use stamp (0: empty); `servers` a bit per slot.
+#[derive(Default)]
 struct Entry {
+    key: AtomicU64,
     servers: AtomicU64,
-    last_ms: AtomicU64,
-    /// Its place in the chain (a chain hash stands for its whole prefix, so for one depth).
-    depth: u32,
 }
 
-/// The index of one model's pool. Servers are slots `0..MAX_SERVERS` (the pool's order).
+#[derive(Default)]
+#[repr(C, align(64))]
+struct Bucket([Entry; WAYS]);
+
+/// The index of one model's pool. Servers are slots `0..MAX_SERVERS`.
 pub struct PrefixIndex {
-    map: papaya::HashMap<u64, Entry, foldhash::fast::RandomState>,
+    buckets: Box<[Bucket]>,
+    mask: usize,
     /// Blocks each slot holds.
     held: [AtomicUsize; MAX_SERVERS],
     /// Blocks a slot may hold.
     capacity: AtomicUsize,
+    /// Blocks dropped to keep servers within their capacity (or for age).
     evicted: AtomicU64,
+    /// Entries given to another block because their bucket was full.
+    replaced: AtomicU64,
 }
 
 /// The longest cached prefix: its length in blocks, and the servers (a bit per slot) that
@@ -41,51 +71,165 @@ pub struct Match {
     pub servers: u64,
 }
 
+#[inline]
+fn tag_of(h: u64) -> u64 {
+    // The high 40 bits (the bucket comes from the low ones); never 0, which marks an empty
+    // entry.
+    (h >> STAMP_BITS).max(1) << STAMP_BITS
+}
+
+#[inline]
+fn stamp_of(now_ms: u64) -> u64 {
+    now_ms & STAMP_MASK
+}
+
+/// Milliseconds since `key` was stamped; 0 for a stamp a little ahead of `now_ms` (another
+/// thread's clock read later), which is told from an old one by the half of the stamp's range
+/// it falls in (ages beyond [`MAX_AGE_MS`] never last, a scan drops them).
+#[inline]
+fn age(key: u64, now_ms: u64) -> u64 {
+    let a = stamp_of(now_ms).wrapping_sub(key & STAMP_MASK) & STAMP_MASK;
+    if a > STAMP_MASK / 2 {
+        0
+    } else {
+        a
+    }
+}
+
 impl PrefixIndex {
-    /// An index whose servers hold at most `capacity` blocks each.
-    pub fn new(capacity: usize) -> Self {
+    /// An index of `entries` blocks in all (rounded up to a power of two, at least one
+    /// bucket), whose servers hold at most `capacity` blocks each.
+    pub fn new(entries: usize, capacity: usize) -> Self {
+        let buckets = entries.div_ceil(WAYS).max(1).next_power_of_two();
         Self {
-            map: papaya::HashMap::builder()
-                .hasher(foldhash::fast::RandomState::default())
-                .build(),
+            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
+            mask: buckets - 1,
             held: std::array::from_fn(|_| AtomicUsize::new(0)),
             capacity: AtomicUsize::new(capacity.max(1)),
             evicted: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
         }
     }
 
-    /// Record that server `slot` was sent the prompt of `chain` at `now_ms`.
+    #[inline]
+    fn bucket(&self, h: u64) -> &Bucket {
+        // `mask` < the slice's length by construction.
+        &self.buckets[h as usize & self.mask]
+    }
+
+    /// The servers (a bit per slot) that hold block hash `h`.
+    #[inline]
+    fn holders(&self, h: u64) -> u64 {
+        let tag = tag_of(h);
+        for e in &self.bucket(h).0 {
+            if e.key.load(Relaxed) & !STAMP_MASK == tag {
+                return e.servers.load(Relaxed);
+            }
+        }
+        0
+    }
+
+    /// Record that server `slot` was sent the prompt of `chain` at `now_ms`: as much of it
+    /// as the server can hold (its first `capacity` blocks).
     pub fn record(&self, chain: &[u64], slot: usize, now_ms: u64) {
         if slot >= MAX_SERVERS {
             return;
         }
+        let chain = &chain[..chain.len().min(self.capacity.load(Relaxed))];
         let bit = 1u64 << slot;
-        let map = self.map.pin();
-        for (depth, &h) in chain.iter().enumerate() {
-            let e = map.get_or_insert_with(h, || Entry {
-                servers: AtomicU64::new(0),
-                last_ms: AtomicU64::new(now_ms),
-                depth: depth.min(u32::MAX as usize) as u32,
-            });
-            // Shared prefixes are touched by every request: write only what changes.
-            if e.servers.load(Relaxed) & bit == 0 && e.servers.fetch_or(bit, Relaxed) & bit == 0 {
-                self.held[slot].fetch_add(1, Relaxed);
+        let stamp = stamp_of(now_ms);
+        // Blocks newly held by `slot`, counted once at the end.
+        let mut added = 0usize;
+        for (i, &h) in chain.iter().enumerate() {
+            // The buckets of the next blocks are fetched while this one is written: a long
+            // new prompt's blocks are cold in the CPU's cache.
+            if let Some(&ahead) = chain.get(i + PREFETCH_AHEAD) {
+                self.prefetch(ahead);
             }
-            if e.last_ms.load(Relaxed) < now_ms {
-                e.last_ms.store(now_ms, Relaxed);
+            let tag = tag_of(h);
+            let bucket = &self.bucket(h).0;
+            let mut victim: Option<(&Entry, u64)> = None;
+            let mut oldest = 0;
+            let mut found = false;
+            for e in bucket {
+                let key = e.key.load(Relaxed);
+                if key & !STAMP_MASK == tag {
+                    found = true;
+                    if e.servers.load(Relaxed) & bit == 0
+                        && e.servers.fetch_or(bit, Relaxed) & bit == 0
+                    {
+                        added += 1;
+                    }
+                    if age(key, now_ms) >= STAMP_GRAIN_MS {
+                        // Lost to a concurrent writer: its stamp is as fresh.
+                        let _ = e.key.compare_exchange(key, tag | stamp, Relaxed, Relaxed);
+                    }
+                    break;
+                }
+                // An empty entry is the best victim, then the least recently used.
+                let a = if key == 0 { u64::MAX } else { age(key, now_ms) };
+                if victim.is_none() || a > oldest {
+                    victim = Some((e, key));
+                    oldest = a;
+                }
             }
+            if found {
+                continue;
+            }
+            let Some((e, old)) = victim else { continue };
+            if e.key
+                .compare_exchange(old, tag | stamp, Relaxed, Relaxed)
+                .is_err()
+            {
+                // Another writer took the entry first: this block goes unrecorded (lossy).
+                continue;
+            }
+            let gone = e.servers.swap(bit, Relaxed);
+            if old != 0 {
+                self.replaced.fetch_add(1, Relaxed);
+            }
+            self.release(gone);
+            added += 1;
+        }
+        if added > 0 {
+            self.held[slot].fetch_add(added, Relaxed);
+        }
+    }
+
+    /// Ask the CPU to fetch the bucket of `h` (a hint; nothing on other targets).
+    #[inline]
+    fn prefetch(&self, h: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.bucket(h) as *const Bucket as *const i8;
+            // SAFETY: a prefetch is only a hint to the cache; it reads nothing and cannot
+            // fault, and `p` points into the table anyway.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = h;
+    }
+
+    /// Count the blocks of `servers` (a bit per slot) as no longer held.
+    fn release(&self, mut servers: u64) {
+        while servers != 0 {
+            let s = servers.trailing_zeros() as usize;
+            let _ = self.held[s].fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+            servers &= servers - 1;
         }
     }
 
     /// The longest prefix of `chain` that any of `candidates` (a bit per slot) holds.
     pub fn longest(&self, chain: &[u64], candidates: u64) -> Match {
-        let map = self.map.pin();
-        let holders = |i: usize| {
-            map.get(&chain[i])
-                .map_or(0, |e| e.servers.load(Relaxed) & candidates)
-        };
         if chain.is_empty() || candidates == 0 {
             return Match::default();
+        }
+        let holders = |i: usize| self.holders(chain[i]) & candidates;
+        // The gallop's first probes, fetched together.
+        for i in [1, 3, 7, 15, 31] {
+            if let Some(&h) = chain.get(i) {
+                self.prefetch(h);
+            }
         }
         let first = holders(0);
         if first == 0 {
@@ -102,6 +246,17 @@ impl PrefixIndex {
             }
             (lo, at_lo) = (lo + step, h);
             step *= 2;
+        }
+        if hi == chain.len() && lo + 1 < hi {
+            // Galloped past the end: the last block decides whether the whole chain is held.
+            let h = holders(hi - 1);
+            if h != 0 {
+                return Match {
+                    blocks: hi,
+                    servers: h,
+                };
+            }
+            hi -= 1;
         }
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
@@ -135,69 +290,118 @@ impl PrefixIndex {
         }
     }
 
-    /// Drop every block of `slot` (a server that left the pool, or was ejected).
-    pub fn forget(&self, slot: usize) {
-        if slot >= MAX_SERVERS {
+    /// Drop every block of the servers in `slots` (a bit per slot: servers that left the pool,
+    /// or were ejected). A scan of the table, off the request path.
+    pub fn forget(&self, slots: u64) {
+        if slots == 0 {
             return;
         }
-        let bit = 1u64 << slot;
-        let map = self.map.pin();
-        let mut empty = Vec::new();
-        for (k, e) in map.iter() {
-            if e.servers.load(Relaxed) & bit != 0 && e.servers.fetch_and(!bit, Relaxed) == bit {
-                empty.push(*k);
+        for b in self.buckets.iter() {
+            for e in &b.0 {
+                let s = e.servers.load(Relaxed);
+                if s & slots != 0 {
+                    let before = e.servers.fetch_and(!slots, Relaxed);
+                    if before & !slots == 0 {
+                        let key = e.key.load(Relaxed);
+                        let _ = e.key.compare_exchange(key, 0, Relaxed, Relaxed);
+                    }
+                }
             }
         }
-        self.held[slot].store(0, Relaxed);
-        for k in empty {
-            map.remove_if(&k, |_, e| e.servers.load(Relaxed) == 0).ok();
+        let mut s = slots;
+        while s != 0 {
+            self.held[s.trailing_zeros() as usize].store(0, Relaxed);
+            s &= s - 1;
         }
     }
 
-    /// Bring every server within its capacity, oldest blocks first; how many were dropped.
-    /// Runs off the request path (a scan of the whole index).
-    pub fn evict(&self) -> usize {
+    /// Bring every server within its capacity, oldest blocks first, and drop blocks older than
+    /// [`MAX_AGE_MS`]; how many blocks (per server) were dropped. A scan of the table (two when
+    /// a server is over its capacity), off the request path.
+    pub fn evict(&self, now_ms: u64) -> usize {
         let capacity = self.capacity.load(Relaxed);
         let over: u64 = (0..MAX_SERVERS)
             .filter(|&s| self.held[s].load(Relaxed) > capacity)
             .fold(0, |m, s| m | 1 << s);
-        if over == 0 {
-            return 0;
-        }
-        let map = self.map.pin();
-        // (last use, deeper first, hash)
-        let mut by_slot: Vec<Vec<(u64, std::cmp::Reverse<u32>, u64)>> =
-            vec![Vec::new(); MAX_SERVERS];
-        for (k, e) in map.iter() {
-            let mut s = e.servers.load(Relaxed) & over;
-            while s != 0 {
-                let slot = s.trailing_zeros() as usize;
-                by_slot[slot].push((e.last_ms.load(Relaxed), std::cmp::Reverse(e.depth), *k));
-                s &= s - 1;
-            }
-        }
-        let mut dropped = 0;
-        for (slot, mut blocks) in by_slot.into_iter().enumerate() {
-            let excess = blocks.len().saturating_sub(capacity);
-            if excess == 0 {
-                continue;
-            }
-            // The oldest first; among blocks of one instant, the deepest first (a prefix
-            // outlives its continuations).
-            blocks.sort_unstable();
-            let bit = 1u64 << slot;
-            for &(_, _, k) in &blocks[..excess] {
-                if let Some(e) = map.get(&k) {
-                    if e.servers.fetch_and(!bit, Relaxed) == bit {
-                        map.remove_if(&k, |_, e| e.servers.load(Relaxed) == 0).ok();
+        // The age at or under which each server over its capacity keeps a block.
+        let mut keep_age = [MAX_AGE_MS; MAX_SERVERS];
+        if over != 0 {
+            let mut ages: Vec<Vec<u64>> = vec![Vec::new(); MAX_SERVERS];
+            for b in self.buckets.iter() {
+                for e in &b.0 {
+                    let key = e.key.load(Relaxed);
+                    if key == 0 {
+                        continue;
+                    }
+                    let mut s = e.servers.load(Relaxed) & over;
+                    while s != 0 {
+                        ages[s.trailing_zeros() as usize].push(age(key, now_ms));
+                        s &= s - 1;
                     }
                 }
             }
-            self.held[slot].fetch_sub(excess.min(self.held[slot].load(Relaxed)), Relaxed);
-            dropped += excess;
+            let keep = ((capacity as f64 * LOW_WATER) as usize).max(1);
+            for (slot, a) in ages.iter_mut().enumerate() {
+                if a.len() > keep {
+                    // Blocks of one instant go together (a chain is stamped at once): those
+                    // of the instant at the cut stay if the server is then within its
+                    // capacity, else they go too. Never a prefix broken.
+                    let (_, nth, _) = a.select_nth_unstable(keep);
+                    let nth = *nth;
+                    let within = a.iter().filter(|&&x| x <= nth).count() <= capacity;
+                    let cut = if within || nth == 0 { nth } else { nth - 1 };
+                    keep_age[slot] = cut.min(MAX_AGE_MS);
+                }
+            }
+        }
+        let mut held = [0usize; MAX_SERVERS];
+        let mut dropped = 0usize;
+        for b in self.buckets.iter() {
+            for e in &b.0 {
+                let key = e.key.load(Relaxed);
+                if key == 0 {
+                    continue;
+                }
+                let a = age(key, now_ms);
+                let servers = e.servers.load(Relaxed);
+                let mut drop = 0u64;
+                let mut s = servers;
+                while s != 0 {
+                    let slot = s.trailing_zeros() as usize;
+                    if a > keep_age[slot] {
+                        drop |= 1 << slot;
+                    }
+                    s &= s - 1;
+                }
+                let kept = if drop == 0 {
+                    servers
+                } else {
+                    dropped += drop.count_ones() as usize;
+                    let before = e.servers.fetch_and(!drop, Relaxed);
+                    if before & !drop == 0 {
+                        let _ = e.key.compare_exchange(key, 0, Relaxed, Relaxed);
+                    }
+                    before & !drop
+                };
+                let mut s = kept;
+                while s != 0 {
+                    held[s.trailing_zeros() as usize] += 1;
+                    s &= s - 1;
+                }
+            }
+        }
+        // The scan's exact counts replace the running ones (which a lost race can skew).
+        for (slot, n) in held.iter().enumerate() {
+            self.held[slot].store(*n, Relaxed);
         }
         self.evicted.fetch_add(dropped as u64, Relaxed);
         dropped
+    }
+
+    /// Whether a server holds more than its capacity (an [`Self::evict`] is due).
+    pub fn over_capacity(&self) -> bool {
+        let capacity = self.capacity.load(Relaxed);
+        self.held.iter().any(|h| h.load(Relaxed) > capacity)
     }
 
     /// Blocks each server may hold (a reload, or a server's reported KV cache size).
@@ -205,13 +409,18 @@ impl PrefixIndex {
         self.capacity.store(blocks.max(1), Relaxed);
     }
 
-    /// Distinct block hashes indexed.
-    pub fn len(&self) -> usize {
-        self.map.len()
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    /// Entries the table has room for.
+    pub fn entries(&self) -> usize {
+        self.buckets.len() * WAYS
+    }
+
+    /// Bytes the table takes.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.buckets)
     }
 
     /// Blocks `slot` holds.
@@ -219,9 +428,19 @@ impl PrefixIndex {
         self.held.get(slot).map_or(0, |h| h.load(Relaxed))
     }
 
+    /// Blocks held, summed over the servers.
+    pub fn held_total(&self) -> usize {
+        self.held.iter().map(|h| h.load(Relaxed)).sum()
+    }
+
     /// Blocks dropped by eviction since the start.
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Relaxed)
+    }
+
+    /// Entries given to another block because their bucket was full, since the start.
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(Relaxed)
     }
 }
 
@@ -238,7 +457,7 @@ mod tests {
 
     #[test]
     fn the_longest_prefix_is_found_with_the_servers_that_hold_it() {
-        let ix = PrefixIndex::new(1000);
+        let ix = PrefixIndex::new(4096, 1000);
         let system = "You are a careful assistant. ";
         ix.record(&chain(&format!("{system}Tell me about cats.")), 0, 1);
         ix.record(
@@ -266,45 +485,146 @@ mod tests {
     }
 
     #[test]
+    fn every_length_of_held_prefix_is_found_exactly() {
+        let ix = PrefixIndex::new(1 << 14, 1 << 14);
+        let text: String = (0..400)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect();
+        let full = chain(&text);
+        for n in 1..=full.len() {
+            let ix2 = PrefixIndex::new(1 << 14, 1 << 14);
+            ix2.record(&full[..n], 1, 1);
+            assert_eq!(
+                ix2.longest(&full, 0b10).blocks,
+                n,
+                "held {n} of {}",
+                full.len()
+            );
+        }
+        ix.record(&full, 0, 1);
+        assert_eq!(ix.longest(&full, 1).blocks, full.len());
+    }
+
+    #[test]
     fn a_server_that_leaves_takes_its_blocks_with_it() {
-        let ix = PrefixIndex::new(1000);
+        let ix = PrefixIndex::new(4096, 1000);
         let c = chain("a prompt that is shared by two servers");
         ix.record(&c, 3, 1);
         ix.record(&c, 5, 1);
         assert_eq!(ix.held(3), c.len());
-        ix.forget(3);
+        ix.forget(1 << 3);
         assert_eq!(ix.held(3), 0);
         assert_eq!(ix.longest(&c, u64::MAX).servers, 1 << 5);
-        ix.forget(5);
-        assert!(ix.is_empty(), "blocks no one holds go");
+        ix.forget(1 << 5);
+        assert_eq!(ix.longest(&c, u64::MAX), Match::default());
+        assert_eq!(ix.evict(1), 0);
+        assert_eq!(ix.held_total(), 0, "blocks no one holds go");
     }
 
     #[test]
     fn eviction_keeps_each_server_within_its_capacity_oldest_first() {
-        let ix = PrefixIndex::new(10);
+        let ix = PrefixIndex::new(4096, 10);
         let old = chain("old prompt, used first, once: gone soon");
         let new = chain("new prompt, used after: stays in the cache");
         assert_eq!(new.len(), 10);
         ix.record(&old, 0, 1);
         ix.record(&new, 0, 2);
-        assert_eq!(ix.evict(), old.len());
+        ix.record(&new, 1, 2);
+        assert!(ix.over_capacity());
+        assert_eq!(ix.evict(3), old.len());
+        assert!(!ix.over_capacity());
         assert_eq!(ix.held(0), 10);
+        assert_eq!(ix.held(1), 10, "server 1 was within its bound");
         assert_eq!(ix.longest(&new, 1).blocks, 10);
         assert_eq!(ix.longest(&old, 1).blocks, 0);
-        assert_eq!(ix.len(), 10);
         assert_eq!(ix.evicted(), old.len() as u64);
-        assert_eq!(ix.evict(), 0);
+        assert_eq!(ix.evict(3), 0);
+    }
+
+    #[test]
+    fn a_prompt_longer_than_a_server_holds_is_kept_to_its_capacity() {
+        let ix = PrefixIndex::new(4096, 8);
+        let long = chain("a prompt of many more blocks than the server can hold at all");
+        assert!(long.len() > 8);
+        ix.record(&chain("an older prompt"), 0, 1);
+        ix.record(&long, 0, 2);
+        ix.evict(3);
+        assert_eq!(ix.longest(&long, 1).blocks, 8, "its first 8 blocks stay");
+        assert_eq!(ix.held(0), 8);
     }
 
     #[test]
     fn eviction_never_breaks_a_prefix() {
         // A prompt touched again keeps its first blocks longest: the lookup's bisection
         // stays right however much is evicted.
-        let ix = PrefixIndex::new(8);
+        let ix = PrefixIndex::new(4096, 8);
         let c = chain("0123456789abcdefghijklmnopqrstuvwxyz0123456789");
-        ix.record(&c[..4], 0, 5);
         ix.record(&c, 0, 3);
-        ix.evict();
-        assert_eq!(ix.longest(&c, 1).blocks, 8);
+        ix.record(&c[..4], 0, 50);
+        ix.record(&chain("another prompt."), 0, 55);
+        assert!(ix.over_capacity());
+        ix.evict(60);
+        let m = ix.longest(&c, 1);
+        assert_eq!(
+            m.blocks, 4,
+            "the recent prefix stays, its older continuation goes"
+        );
+        assert!(ix.held(0) <= 8);
+    }
+
+    #[test]
+    fn blocks_unused_for_the_maximum_age_go_and_the_stamp_wraps_safely() {
+        let ix = PrefixIndex::new(4096, 1000);
+        let start = STAMP_MASK - 5; // the stamp wraps soon after
+        let c = chain("a prompt nobody sends again");
+        ix.record(&c, 0, start);
+        assert_eq!(ix.evict(start + 100), 0);
+        assert_eq!(ix.longest(&c, 1).blocks, c.len());
+        assert_eq!(ix.evict(start + MAX_AGE_MS + 1), c.len());
+        assert_eq!(ix.longest(&c, 1), Match::default());
+    }
+
+    #[test]
+    fn a_full_table_gives_the_least_recently_used_entry_and_counts_stay_right() {
+        // One bucket: four entries.
+        let ix = PrefixIndex::new(WAYS, 1000);
+        let hashes: Vec<u64> = (1..=6u64).map(|i| i << 40).collect();
+        for (t, h) in hashes.iter().enumerate() {
+            ix.record(std::slice::from_ref(h), t % 2, 10 * t as u64 + 10);
+        }
+        assert_eq!(ix.replaced(), 2);
+        assert_eq!(ix.held_total(), WAYS);
+        // The two oldest went.
+        assert_eq!(ix.holders(hashes[0]), 0);
+        assert_eq!(ix.holders(hashes[1]), 0);
+        assert_eq!(ix.holders(hashes[5]), 0b10);
+        ix.evict(100);
+        assert_eq!(ix.held(0) + ix.held(1), WAYS);
+    }
+
+    #[test]
+    fn concurrent_writers_and_readers_keep_the_bounds() {
+        let ix = std::sync::Arc::new(PrefixIndex::new(1 << 12, 200));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let ix = ix.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let c = chain(&format!("shared system prompt ... user {t} turn {i}"));
+                        ix.record(&c, (i % 8) as usize, i);
+                        let m = ix.longest(&c, 0xff);
+                        assert!(m.blocks <= c.len());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        ix.evict(3000);
+        for s in 0..8 {
+            assert!(ix.held(s) <= 200, "server {s} holds {}", ix.held(s));
+        }
+        assert!(ix.held_total() <= ix.entries() * 8);
     }
 }

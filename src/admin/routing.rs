@@ -1,0 +1,121 @@
+//! `GET routing`: each routed model's policy and, for the models routed by prefix, their
+//! index's figures (size, blocks per server, evictions).
+
+use super::error::ErrorBody;
+use super::AdminState;
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// The `[routing]` settings and every routed model's policy.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoutingReport {
+    /// The default policy: `affinity`, `prefix` or `least_inflight`.
+    pub policy: String,
+    /// Bytes of rendered prompt per indexed block.
+    pub block_bytes: usize,
+    /// Blocks of a prompt indexed at most.
+    pub max_blocks: usize,
+    /// A server's KV cache, in tokens, as configured.
+    pub server_cache_tokens: u64,
+    /// The longest-prefix server is skipped when loaded over the least loaded by more than
+    /// `balance_abs` requests in flight and by more than the factor `balance_rel`.
+    pub balance_abs: u32,
+    pub balance_rel: f64,
+    /// Every model with a pool, by name.
+    pub models: Vec<ModelRouting>,
+}
+
+/// One model's routing.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelRouting {
+    pub model: String,
+    pub policy: String,
+    /// Servers in the pool.
+    pub servers: usize,
+    /// The prefix index, when the policy is `prefix`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexReport>,
+}
+
+/// A model's prefix index.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IndexReport {
+    /// Entries of the table (one block hash each) and its memory.
+    pub entries: usize,
+    pub bytes: usize,
+    /// Blocks each server is taken to hold at most (its KV cache, in blocks).
+    pub capacity_blocks: usize,
+    /// Blocks held, summed over the servers.
+    pub blocks: usize,
+    /// Blocks dropped to keep servers within their capacity or for age, since the index was
+    /// made.
+    pub evicted: u64,
+    /// Entries given to other blocks because the table's bucket was full.
+    pub replaced: u64,
+    /// Each indexed server: its slot and blocks.
+    pub servers: Vec<IndexedServer>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IndexedServer {
+    pub server: String,
+    pub slot: usize,
+    pub blocks: usize,
+    pub healthy: bool,
+}
+
+/// Get each model's routing policy and prefix index.
+#[utoipa::path(get, path = "/api/ai/v1/admin/routing", tag = "Routing",
+    responses(
+        (status = 200, description = "Policies and prefix indexes", body = RoutingReport),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing the ai_admin role", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [], "api_secret" = [])))]
+pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
+    let table = s.gw.table.load_full();
+    let r = table.routing();
+    let mut models: Vec<ModelRouting> = table
+        .pools()
+        .map(|pool| ModelRouting {
+            model: pool.model.to_string(),
+            policy: pool.policy.as_str().into(),
+            servers: pool.members.len(),
+            index: pool.prefix.as_ref().map(|p| {
+                let ix = &p.index;
+                IndexReport {
+                    entries: ix.entries(),
+                    bytes: ix.bytes(),
+                    capacity_blocks: ix.capacity(),
+                    blocks: ix.held_total(),
+                    evicted: ix.evicted(),
+                    replaced: ix.replaced(),
+                    servers: p
+                        .servers()
+                        .into_iter()
+                        .map(|(slot, id)| IndexedServer {
+                            healthy: pool
+                                .member(&id)
+                                .is_some_and(|(_, m)| m.backend.is_healthy()),
+                            server: id.to_string(),
+                            slot,
+                            blocks: ix.held(slot),
+                        })
+                        .collect(),
+                }
+            }),
+        })
+        .collect();
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    Json(RoutingReport {
+        policy: r.policy.as_str().into(),
+        block_bytes: r.block_bytes,
+        max_blocks: r.max_blocks,
+        server_cache_tokens: r.server_cache_tokens,
+        balance_abs: r.balance_abs,
+        balance_rel: r.balance_rel,
+        models,
+    })
+}

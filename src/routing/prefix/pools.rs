@@ -1,0 +1,214 @@
+//! The prefix index of each model routed by prefix, with its servers' slots: kept across
+//! routing-table rebuilds (a server keeps its slot, and its blocks, while it stays in the
+//! pool), and kept in bounds off the request path ([`PrefixIndexes::maintain`]).
+
+use super::index::{PrefixIndex, MAX_SERVERS};
+use crate::config::RoutingConfig;
+use crate::upstream::Backend;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// A slot number for a member without one (a pool of more than [`MAX_SERVERS`]): routed by
+/// load only.
+pub const NO_SLOT: u8 = u8::MAX;
+
+/// Every index is scanned at least this often, to drop blocks past their maximum age.
+const AGE_SCAN_MS: u64 = 60_000;
+
+/// One model's index and who holds each slot.
+pub struct PoolIndex {
+    pub index: PrefixIndex,
+    /// The block size its hashes were made with.
+    block_bytes: usize,
+    slots: Mutex<[Option<Arc<Backend>>; MAX_SERVERS]>,
+    /// Slots whose blocks were dropped because their server is unhealthy (until it is back).
+    ejected: AtomicU64,
+    last_scan_ms: AtomicU64,
+}
+
+impl PoolIndex {
+    fn new(entries: usize, capacity: usize, block_bytes: usize) -> Self {
+        Self {
+            index: PrefixIndex::new(entries, capacity),
+            block_bytes,
+            slots: Mutex::new(std::array::from_fn(|_| None)),
+            ejected: AtomicU64::new(0),
+            last_scan_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The server of each slot held, for reports.
+    pub fn servers(&self) -> Vec<(usize, Arc<str>)> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.as_ref().map(|b| (i, b.id.clone())))
+            .collect()
+    }
+
+    /// Drop the blocks of servers that became unhealthy; evict when a server is over its
+    /// capacity or an age scan is due. Blocks dropped.
+    fn maintain(&self, now_ms: u64) -> usize {
+        let unhealthy = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.as_ref().is_some_and(|b| !b.is_healthy()))
+                .fold(0u64, |m, (i, _)| m | 1 << i)
+        };
+        let newly = unhealthy & !self.ejected.load(Relaxed);
+        self.ejected.store(unhealthy, Relaxed);
+        let mut dropped = 0;
+        if newly != 0 {
+            dropped += (0..MAX_SERVERS)
+                .filter(|s| newly & 1 << s != 0)
+                .map(|s| self.index.held(s))
+                .sum::<usize>();
+            self.index.forget(newly);
+        }
+        let due = now_ms.saturating_sub(self.last_scan_ms.load(Relaxed)) >= AGE_SCAN_MS;
+        if due || self.index.over_capacity() {
+            self.last_scan_ms.store(now_ms, Relaxed);
+            dropped += self.index.evict(now_ms);
+        }
+        dropped
+    }
+}
+
+/// The indexes of the models routed by prefix.
+#[derive(Default)]
+pub struct PrefixIndexes {
+    pools: Mutex<HashMap<Box<str>, Arc<PoolIndex>>>,
+}
+
+impl PrefixIndexes {
+    /// The index of `model`'s pool, whose members are `backends` (in the pool's order), and
+    /// each member's slot ([`NO_SLOT`] past [`MAX_SERVERS`]). A server keeps its slot while it
+    /// stays; the blocks of one that left are dropped before its slot is given again.
+    /// Allocates the table the first time (or a larger one when the pool outgrew it): call off
+    /// the request path.
+    pub fn attach(
+        &self,
+        model: &str,
+        backends: &[&Arc<Backend>],
+        cfg: &RoutingConfig,
+    ) -> (Arc<PoolIndex>, Vec<u8>) {
+        let capacity = cfg.server_cache_blocks().max(1);
+        // Twice the blocks the servers hold (a four-way table loses little there), for at
+        // least four servers, within the configured bound.
+        let wanted = backends
+            .len()
+            .clamp(4, MAX_SERVERS)
+            .saturating_mul(capacity)
+            .saturating_mul(2)
+            .min(cfg.index_max_entries);
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = pools
+            .entry(model.into())
+            .or_insert_with(|| Arc::new(PoolIndex::new(wanted, capacity, cfg.block_bytes)));
+        if pool.index.entries() < wanted / 2 || pool.block_bytes != cfg.block_bytes {
+            // Outgrown (servers added, or a larger cache configured), or hashed with another
+            // block size: a new table, learnt again from the next requests.
+            tracing::info!(
+                model,
+                entries = wanted,
+                block_bytes = cfg.block_bytes,
+                "prefix index made anew for the pool's servers"
+            );
+            *pool = Arc::new(PoolIndex::new(wanted, capacity, cfg.block_bytes));
+        }
+        let pool = pool.clone();
+        drop(pools);
+        pool.index.set_capacity(capacity);
+        let mut slots = pool.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut left = 0u64;
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let stays = slot
+                .as_ref()
+                .is_some_and(|held| backends.iter().any(|b| b.id == held.id));
+            if slot.is_some() && !stays {
+                *slot = None;
+                left |= 1 << i;
+            }
+        }
+        if left != 0 {
+            pool.index.forget(left);
+        }
+        let mut assigned = Vec::with_capacity(backends.len());
+        for b in backends {
+            let at = match slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.id == b.id))
+            {
+                Some(i) => Some(i),
+                None => slots.iter().position(Option::is_none),
+            };
+            match at {
+                Some(i) => {
+                    // (The same server may come as a new backend: its key changed.)
+                    slots[i] = Some((*b).clone());
+                    assigned.push(i as u8);
+                }
+                None => assigned.push(NO_SLOT),
+            }
+        }
+        drop(slots);
+        (pool, assigned)
+    }
+
+    /// Keep only the indexes of `models` (the ones routed by prefix now).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|m, _| keep(m));
+    }
+
+    /// Every index, with its model.
+    pub fn all(&self) -> Vec<(Box<str>, Arc<PoolIndex>)> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().map(|(m, p)| (m.clone(), p.clone())).collect()
+    }
+
+    /// One maintenance round over every index (see [`PoolIndex::maintain`]): each model
+    /// with its index and the blocks dropped.
+    pub fn maintain(&self, now_ms: u64) -> Vec<(Box<str>, Arc<PoolIndex>, usize)> {
+        self.all()
+            .into_iter()
+            .map(|(m, p)| {
+                let dropped = p.maintain(now_ms);
+                (m, p, dropped)
+            })
+            .collect()
+    }
+}
+
+/// Keeps every prefix index within its bounds and its figures on `/metrics`, every 100 ms
+/// (a scan only when a server is over its capacity, became unhealthy, or once a minute).
+pub struct PrefixMaintenance {
+    pub gw: Arc<crate::gateway::Gateway>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for PrefixMaintenance {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = crate::telemetry::now_ms();
+            for (model, p, dropped) in self.gw.prefix.maintain(now) {
+                self.gw.metrics.prefix_index(
+                    &model,
+                    p.index.held_total(),
+                    p.index.bytes(),
+                    dropped,
+                );
+            }
+        }
+    }
+}

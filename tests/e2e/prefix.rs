@@ -1,0 +1,255 @@
+//! Cache-aware routing (`[routing] policy = "prefix"`): a shared prompt prefix goes to the
+//! server that holds it, an overloaded holder is skipped, an ejected server's blocks go, the
+//! index stays within each server's capacity, and per-model policies.
+
+use crate::harness::*;
+use infergate::mock::MockConfig;
+use reqwest::Client;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+fn served_by(r: &reqwest::Response) -> String {
+    r.headers()["x-mock-server"].to_str().unwrap().to_string()
+}
+
+/// A system prompt of about 2,000 bytes, different for each `name`.
+fn system(name: &str) -> String {
+    let mut s = format!("You are {name}, the assistant of a large company. ");
+    while s.len() < 2000 {
+        s.push_str(
+            "Answer briefly, cite the policy you rely on, and never invent an order number. ",
+        );
+    }
+    s
+}
+
+fn chat(model: &str, system: &str, question: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "max_tokens": 4, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": question},
+    ]})
+}
+
+async fn three(models: &[&str], config: MockConfig) -> Vec<infergate::mock::MockServer> {
+    let mut out = Vec::new();
+    for name in ["a", "b", "c"] {
+        out.push(
+            mock_with(MockConfig {
+                name: name.into(),
+                models: models.iter().map(|m| m.to_string()).collect(),
+                ..config.clone()
+            })
+            .await,
+        );
+    }
+    out
+}
+
+fn servers(mocks: &[infergate::mock::MockServer], models: &[&str]) -> String {
+    mocks.iter().map(|m| server(&m.url(), models)).collect()
+}
+
+fn model_report<'a>(routing: &'a Value, model: &str) -> &'a Value {
+    routing["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == model)
+        .unwrap_or_else(|| panic!("{model} in {routing}"))
+}
+
+/// Blocks each server holds in `model`'s index, by server URL.
+fn held(routing: &Value, model: &str) -> BTreeMap<String, u64> {
+    model_report(routing, model)["index"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["server"].as_str().unwrap().to_string(),
+                s["blocks"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shared_prefix_lands_on_the_server_that_holds_it() {
+    let mocks = three(&["m", "n"], MockConfig::default()).await;
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\nrouting.models.n = \"least_inflight\"\n{}",
+        servers(&mocks, &["m", "n"])
+    ))
+    .await;
+    let c = Client::new();
+    // Users who share a system prompt follow the first one's server; another prompt's users
+    // follow theirs.
+    for family in ["Ada", "Grace"] {
+        let s = system(family);
+        let first = gw
+            .chat(&c, &chat("m", &s, "Where is my order?", false))
+            .await;
+        assert_eq!(first.status(), 200);
+        let holder = served_by(&first);
+        for i in 0..12 {
+            let q = format!("Question {i}: how do I return item {i}?");
+            let r = gw.chat(&c, &chat("m", &s, &q, false)).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(served_by(&r), holder, "{family}, request {i}");
+        }
+    }
+    // 2 of 26 requests found nothing; the others found the ~2,000-byte system prompt (15
+    // blocks of 128 bytes and more).
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("infergate_prefix_match_blocks_bucket{model=\"m\",le=\"0\"} 2\n"),
+        "{m}"
+    );
+    assert!(m.contains("infergate_prefix_match_blocks_count{model=\"m\"} 26\n"));
+    assert!(m.contains("infergate_prefix_match_blocks_bucket{model=\"m\",le=\"8\"} 2\n"));
+    // A model whose own policy is least_inflight spreads the same prompts.
+    let mut by = BTreeSet::new();
+    let s = system("Ada");
+    for i in 0..24 {
+        let r = gw.chat(&c, &chat("n", &s, &format!("q{i}"), false)).await;
+        by.insert(served_by(&r));
+    }
+    assert!(by.len() > 1, "least_inflight sent every request to {by:?}");
+    assert!(!m.contains("infergate_prefix_match_blocks_count{model=\"n\"}"));
+    // The admin view: each model's policy, and m's index.
+    let (status, routing) = gw.admin_get(&c, "/admin/routing").await;
+    assert_eq!(status, 200, "{routing}");
+    assert_eq!(routing["policy"], "prefix");
+    assert_eq!(routing["block_bytes"], 128);
+    assert_eq!(model_report(&routing, "n")["policy"], "least_inflight");
+    assert!(model_report(&routing, "n").get("index").is_none());
+    let ix = &model_report(&routing, "m")["index"];
+    assert_eq!(model_report(&routing, "m")["policy"], "prefix");
+    assert_eq!(ix["servers"].as_array().unwrap().len(), 3);
+    assert!(ix["blocks"].as_u64().unwrap() >= 2 * 15, "{ix}");
+    assert!(ix["bytes"].as_u64().unwrap() >= 16 * 1024);
+}
+
+#[tokio::test]
+async fn an_overloaded_holder_is_skipped() {
+    // Streams take 3 s to their first token: each holds its server's in-flight count.
+    let mocks = three(
+        &["m"],
+        MockConfig {
+            ttft: Duration::from_secs(3),
+            ..MockConfig::default()
+        },
+    )
+    .await;
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\nrouting.balance_abs = 2\nrouting.balance_rel = 1.0\n{}",
+        servers(&mocks, &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    let s = system("Ada");
+    let mut open = Vec::new();
+    let mut by = Vec::new();
+    // The holder takes requests while it has at most 2 more in flight than the least loaded.
+    for i in 0..4 {
+        let r = gw.chat(&c, &chat("m", &s, &format!("q{i}"), true)).await;
+        assert_eq!(r.status(), 200);
+        by.push(served_by(&r));
+        open.push(r);
+    }
+    assert_eq!(by[1], by[0]);
+    assert_eq!(by[2], by[0]);
+    assert_ne!(
+        by[3], by[0],
+        "the fourth went to a server with none in flight: {by:?}"
+    );
+    // Once the others are loaded alike, the holder is within the balance again.
+    let fifth = gw.chat(&c, &chat("m", &s, "q5", true)).await;
+    let sixth = gw.chat(&c, &chat("m", &s, "q6", true)).await;
+    // The fourth made its server a holder too; both holders have 3 and 1 in flight, the
+    // third server none: the holder with 1 is within 2 of it.
+    assert_eq!(served_by(&fifth), by[3], "{by:?}");
+    drop((fifth, sixth, open));
+}
+
+#[tokio::test]
+async fn an_ejected_servers_blocks_go_and_it_is_never_chosen() {
+    let mocks = three(&["m"], MockConfig::default()).await;
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\nhealth.interval_ms = 100\nhealth.unhealthy_threshold = 1\n{}",
+        servers(&mocks, &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    let s = system("Ada");
+    let r = gw.chat(&c, &chat("m", &s, "first", false)).await;
+    let holder = served_by(&r);
+    let url = mocks
+        .iter()
+        .find(|m| m.state.config.name == holder)
+        .unwrap();
+    let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+    assert!(held(&routing, "m")[&url.url()] >= 15, "{routing}");
+    url.state.set_healthy(false);
+    // Ejected by its probes: its blocks leave the index, and its users go elsewhere.
+    let gone = eventually(Duration::from_secs(10), || async {
+        let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+        held(&routing, "m")[&url.url()] == 0
+    })
+    .await;
+    assert!(gone, "the ejected server's blocks stayed");
+    for i in 0..6 {
+        let r = gw.chat(&c, &chat("m", &s, &format!("q{i}"), false)).await;
+        assert_eq!(r.status(), 200);
+        assert_ne!(served_by(&r), holder);
+    }
+    let m = gw.metrics().await;
+    let evicted = metric_value(&m, "infergate_prefix_index_evicted_total{model=\"m\"}");
+    assert!(evicted >= 15.0, "{m}");
+}
+
+#[tokio::test]
+async fn eviction_keeps_each_server_within_its_capacity() {
+    let mocks = three(&["m"], MockConfig::default()).await;
+    // 512 tokens: 16 blocks of 128 bytes per server.
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\nrouting.server_cache_tokens = 512\n{}",
+        servers(&mocks, &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    for i in 0..30 {
+        let r = gw
+            .chat(
+                &c,
+                &chat("m", &system(&format!("assistant {i}")), "hi", false),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let within = eventually(Duration::from_secs(5), || async {
+        let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+        let ix = &model_report(&routing, "m")["index"];
+        assert_eq!(ix["capacity_blocks"], 16);
+        held(&routing, "m").values().all(|b| *b <= 16)
+    })
+    .await;
+    assert!(within, "a server holds more than its capacity");
+    let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+    let ix = &model_report(&routing, "m")["index"];
+    // 30 prompts of 16 blocks or more, 16 recorded each: all but the 48 held went, by
+    // eviction or to other blocks of the (here small) table.
+    let gone = ix["evicted"].as_u64().unwrap() + ix["replaced"].as_u64().unwrap();
+    assert!(gone >= 30 * 16 - 3 * 16, "{ix}");
+    assert!(ix["evicted"].as_u64().unwrap() > 0, "{ix}");
+    let last = gw
+        .chat(&c, &chat("m", &system("assistant 29"), "again", false))
+        .await;
+    assert_eq!(last.status(), 200);
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("infergate_prefix_match_blocks_bucket{model=\"m\",le=\"8\"} 30\n"),
+        "the last prompt is still held: {m}"
+    );
+}
