@@ -36,6 +36,8 @@ pub struct Gateway {
     pub table: ArcSwap<RoutingTable>,
     /// The prefix indexes of the models routed by prefix (kept across table rebuilds).
     pub prefix: crate::routing::prefix::PrefixIndexes,
+    /// What this instance routed by prefix, on its way to the other instances (with Valkey).
+    pub prefix_share: Option<crate::routing::prefix::share::PrefixShare>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// This instance's per-minute request counts (demand telemetry).
@@ -131,6 +133,7 @@ impl Gateway {
             config,
             table: ArcSwap::from_pointee(table),
             prefix,
+            prefix_share: store.shares_prefixes().then(Default::default),
             metrics,
             demand: Default::default(),
             discovered: Default::default(),

@@ -232,6 +232,25 @@ pub trait Store: Send + Sync + 'static {
     async fn health(&self, _server: &str) -> Result<Option<HealthSnapshot>, StoreError> {
         Ok(None)
     }
+
+    /// Whether other instances can be there to share cache-aware routing's prefixes with.
+    fn shares_prefixes(&self) -> bool {
+        false
+    }
+
+    /// Share a batch of the prompts this instance routed (opaque bytes, `routing::prefix`).
+    async fn prefix_publish(&self, _batch: Vec<u8>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The batches other instances shared after the cursor `after` (`None`: start from now),
+    /// and the cursor to read from next.
+    async fn prefix_read(
+        &self,
+        _after: Option<&str>,
+    ) -> Result<(Option<String>, Vec<Vec<u8>>), StoreError> {
+        Ok((None, Vec::new()))
+    }
 }
 
 /// Check a registry route; returns it normalized (URL without a trailing '/').

@@ -253,3 +253,58 @@ async fn eviction_keeps_each_server_within_its_capacity() {
         "the last prompt is still held: {m}"
     );
 }
+
+#[tokio::test]
+async fn two_instances_on_valkey_learn_each_others_prefixes() {
+    let redis = Redis::start().await;
+    let mocks = three(&["m"], MockConfig::default()).await;
+    let config = format!(
+        "routing.policy = \"prefix\"\n[store]\nurl = {:?}\nprefix = \"t\"\n\n{}",
+        redis.url(),
+        servers(&mocks, &["m"])
+    );
+    let (gw1, gw2) = (Gateway::start(&config).await, Gateway::start(&config).await);
+    let c = Client::new();
+    // Each instance routes a family of its own; the other learns where it went.
+    for (first, second, family) in [(&gw1, &gw2, "Ada"), (&gw2, &gw1, "Grace")] {
+        let s = system(family);
+        let r = first.chat(&c, &chat("m", &s, "first", false)).await;
+        let holder = served_by(&r);
+        let url = mocks
+            .iter()
+            .find(|m| m.state.config.name == holder)
+            .unwrap()
+            .url();
+        let started = std::time::Instant::now();
+        let learnt = eventually(Duration::from_secs(5), || async {
+            let (_, routing) = second.admin_get(&c, "/admin/routing").await;
+            held(&routing, "m")[&url] >= 15
+        })
+        .await;
+        let xlen: i64 = redis.cmd(&["XLEN", "t:prefixes"]).await;
+        assert!(
+            learnt,
+            "{family}: the other instance never learnt of {holder} (stream: {xlen})"
+        );
+        eprintln!(
+            "{family}: learnt by the other instance within {:?}",
+            started.elapsed()
+        );
+        for i in 0..8 {
+            let r = second
+                .chat(&c, &chat("m", &s, &format!("q{i}"), false))
+                .await;
+            assert_eq!(
+                served_by(&r),
+                holder,
+                "{family}, request {i} through the other"
+            );
+        }
+    }
+    // Learnt blocks are not shared back: each instance's shares are its own routing only.
+    let m = gw2.metrics().await;
+    assert!(
+        m.contains("infergate_prefix_match_blocks_bucket{model=\"m\",le=\"0\"} 1\n"),
+        "{m}"
+    );
+}

@@ -130,10 +130,11 @@ impl PrefixIndex {
     }
 
     /// Record that server `slot` was sent the prompt of `chain` at `now_ms`: as much of it
-    /// as the server can hold (its first `capacity` blocks).
-    pub fn record(&self, chain: &[u64], slot: usize, now_ms: u64) {
+    /// as the server can hold (its first `capacity` blocks). Returns the blocks the server did
+    /// not hold yet.
+    pub fn record(&self, chain: &[u64], slot: usize, now_ms: u64) -> usize {
         if slot >= MAX_SERVERS {
-            return;
+            return 0;
         }
         let chain = &chain[..chain.len().min(self.capacity.load(Relaxed))];
         let bit = 1u64 << slot;
@@ -194,6 +195,7 @@ impl PrefixIndex {
         if added > 0 {
             self.held[slot].fetch_add(added, Relaxed);
         }
+        added
     }
 
     /// Ask the CPU to fetch the bucket of `h` (a hint; nothing on other targets).

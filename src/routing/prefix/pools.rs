@@ -38,6 +38,14 @@ impl PoolIndex {
         }
     }
 
+    /// The slot of server `id`.
+    pub fn slot_of(&self, id: &str) -> Option<usize> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .position(|b| b.as_ref().is_some_and(|b| &*b.id == id))
+    }
+
     /// The server of each slot held, for reports.
     pub fn servers(&self) -> Vec<(usize, Arc<str>)> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -159,6 +167,12 @@ impl PrefixIndexes {
         (pool, assigned)
     }
 
+    /// The index of `model`, when it routes by prefix.
+    pub fn get(&self, model: &str) -> Option<Arc<PoolIndex>> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.get(model).cloned()
+    }
+
     /// Keep only the indexes of `models` (the ones routed by prefix now).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,21 +198,40 @@ impl PrefixIndexes {
     }
 }
 
-/// Keeps every prefix index within its bounds and its figures on `/metrics`, every 100 ms
-/// (a scan only when a server is over its capacity, became unhealthy, or once a minute).
+/// Keeps every prefix index within its bounds and its figures on `/metrics` (a scan only when
+/// a server is over its capacity, became unhealthy, or once a minute), and shares routed
+/// prompts with the other instances: every 50 ms, so a batch waits at most that long, and
+/// another instance's arrive within about 100 ms.
 pub struct PrefixMaintenance {
     pub gw: Arc<crate::gateway::Gateway>,
 }
 
+const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for PrefixMaintenance {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cursor: Option<String> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            if let Some(share) = &self.gw.prefix_share {
+                for batch in share.take_batches() {
+                    if let Err(e) = self.gw.store.prefix_publish(batch).await {
+                        tracing::debug!(error = %e, "routed prefixes not shared");
+                    }
+                }
+                match self.gw.store.prefix_read(cursor.as_deref()).await {
+                    Ok((next, batches)) => {
+                        cursor = next;
+                        self.learn(&batches);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "shared prefixes not read"),
+                }
             }
             let now = crate::telemetry::now_ms();
             for (model, p, dropped) in self.gw.prefix.maintain(now) {
@@ -208,6 +241,25 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
                     p.index.bytes(),
                     dropped,
                 );
+            }
+        }
+    }
+}
+
+impl PrefixMaintenance {
+    /// Record what other instances routed (to servers this one routes too).
+    fn learn(&self, batches: &[Vec<u8>]) {
+        let now = crate::telemetry::now_ms();
+        for b in batches {
+            let read = super::share::decode(b, |model, server, chain| {
+                if let Some(p) = self.gw.prefix.get(model) {
+                    if let Some(slot) = p.slot_of(server) {
+                        p.index.record(chain, slot, now);
+                    }
+                }
+            });
+            if let Err(e) = read {
+                tracing::warn!(error = %e, "a shared prefix batch was ignored");
             }
         }
     }

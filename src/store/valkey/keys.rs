@@ -29,6 +29,11 @@ impl Keys {
         format!("{}:affstats", self.prefix)
     }
 
+    /// STREAM of the prompts each instance routed by prefix, in batches: `<p>:prefixes`.
+    pub fn prefixes(&self) -> String {
+        format!("{}:prefixes", self.prefix)
+    }
+
     /// STREAM of invalidation events: `<p>:events`.
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)

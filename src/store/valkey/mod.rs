@@ -17,6 +17,7 @@ mod demand;
 mod docs;
 mod keys;
 mod nodes;
+mod prefixes;
 mod registry;
 mod reports;
 mod sync;
@@ -204,6 +205,21 @@ impl Drop for ValkeyStore {
 impl Store for ValkeyStore {
     fn affinity_get(&self, user: &str, model: &str, now_ms: u64) -> Option<Arc<str>> {
         self.local.affinity_get(user, model, now_ms)
+    }
+
+    fn shares_prefixes(&self) -> bool {
+        true
+    }
+
+    async fn prefix_publish(&self, batch: Vec<u8>) -> Result<(), StoreError> {
+        prefixes::publish(self, batch).await
+    }
+
+    async fn prefix_read(
+        &self,
+        after: Option<&str>,
+    ) -> Result<(Option<String>, Vec<Vec<u8>>), StoreError> {
+        prefixes::read(self, after).await
     }
 
     async fn affinity_claim(
