@@ -311,3 +311,80 @@ async fn two_instances_on_valkey_learn_each_others_prefixes() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_switches_policies_live() {
+    let mocks = three(&["m"], MockConfig::default()).await;
+    let gw = Gateway::start(&servers(&mocks, &["m"])).await;
+    let c = Client::new();
+    let s = system("Ada");
+    let spread = |by: &BTreeSet<String>| by.len();
+    let mut by = BTreeSet::new();
+    for i in 0..24 {
+        by.insert(served_by(
+            &gw.chat(&c, &chat("m", &s, &format!("q{i}"), false)).await,
+        ));
+    }
+    assert!(
+        spread(&by) > 1,
+        "affinity without a user balances by load: {by:?}"
+    );
+    let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+    assert_eq!(model_report(&routing, "m")["policy"], "affinity");
+
+    let reload = |text: String| {
+        let (gw, c) = (&gw, &c);
+        async move {
+            std::fs::write(gw.config_path(), text).unwrap();
+            let r = gw
+                .admin(c, reqwest::Method::POST, "/admin/config/reload")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    let prefix = text.replacen("[routing]\n", "[routing]\npolicy = \"prefix\"\n", 1);
+    let (status, outcome) = reload(prefix.clone()).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["applied"], json!(["routing.policy"]));
+    let mut by = BTreeSet::new();
+    for i in 0..12 {
+        by.insert(served_by(
+            &gw.chat(&c, &chat("m", &s, &format!("p{i}"), false)).await,
+        ));
+    }
+    assert_eq!(
+        spread(&by),
+        1,
+        "prefix sends the shared prompt to its holder: {by:?}"
+    );
+    let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+    let blocks = model_report(&routing, "m")["index"]["blocks"]
+        .as_u64()
+        .unwrap();
+    assert!(blocks >= 15, "{routing}");
+
+    // Another block size: the index is made anew (the old hashes mean nothing).
+    let (status, outcome) =
+        reload(prefix.replacen("[routing]\n", "[routing]\nblock_bytes = 64\n", 1)).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["applied"], json!(["routing.block_bytes"]));
+    let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+    assert_eq!(routing["block_bytes"], 64);
+    assert_eq!(
+        model_report(&routing, "m")["index"]["blocks"],
+        0,
+        "{routing}"
+    );
+    // An invalid value is refused with its key; the running one stays.
+    let (status, outcome) =
+        reload(prefix.replacen("[routing]\n", "[routing]\nbalance_rel = 0.5\n", 1)).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert!(
+        outcome.to_string().contains("routing.balance_rel"),
+        "{outcome}"
+    );
+}
