@@ -12,9 +12,11 @@
 # engines started through the admin API, all running) and is compared with the plain one. With
 # WITH_MONITORING=1 another infergate also routes 50 idle mock servers, scrapes all 51 every 5 s
 # (the default interval) while a dashboard polls its system endpoints every second, and is
-# compared with the plain one (which scrapes its one server).
+# compared with the plain one (which scrapes its one server). With WITH_PREFIX=1 another
+# infergate routes by `[routing] policy = "prefix"` (each body's prompt hashed and looked up,
+# each request recorded) and is compared with the plain one (affinity).
 # Usage: benches/compare.sh  (env: DURATION=10s CONNS=64 ROUNDS=3 WITH_VALKEY=0 WITH_AUTH=0
-# WITH_MANAGED=0 WITH_MONITORING=0)
+# WITH_MANAGED=0 WITH_MONITORING=0 WITH_PREFIX=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -24,6 +26,7 @@ WITH_VALKEY=${WITH_VALKEY:-0}
 WITH_AUTH=${WITH_AUTH:-0}
 WITH_MANAGED=${WITH_MANAGED:-0}
 WITH_MONITORING=${WITH_MONITORING:-0}
+WITH_PREFIX=${WITH_PREFIX:-0}
 BIN=target/release/infergate
 [ -x "$BIN" ] || cargo build --release
 source benches/lib.sh
@@ -68,6 +71,15 @@ if [ "$WITH_MONITORING" = 1 ]; then
   pids+=($!)
   extra_targets="$extra_targets infergate-monitored:$GWO:$GWO_PID"
 fi
+if [ "$WITH_PREFIX" = 1 ]; then
+  GWP=$(free_port); ADMINP=$(free_port)
+  { gateway_config "$GWP" "$ADMINP" "memory://"; printf '[routing]\npolicy = "prefix"\n'; } >"$work/infergate-prefix.toml"
+  INFERGATE_ADMIN_API_KEY=bench INFERGATE_ADMIN_API_SECRET=bench-secret RUST_LOG=warn \
+    taskset -c 0 "$BIN" serve --config "$work/infergate-prefix.toml" 2>"$work/infergate-prefix.log" &
+  GWP_PID=$!; pids+=($GWP_PID)
+  wait_port "$ADMINP"; wait_port "$GWP"
+  extra_targets="$extra_targets infergate-prefix:$GWP:$GWP_PID"
+fi
 start_nginx
 wait_port "$MOCK"; wait_port "$GW"; sleep 0.5
 targets="direct:$MOCK: nginx:$NGX:$NGX_PID infergate:$GW:$GW_PID $extra_targets"
@@ -97,6 +109,7 @@ DURATION=2s run warm-direct "$MOCK" >/dev/null; DURATION=2s run warm-nginx "$NGX
 if [ "$WITH_AUTH" = 1 ]; then DURATION=2s run infergate-auth-warm "$GWA" "$GWA_PID" >/dev/null; fi
 if [ "$WITH_MANAGED" = 1 ]; then DURATION=2s run infergate-managed-warm "$GWM" "$GWM_PID" >/dev/null; fi
 if [ "$WITH_MONITORING" = 1 ]; then DURATION=2s run infergate-monitored-warm "$GWO" "$GWO_PID" >/dev/null; fi
+if [ "$WITH_PREFIX" = 1 ]; then DURATION=2s run infergate-prefix-warm "$GWP" "$GWP_PID" >/dev/null; fi
 : >"$work/results"
 for r in $(seq "$ROUNDS"); do
   # Alternate the order from round to round, so that no target always runs last.
@@ -119,7 +132,7 @@ print(f"non-streaming chat, 16 tokens, {sys.argv[3]} connections, {sys.argv[2]} 
 print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | req/s vs nginx | p99 vs nginx |")
 print("|---|---|---|---|---|---|---|")
 n = med["nginx"]
-for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth", "infergate-managed", "infergate-monitored"):
+for name in ("direct", "nginx", "infergate", "infergate-valkey", "infergate-auth", "infergate-managed", "infergate-monitored", "infergate-prefix"):
     if name not in med: continue
     r = med[name]
     cpu = f"{r[3]:.1f}" if name != "direct" else "-"
@@ -155,6 +168,11 @@ if [ "$WITH_MONITORING" = 1 ]; then
   ratio infergate-monitored "51 servers scraped every 5 s and a dashboard polling vs 1 server"
   scraped=$(curl -sf "http://127.0.0.1:$ADMINO/metrics" | grep -c '^infergate_engine_scrape_up{.*} 1' || true)
   echo "servers the monitored gateway scraped successfully at the end: $scraped"
+fi
+
+if [ "$WITH_PREFIX" = 1 ]; then
+  ratio infergate-prefix "policy prefix vs affinity"
+  curl -sf "http://127.0.0.1:$ADMINP/admin/routing" -H 'Authorization: Bearer bench:bench-secret' | python3 -c 'import json,sys; m=json.load(sys.stdin)["models"][0]; print("prefix index after the run:", m["policy"], {k: m["index"][k] for k in ("blocks","entries","evicted")})'
 fi
 
 if [ "$WITH_VALKEY" = 1 ]; then

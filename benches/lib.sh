@@ -136,7 +136,7 @@ start_nginx() {
   NGX_PID=$(pgrep -P "$master" | head -1)
 }
 
-BODY='{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'
+BODY=${BODY:-'{"messages":[{"role":"user","content":"Say hello in sixteen tokens."}],"model":"bench","max_tokens":16,"user":"bench-user"}'}
 
 # A gateway that also runs managed models (the process runner, with this binary's mock engine as
 # `vllm`): start_managed_gateway NAME PORT ADMIN; sets STARTED. Its engines inherit its core.
