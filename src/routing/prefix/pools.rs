@@ -264,3 +264,56 @@ impl PrefixMaintenance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Provider, ServerConfig};
+    use crate::upstream::backend::PeerSettings;
+
+    fn backend(port: u16) -> Arc<Backend> {
+        let cfg = ServerConfig {
+            url: format!("http://127.0.0.1:{port}/v1"),
+            provider: Provider::Vllm,
+            models: vec!["m".into()],
+            api_key_env: None,
+        };
+        let settings = PeerSettings {
+            connect_timeout: std::time::Duration::from_secs(1),
+            pool_idle_timeout: std::time::Duration::from_secs(1),
+        };
+        Arc::new(Backend::from_config(&cfg, settings, &crate::telemetry::Metrics::new()).unwrap())
+    }
+
+    #[test]
+    fn servers_keep_their_slots_and_a_leaving_ones_blocks_go_before_its_slot_is_reused() {
+        let ixs = PrefixIndexes::default();
+        let cfg = RoutingConfig::default();
+        let (a, b, c) = (backend(1), backend(2), backend(3));
+        let (pool, slots) = ixs.attach("m", &[&a, &b], &cfg);
+        assert_eq!(slots, [0, 1]);
+        pool.index.record(&[11, 12, 13], 1, 1);
+        // b leaves, c comes: c takes the free slot only after b's blocks are gone.
+        let (same, slots) = ixs.attach("m", &[&a, &c], &cfg);
+        assert!(Arc::ptr_eq(&pool, &same), "the index outlives the rebuild");
+        assert_eq!(slots, [0, 1]);
+        assert_eq!(same.index.held(1), 0);
+        assert_eq!(same.index.longest(&[11, 12, 13], u64::MAX).blocks, 0);
+        assert_eq!(same.slot_of(&c.id), Some(1));
+        assert_eq!(same.slot_of(&b.id), None);
+        // Kept order-independent: a server that stays keeps its slot wherever it is listed.
+        same.index.record(&[21], 0, 2);
+        let (_, slots) = ixs.attach("m", &[&c, &b, &a], &cfg);
+        assert_eq!(slots, [1, 2, 0]);
+        assert_eq!(ixs.get("m").unwrap().index.held(0), 1);
+        // Another block size: a new table.
+        let other = RoutingConfig {
+            block_bytes: 64,
+            ..RoutingConfig::default()
+        };
+        let (fresh, _) = ixs.attach("m", &[&a], &other);
+        assert!(!Arc::ptr_eq(&fresh, &pool));
+        ixs.retain(|_| false);
+        assert!(ixs.get("m").is_none());
+    }
+}
