@@ -11,8 +11,9 @@
 # TTFT and end-to-end p50/p99 (client side), prefix-cache hit rate (the servers' own
 # vllm:prefix_cache_hits_total / queries_total deltas), spread (the busiest server's share of
 # requests over the mean share, from vllm:request_success_total), errors, and the ideal-placement
-# floor. Printed, and written as markdown to target/fleet/results.md (each run's figures in
-# target/fleet/runs.jsonl, the routers' and servers' logs in target/fleet/logs).
+# floor; all after a warm-up (WARMUP). Printed, and written as markdown to target/fleet/results.md
+# (each run's figures in target/fleet/runs.jsonl, the routers' and servers' logs in
+# target/fleet/logs).
 #
 # Capacity (req/s) = servers * 1e6 / prefill_us_per_token / mean uncached prompt tokens per request
 # under ideal placement (every shared prefix found, whole 16-token blocks), or the decode bound
@@ -27,7 +28,7 @@
 # Env: DURATION=60 SEEDS="1 2 3" LOADS="50 65" WORKLOADS="a b c"
 #      ROUTERS="prefix affinity least_inflight vllm_cache_aware vllm_round_robin"
 #      OUTPUT_TOKENS=32 THINK=3 (workload a: mean seconds between a conversation's turns)
-#      WARMUP=0 (seconds of each run left out of the latencies) CAPACITY=capacity_rps
+#      WARMUP=DURATION/4 (seconds of each run left out of the figures) CAPACITY=capacity_rps
 #      SIM=auto|1|0 (0: the plain mock with MOCK_FLAGS, for the plumbing; auto: 1 when the binary
 #      has `mock --sim`) SIM_FLAGS=... (below: the simulated servers' flags, one variable)
 # Needs: python3 (with venv), taskset, curl; cores 0 and 1 (the router on core 0, the servers
@@ -45,7 +46,9 @@ WORKLOADS=${WORKLOADS:-"a b c"}
 ROUTERS=${ROUTERS:-"prefix affinity least_inflight vllm_cache_aware vllm_round_robin"}
 OUTPUT_TOKENS=${OUTPUT_TOKENS:-32}
 THINK=${THINK:-3}
-WARMUP=${WARMUP:-0}
+# Seconds at the start of each run left out of the figures (latencies, hit rate, spread): the
+# cold caches' first pass. A quarter of the run unless set.
+WARMUP=${WARMUP:-$(python3 -c "print($DURATION / 4)")}
 CAPACITY=${CAPACITY:-capacity_rps}
 SERVERS=8
 MODEL=fleet
@@ -157,11 +160,11 @@ start_router() {
   pids+=("$ROUTER_PID" "${SERVER_PIDS[@]}")
 }
 
-# Stop a run's processes (SIGTERM, then SIGKILL after 5 s).
+# Stop a run's processes (SIGTERM, then SIGKILL after 2 s).
 stop_run() {
   local p
   for p in "$ROUTER_PID" "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
+  for _ in $(seq 20); do
     local alive=0
     for p in "$ROUTER_PID" "${SERVER_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break
@@ -170,6 +173,8 @@ stop_run() {
   for p in "$ROUTER_PID" "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   pids=()
 }
+
+metrics_urls() { local p u=(); for p in "${PORTS[@]}"; do u+=("http://127.0.0.1:$p"); done; (IFS=,; echo "${u[*]}"); }
 
 # Every server's prefix-cache queries and hits (tokens) and finished requests, as JSON.
 scrape() {
@@ -205,7 +210,7 @@ for w in $WORKLOADS; do
         start_router "$r"
         before=$(scrape)
         result=$(taskset -c 1 "$LOADGEN" --url "http://127.0.0.1:$RPORT" --workload "$w" --rate "$rate" \
-          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" "${FIGS[@]}") ||
+          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" --metrics "$(metrics_urls)" "${FIGS[@]}") ||
           result="{\"workload\": \"$w\", \"seed\": $seed, \"rate\": $rate, \"sent\": 0, \"errors\": -1}"
         after=$(scrape)
         stop_run
@@ -216,8 +221,10 @@ d = [[a - b for a, b in zip(x, y)] for x, y in zip(after, before)]
 q, h = sum(x[0] for x in d), sum(x[1] for x in d)
 counts = [int(x[2]) for x in d]
 mean = sum(counts) / len(counts)
-result.update(router=router, load=load, hit_rate=h / q if q else None, per_server=counts,
-              spread=max(counts) / mean if mean else None, capacity=plan)
+# The generator's figures cover the run after its warm-up; these, the whole run.
+result.update(router=router, load=load, hit_rate_all=h / q if q else None, per_server_all=counts,
+              spread_all=max(counts) / mean if mean else None, capacity=plan)
+counts = result.get("per_server", counts)
 print(json.dumps(result))
 f = lambda k, p=0: "-" if result.get(k) is None else f"{result[k]:.{p}f}"
 print(f"{result['workload']} {load}% seed {result['seed']} {router:>16}: {f('rate', 1)} req/s, sent {result['sent']}, "

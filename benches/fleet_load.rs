@@ -60,9 +60,14 @@ struct Args {
     /// Workload a: mean seconds between a conversation's turns.
     #[arg(long, default_value_t = 3.0)]
     think: f64,
-    /// Requests scheduled in the first this many seconds are sent but left out of the latencies.
+    /// Requests scheduled in the first this many seconds are sent but left out of the latencies,
+    /// and the servers' counters are read at its end (not at the start).
     #[arg(long, default_value_t = 0.0)]
     warmup: f64,
+    /// Comma-separated base URLs of the servers: their /metrics give the prefix-cache hit rate
+    /// and the requests each finished, from the end of the warm-up until every answer is in.
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
     /// Seconds a request may take before it counts as an error.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
@@ -325,9 +330,12 @@ fn figures(a: &Args, reqs: &[Req], working_set: usize) -> Value {
     let combined_rps = servers * seqs / (out * d_s + seqs * uncached * u_s);
     // Floor: no queueing, every prefix found: the uncached tokens in chunks of at most
     // max_batched_tokens, a step each (d_s + u_s per token), then max_tokens - 1 decode steps.
+    // Over the requests after the warm-up, as the latencies are.
     let ttft: Vec<f64> = toks
         .iter()
-        .map(|&(_, u)| {
+        .zip(reqs)
+        .filter(|(_, r)| r.at >= a.warmup)
+        .map(|(&(_, u), _)| {
             let steps = u.div_ceil(a.max_batched_tokens).max(1) as f64;
             steps * d_s + u as f64 * u_s
         })
@@ -371,6 +379,36 @@ fn body(a: &Args, r: &Req) -> Bytes {
     s.push_str(&Value::from(messages).to_string());
     s.push_str(&format!(r#","user":{}}}"#, Value::from(r.user.as_str())));
     Bytes::from(s)
+}
+
+/// Per server: prefix-cache queries and hits (tokens), requests finished.
+async fn scrape(client: &reqwest::Client, urls: &[String]) -> Vec<[f64; 3]> {
+    const NAMES: [&str; 3] = [
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:request_success_total",
+    ];
+    let mut out = Vec::with_capacity(urls.len());
+    for url in urls {
+        let page = match client
+            .get(format!("{}/metrics", url.trim_end_matches('/')))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let mut sums = [0.0; 3];
+        for line in page.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            if let Some(i) = NAMES.iter().position(|n| *n == name) {
+                let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+                sums[i] += value.unwrap_or(0.0);
+            }
+        }
+        out.push(sums);
+    }
+    out
 }
 
 struct Outcome {
@@ -462,7 +500,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let (results, lags) = rt.block_on(async {
+    let (results, lags, before, after) = rt.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(4096)
             .tcp_nodelay(true)
@@ -473,6 +511,15 @@ fn main() {
         let start = tokio::time::Instant::now() + Duration::from_millis(100);
         let mut handles = Vec::with_capacity(bodies.len());
         let mut lags = Vec::with_capacity(bodies.len());
+        // The servers' counters at the end of the warm-up, read beside the sends.
+        let before = tokio::spawn({
+            let (client, urls) = (client.clone(), a.metrics.clone());
+            let at = start + Duration::from_secs_f64(a.warmup);
+            async move {
+                tokio::time::sleep_until(at).await;
+                scrape(&client, &urls).await
+            }
+        });
         for (at, body) in bodies {
             let due = start + Duration::from_secs_f64(at);
             tokio::time::sleep_until(due).await;
@@ -484,7 +531,9 @@ fn main() {
         for (at, h) in handles {
             results.push((at, h.await.unwrap_or_else(|_| Err("panic".into()))));
         }
-        (results, lags)
+        let before = before.await.unwrap_or_default();
+        let after = scrape(&client, &a.metrics).await;
+        (results, lags, before, after)
     });
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let (mut ttft, mut e2e, mut short) = (Vec::new(), Vec::new(), 0);
@@ -526,6 +575,21 @@ fn main() {
         "send_lag_p99_ms": percentile(&lags, 0.99) * 1e3,
         "send_lag_max_ms": lags.last().copied().unwrap_or(0.0) * 1e3,
     });
+    if !a.metrics.is_empty() {
+        let d: Vec<[f64; 3]> = after
+            .iter()
+            .zip(&before)
+            .map(|(x, y)| [x[0] - y[0], x[1] - y[1], x[2] - y[2]])
+            .collect();
+        let (queries, hits): (f64, f64) =
+            (d.iter().map(|x| x[0]).sum(), d.iter().map(|x| x[1]).sum());
+        let counts: Vec<u64> = d.iter().map(|x| x[2] as u64).collect();
+        let mean = counts.iter().sum::<u64>() as f64 / counts.len().max(1) as f64;
+        out["hit_rate"] = json!((queries > 0.0).then(|| hits / queries));
+        out["per_server"] = json!(counts);
+        out["spread"] =
+            json!((mean > 0.0).then(|| *counts.iter().max().unwrap_or(&0) as f64 / mean));
+    }
     for (k, v) in extra.as_object().expect("an object") {
         out[k] = v.clone();
     }
