@@ -132,7 +132,11 @@ start_router() {
       {
         printf '[proxy]\nlisten = "127.0.0.1:%s"\nthreads = 1\n[admin]\nlisten = "127.0.0.1:%s"\n' "$RPORT" "$admin"
         printf '[store]\nurl = "memory://"\n[auth]\nproxy = "off"\n[usage]\nenabled = false\n'
-        if [ "$ROUTING_TABLE" = 1 ]; then printf '[routing]\npolicy = "%s"\n' "$1"; fi
+        if [ "$ROUTING_TABLE" = 1 ]; then
+          # The index takes each server to hold what its KV cache holds.
+          local kv; kv=$(sed -n 's/.*--kv-cache-tokens \([0-9]*\).*/\1/p' <<<"$SERVER_FLAGS")
+          printf '[routing]\npolicy = "%s"\nserver_cache_tokens = %s\n' "$1" "${kv:-262144}"
+        fi
         for port in "${PORTS[@]}"; do
           printf '[[servers]]\nurl = "http://127.0.0.1:%s/v1"\nprovider = "vllm"\nmodels = ["%s"]\n' "$port" "$MODEL"
         done
