@@ -5,6 +5,7 @@
 
 mod handlers;
 pub mod metrics;
+pub mod sim;
 
 use axum::Router;
 use bytes::Bytes;
