@@ -7,6 +7,8 @@ mod handlers;
 pub mod metrics;
 pub mod sim;
 
+pub use sim::SimConfig;
+
 use axum::Router;
 use bytes::Bytes;
 use std::net::SocketAddr;
