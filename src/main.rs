@@ -206,6 +206,7 @@ fn main() -> anyhow::Result<()> {
                     default_tokens: tokens,
                     api_key,
                     kv_cache_tokens,
+                    sim: None,
                 };
                 let server = MockServer::start(listen, cfg)
                     .await

@@ -5,12 +5,14 @@
 //!   block hashes;
 //! - [`kv_cache`]: a KV cache of a fixed number of blocks with prefix caching and LRU eviction
 //!   of freed blocks, as vLLM's block pool;
-//! - [`engine`]: the step loop, continuous batching with chunked prefill and preemption.
+//! - [`engine`]: the step loop, continuous batching with chunked prefill and preemption;
+//! - `serve`: the HTTP side (generation, and vLLM's `/render` endpoints).
 //!
 //! The model, its parameters and their defaults are in `docs/fleet-simulator.md`.
 
 pub mod engine;
 pub mod kv_cache;
+pub(super) mod serve;
 pub mod tokens;
 
 use std::time::Duration;
@@ -99,3 +101,6 @@ impl SimHandle {
         (prompt_tokens + max_tokens).div_ceil(self.config.block_tokens.max(1)) <= self.num_blocks
     }
 }
+
+#[cfg(test)]
+mod tests;
