@@ -25,6 +25,7 @@ mod models;
 mod monitoring;
 mod reload;
 mod routing;
+mod sim;
 mod slow_clients;
 mod smuggling;
 mod streaming;
