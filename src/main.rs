@@ -431,7 +431,8 @@ fn demo_defaults() -> Config {
     c
 }
 
-/// Start two mock servers on free loopback ports (on a thread of their own) and add them.
+/// Start two simulated vLLM servers on free loopback ports (on a thread of their own) and add
+/// them.
 fn start_demo_backends(cfg: &mut Config) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -450,11 +451,13 @@ fn start_demo_backends(cfg: &mut Config) -> anyhow::Result<()> {
                     ),
                     ("demo-b", vec!["demo-chat".to_string()]),
                 ] {
+                    // Simulated GPUs (docs/fleet-simulator.md): a repeated prefix is
+                    // served sooner, and /metrics shows the prefix cache, the batch and the
+                    // queue as vLLM's would.
                     let mc = MockConfig {
                         name: name.into(),
                         models,
-                        ttft: Duration::from_millis(150),
-                        itl: Duration::from_millis(30),
+                        sim: Some(SimConfig::default()),
                         ..MockConfig::default()
                     };
                     let s = MockServer::start("127.0.0.1:0".parse().expect("addr"), mc)
