@@ -81,11 +81,14 @@ async fn a_cached_prompt_answers_sooner_by_the_prefill_of_its_cached_tokens() {
     let prompt = u2["prompt_tokens"].as_u64().unwrap();
     assert!(cached > 1900 && cached < prompt, "{cached} of {prompt}");
     assert_eq!(cached % 16, 0);
-    // Cold: every prompt token prefilled (~200 ms); warm: the tokens past the cached prefix.
+    // Cold: every prompt token prefilled (~200 ms, never less: the engine sleeps that long);
+    // warm: only the tokens past the cached prefix. Bounds loose enough for a busy machine.
+    let cold_prefill = per_token * u1["prompt_tokens"].as_u64().unwrap() as u32;
+    assert!(cold >= cold_prefill, "cold {cold:?} < {cold_prefill:?}");
     let saved = per_token * cached as u32;
     let gained = cold.saturating_sub(warm);
     assert!(
-        gained + Duration::from_millis(40) > saved && gained < saved + Duration::from_millis(40),
+        gained > saved * 7 / 10 && gained < saved + Duration::from_millis(100),
         "cold {cold:?}, warm {warm:?}, expected a gain of about {saved:?}"
     );
     let r = reading(&s).await;
@@ -114,7 +117,7 @@ async fn more_requests_than_max_num_seqs_wait_and_the_metrics_show_it() {
         .map(|i| {
             let (c, url) = (c.clone(), url.clone());
             tokio::spawn(async move {
-                let body = json!({"model": "m", "max_tokens": 10,
+                let body = json!({"model": "m", "max_tokens": 25,
                     "messages": [{"role": "user", "content": format!("question {i}")}]});
                 let v: Value = c
                     .post(url)
@@ -129,14 +132,14 @@ async fn more_requests_than_max_num_seqs_wait_and_the_metrics_show_it() {
             })
         })
         .collect();
-    // Each takes about 10 steps of 20 ms: after 100 ms, two run and three wait.
+    // Each takes about 25 steps of 20 ms: after 100 ms, two run and three wait.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let during = reading(&s).await;
     assert_eq!((during.running, during.waiting), (Some(2.0), Some(3.0)));
     assert!(during.kv_cache.unwrap() > 0.0);
     for r in requests {
         let v = r.await.unwrap();
-        assert_eq!(v["usage"]["completion_tokens"], 10);
+        assert_eq!(v["usage"]["completion_tokens"], 25);
         assert_eq!(v["choices"][0]["finish_reason"], "length");
     }
     let after = reading(&s).await;
@@ -145,7 +148,7 @@ async fn more_requests_than_max_num_seqs_wait_and_the_metrics_show_it() {
         (Some(0.0), Some(0.0), Some(0.0))
     );
     assert_eq!(after.e2e.unwrap().count, 5.0);
-    assert_eq!(after.generation_tokens, Some(50.0));
+    assert_eq!(after.generation_tokens, Some(125.0));
 }
 
 #[tokio::test]
