@@ -22,6 +22,8 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions/render", post(render_chat))
         .route("/v1/completions/render", post(render_completions))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/rerank", post(rerank))
         .route("/v1/score", post(score))
@@ -162,6 +164,36 @@ async fn render_completions(State(st): S, headers: HeaderMap, body: Bytes) -> Re
     match intake(&st, &headers, "/v1/completions/render", &body) {
         Ok(v) => super::sim::serve::render(&st, &v, false),
         Err(r) => *r,
+    }
+}
+
+/// vLLM's `/tokenize` and `/detokenize` in the simulator's tokenizer (`model` is optional
+/// there: the first served model when it is missing).
+async fn tokenize(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let body = with_model(&st, body);
+    match intake(&st, &headers, "/tokenize", &body) {
+        Ok(v) => super::sim::serve::tokenize(&st, &v),
+        Err(r) => *r,
+    }
+}
+
+async fn detokenize(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let body = with_model(&st, body);
+    match intake(&st, &headers, "/detokenize", &body) {
+        Ok(v) => super::sim::serve::detokenize(&st, &v),
+        Err(r) => *r,
+    }
+}
+
+/// `body` with the first served model as its `model` when it names none.
+fn with_model(st: &MockState, body: Bytes) -> Bytes {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut o)) if !o.contains_key("model") => {
+            let first = st.config.models.first().cloned().unwrap_or_default();
+            o.insert("model".into(), Value::String(first));
+            Bytes::from(Value::Object(o).to_string())
+        }
+        _ => body,
     }
 }
 

@@ -236,6 +236,57 @@ pub(in crate::mock) fn render(st: &MockState, v: &Value, chat: bool) -> Response
     named(st, axum::Json(body).into_response())
 }
 
+/// `POST /tokenize`: a chat request's rendered `messages` or a `prompt` string, as vLLM's
+/// `TokenizeResponse` (`count`, `max_model_len`, `tokens`, and `token_strs` when
+/// `return_token_strs` is set).
+pub(in crate::mock) fn tokenize(st: &MockState, v: &Value) -> Response {
+    let ids = if v.get("messages").is_some() {
+        prompts(v, true).map(|mut p| p.swap_remove(0))
+    } else {
+        match v.get("prompt") {
+            Some(Value::String(p)) => Ok(tokens::tokenize(p.as_bytes())),
+            _ => Err(RenderError::BadPrompt),
+        }
+    };
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(e) => return error(st, StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let strs = v
+        .get("return_token_strs")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        .then(|| {
+            ids.iter()
+                .map(|&t| String::from_utf8_lossy(&tokens::token_bytes(t)).into_owned())
+                .collect::<Vec<_>>()
+        });
+    let body = json!({"count": ids.len(), "max_model_len": MAX_MODEL_LEN, "tokens": ids,
+        "token_strs": strs});
+    named(st, axum::Json(body).into_response())
+}
+
+/// `POST /detokenize`: `tokens` back to text (vLLM's `DetokenizeResponse`).
+pub(in crate::mock) fn detokenize(st: &MockState, v: &Value) -> Response {
+    let ids: Option<Vec<u32>> = v.get("tokens").and_then(Value::as_array).and_then(|a| {
+        a.iter()
+            .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+            .collect()
+    });
+    let Some(ids) = ids else {
+        return error(
+            st,
+            StatusCode::BAD_REQUEST,
+            "'tokens' must be an array of token ids",
+        );
+    };
+    let prompt = String::from_utf8_lossy(&tokens::detokenize(&ids)).into_owned();
+    named(st, axum::Json(json!({"prompt": prompt})).into_response())
+}
+
+/// The context length the mock's `/v1/models` reports.
+const MAX_MODEL_LEN: usize = 32_768;
+
 /// vLLM's `GenerateRequest` (`vllm/entrypoints/serve/disagg/protocol.py`) for one prompt.
 fn generate_request(v: &Value, token_ids: Vec<u32>, max_tokens: usize, chat: bool) -> Value {
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);

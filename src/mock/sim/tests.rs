@@ -152,7 +152,7 @@ async fn more_requests_than_max_num_seqs_wait_and_the_metrics_show_it() {
 }
 
 #[tokio::test]
-async fn render_answers_vllms_generate_request_with_the_engines_token_ids() {
+async fn render_and_tokenize_answer_vllms_shapes_with_the_engines_token_ids() {
     let s = sim_server(SimConfig::default()).await;
     let c = reqwest::Client::new();
     let post = |path: &str, body: Value| {
@@ -205,6 +205,34 @@ async fn render_answers_vllms_generate_request_with_the_engines_token_ids() {
     assert_eq!(list[0]["token_ids"], json!(tokens::tokenize(b"abcdefgh")));
     assert_eq!(list[1]["token_ids"].as_array().unwrap().len(), 1);
     assert!(list[0]["request_id"].as_str().unwrap().starts_with("cmpl-"));
+    // /tokenize and /detokenize: the same ids (the model may be left out).
+    let t: Value = post(
+        "/tokenize",
+        json!({"messages": messages, "return_token_strs": true}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(t["tokens"], json!(expected));
+    assert_eq!(t["count"], expected.len());
+    assert_eq!(t["token_strs"][0], "<|sy");
+    let t: Value = post("/tokenize", json!({"model": "m", "prompt": "abcdefgh"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["tokens"], json!(tokens::tokenize(b"abcdefgh")));
+    assert_eq!(t["token_strs"], Value::Null);
+    let d: Value = post("/detokenize", json!({"model": "m", "tokens": t["tokens"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["prompt"], "abcdefgh");
     // vLLM's errors: an unknown model, a request it cannot render.
     let unknown = post(
         "/v1/chat/completions/render",

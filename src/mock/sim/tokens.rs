@@ -39,6 +39,20 @@ pub fn tokenize(text: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// The bytes a token stands for (a short last piece's zero padding dropped).
+pub fn token_bytes(id: u32) -> Vec<u8> {
+    let mut b = id.to_le_bytes().to_vec();
+    while b.last() == Some(&0) {
+        b.pop();
+    }
+    b
+}
+
+/// The text of token ids (the inverse of [`tokenize`] for text without NUL bytes).
+pub fn detokenize(ids: &[u32]) -> Vec<u8> {
+    ids.iter().flat_map(|&t| token_bytes(t)).collect()
+}
+
 /// A chat request's `messages` rendered with the simulator's template.
 pub fn render_chat(messages: &Value, add_generation_prompt: bool) -> Result<String, RenderError> {
     let messages = messages
@@ -159,6 +173,7 @@ mod tests {
         assert_ne!(tokenize(b"abcd"), tokenize(b"abce"));
         assert_eq!(tokenize(b"abcd")[0], u32::from_le_bytes(*b"abcd"));
         assert!(tokenize(b"").is_empty());
+        assert_eq!(detokenize(&tokenize(b"hello world")), b"hello world");
     }
 
     #[test]
