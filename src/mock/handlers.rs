@@ -288,9 +288,8 @@ fn sse(
     include_usage: bool,
     chat: bool,
 ) -> Response {
-    st.in_flight.fetch_add(1, Relaxed);
     let (ttft, itl) = (st.config.ttft, st.config.itl);
-    let mut guard = StreamGuard { st, done: false };
+    let mut guard = StreamGuard::start(st);
     let stream = async_stream(move |tx| async move {
         let event = |v: Value| Bytes::from(format!("data: {v}\n\n"));
         if chat {

@@ -1,7 +1,9 @@
 //! A mock vLLM server: the OpenAI endpoints the gateway routes, SSE streams with configurable
 //! time to first token and inter-token delay, `/health`, `/v1/models` and a vLLM-format
-//! `/metrics` that moves with the load (`metrics`). Used by the tests,
-//! the benchmarks (`infergate mock`) and the demo (`infergate serve --demo`).
+//! `/metrics` that moves with the load (`metrics`), vLLM's render and tokenize endpoints, and
+//! the fleet simulator ([`sim`]: `MockConfig::sim`, `infergate mock --sim`), which serves as a
+//! simulated GPU running vLLM. Used by the tests, the benchmarks (`infergate mock`) and the
+//! demo (`infergate serve --demo`).
 
 mod handlers;
 pub mod metrics;
