@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use infergate::config::{self, Config, Provider, ServerConfig};
-use infergate::mock::{MockConfig, MockServer};
+use infergate::mock::{MockConfig, MockServer, SimConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,7 +55,9 @@ enum Command {
     /// Print the SHA-256 of a secret read from stdin (one line), for
     /// `[[admin.credentials]] secret_sha256`.
     HashSecret,
-    /// Run a mock vLLM server (for benchmarks and demos).
+    /// Run a mock vLLM server (for benchmarks and demos); with --sim, a simulated GPU running
+    /// vLLM: a KV cache with prefix caching, continuous batching, prefill and decode times
+    /// (docs/fleet-simulator.md).
     Mock {
         #[arg(long, default_value = "127.0.0.1:8001")]
         listen: SocketAddr,
@@ -64,10 +66,13 @@ enum Command {
         models: Vec<String>,
         #[arg(long, default_value = "mock")]
         name: String,
+        /// Delay before the first token (without --sim).
         #[arg(long, default_value_t = 0)]
         ttft_ms: u64,
+        /// Delay between tokens (without --sim).
         #[arg(long, default_value_t = 0)]
         itl_ms: u64,
+        /// Tokens generated when a request has no max_tokens.
         #[arg(long, default_value_t = 16)]
         tokens: usize,
         /// Worker threads.
@@ -86,9 +91,31 @@ enum Command {
         /// Exit with status 1 this long after start (an engine crashing); 0: never.
         #[arg(long, default_value_t = 0)]
         exit_after_ms: u64,
-        /// KV-cache capacity in tokens (its use and the prefix cache's hits on /metrics).
+        /// KV-cache capacity in tokens (its use and the prefix cache's hits on /metrics; with
+        /// --sim, the simulated GPU's KV cache).
         #[arg(long, default_value_t = 65_536)]
         kv_cache_tokens: u64,
+        /// Simulate a GPU running vLLM V1 (the fleet simulator): the times come from the
+        /// model below, not from --ttft-ms and --itl-ms.
+        #[arg(long)]
+        sim: bool,
+        /// Tokens per KV-cache block, the prefix cache's unit (vLLM's --block-size).
+        #[arg(long, default_value_t = SimConfig::default().block_tokens, requires = "sim")]
+        sim_block_tokens: usize,
+        /// Prefill time per uncached prompt token, in microseconds.
+        #[arg(long, default_value_t = SimConfig::default().prefill_per_token.as_micros() as u64, requires = "sim")]
+        sim_prefill_us_per_token: u64,
+        /// Duration of a step that decodes (one token for every running request), in
+        /// milliseconds (fractions allowed).
+        #[arg(long, default_value_t = SimConfig::default().decode_per_step.as_secs_f64() * 1e3, requires = "sim")]
+        sim_decode_ms_per_step: f64,
+        /// Requests running at once at most; more wait (vLLM's --max-num-seqs).
+        #[arg(long, default_value_t = SimConfig::default().max_num_seqs, requires = "sim")]
+        sim_max_num_seqs: usize,
+        /// Tokens computed in one step at most, the chunked prefill's budget (vLLM's
+        /// --max-num-batched-tokens).
+        #[arg(long, default_value_t = SimConfig::default().max_batched_tokens, requires = "sim")]
+        sim_max_batched_tokens: usize,
     },
     /// A stand-in for `vllm serve` (the demo's managed model): takes vLLM's command line,
     /// serves the mock under the served name, with the key in VLLM_API_KEY.
@@ -192,7 +219,32 @@ fn main() -> anyhow::Result<()> {
             load_ms,
             exit_after_ms,
             kv_cache_tokens,
+            sim,
+            sim_block_tokens,
+            sim_prefill_us_per_token,
+            sim_decode_ms_per_step,
+            sim_max_num_seqs,
+            sim_max_batched_tokens,
         } => {
+            let sim = sim
+                .then(|| -> anyhow::Result<SimConfig> {
+                    anyhow::ensure!(
+                        sim_block_tokens > 0 && sim_max_num_seqs > 0 && sim_max_batched_tokens > 0,
+                        "--sim-block-tokens, --sim-max-num-seqs and --sim-max-batched-tokens must be positive"
+                    );
+                    anyhow::ensure!(
+                        sim_decode_ms_per_step.is_finite() && sim_decode_ms_per_step >= 0.0,
+                        "--sim-decode-ms-per-step must be a non-negative number"
+                    );
+                    Ok(SimConfig {
+                        block_tokens: sim_block_tokens,
+                        prefill_per_token: Duration::from_micros(sim_prefill_us_per_token),
+                        decode_per_step: Duration::from_secs_f64(sim_decode_ms_per_step / 1e3),
+                        max_num_seqs: sim_max_num_seqs,
+                        max_batched_tokens: sim_max_batched_tokens,
+                    })
+                })
+                .transpose()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.max(1))
                 .enable_all()
@@ -206,11 +258,12 @@ fn main() -> anyhow::Result<()> {
                     default_tokens: tokens,
                     api_key,
                     kv_cache_tokens,
+                    sim,
                 };
                 let server = MockServer::start(listen, cfg)
                     .await
                     .context("mock cannot listen")?;
-                tracing::info!(addr = %server.addr, "mock vLLM server listening");
+                tracing::info!(addr = %server.addr, sim = ?server.state.config.sim, "mock vLLM server listening");
                 if load_ms > 0 {
                     server.state.set_healthy(false);
                     let state = server.state.clone();
@@ -378,7 +431,8 @@ fn demo_defaults() -> Config {
     c
 }
 
-/// Start two mock servers on free loopback ports (on a thread of their own) and add them.
+/// Start two simulated vLLM servers on free loopback ports (on a thread of their own) and add
+/// them.
 fn start_demo_backends(cfg: &mut Config) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -397,11 +451,13 @@ fn start_demo_backends(cfg: &mut Config) -> anyhow::Result<()> {
                     ),
                     ("demo-b", vec!["demo-chat".to_string()]),
                 ] {
+                    // Simulated GPUs (docs/fleet-simulator.md): a repeated prefix is
+                    // served sooner, and /metrics shows the prefix cache, the batch and the
+                    // queue as vLLM's would.
                     let mc = MockConfig {
                         name: name.into(),
                         models,
-                        ttft: Duration::from_millis(150),
-                        itl: Duration::from_millis(30),
+                        sim: Some(SimConfig::default()),
                         ..MockConfig::default()
                     };
                     let s = MockServer::start("127.0.0.1:0".parse().expect("addr"), mc)

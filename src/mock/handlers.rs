@@ -20,6 +20,10 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions/render", post(render_chat))
+        .route("/v1/completions/render", post(render_completions))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/rerank", post(rerank))
         .route("/v1/score", post(score))
@@ -40,14 +44,14 @@ fn authorized(st: &MockState, headers: &HeaderMap) -> bool {
     }
 }
 
-fn named(st: &MockState, mut resp: Response) -> Response {
+pub(super) fn named(st: &MockState, mut resp: Response) -> Response {
     if let Ok(v) = HeaderValue::from_str(&st.config.name) {
         resp.headers_mut().insert("x-mock-server", v);
     }
     resp
 }
 
-fn error(st: &MockState, status: StatusCode, message: &str) -> Response {
+pub(super) fn error(st: &MockState, status: StatusCode, message: &str) -> Response {
     let body = json!({"object": "error", "message": message, "type": "BadRequestError", "code": status.as_u16()});
     named(st, (status, axum::Json(body)).into_response())
 }
@@ -131,7 +135,7 @@ fn intake(
     Ok(v)
 }
 
-fn tokens_wanted(st: &MockState, v: &Value) -> usize {
+pub(super) fn tokens_wanted(st: &MockState, v: &Value) -> usize {
     v.get("max_tokens")
         .or_else(|| v.get("max_completion_tokens"))
         .and_then(Value::as_u64)
@@ -147,6 +151,52 @@ async fn completions(State(st): S, headers: HeaderMap, body: Bytes) -> Response 
     generate(st, headers, body, "/v1/completions", false).await
 }
 
+/// vLLM's render endpoints: the prompt's token ids in the simulator's tokenizer (served with
+/// or without `--sim`).
+async fn render_chat(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    match intake(&st, &headers, "/v1/chat/completions/render", &body) {
+        Ok(v) => super::sim::serve::render(&st, &v, true),
+        Err(r) => *r,
+    }
+}
+
+async fn render_completions(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    match intake(&st, &headers, "/v1/completions/render", &body) {
+        Ok(v) => super::sim::serve::render(&st, &v, false),
+        Err(r) => *r,
+    }
+}
+
+/// vLLM's `/tokenize` and `/detokenize` in the simulator's tokenizer (`model` is optional
+/// there: the first served model when it is missing).
+async fn tokenize(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let body = with_model(&st, body);
+    match intake(&st, &headers, "/tokenize", &body) {
+        Ok(v) => super::sim::serve::tokenize(&st, &v),
+        Err(r) => *r,
+    }
+}
+
+async fn detokenize(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let body = with_model(&st, body);
+    match intake(&st, &headers, "/detokenize", &body) {
+        Ok(v) => super::sim::serve::detokenize(&st, &v),
+        Err(r) => *r,
+    }
+}
+
+/// `body` with the first served model as its `model` when it names none.
+fn with_model(st: &MockState, body: Bytes) -> Bytes {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut o)) if !o.contains_key("model") => {
+            let first = st.config.models.first().cloned().unwrap_or_default();
+            o.insert("model".into(), Value::String(first));
+            Bytes::from(Value::Object(o).to_string())
+        }
+        _ => body,
+    }
+}
+
 async fn generate(
     st: Arc<MockState>,
     headers: HeaderMap,
@@ -158,6 +208,9 @@ async fn generate(
         Ok(v) => v,
         Err(r) => return *r,
     };
+    if let Some(sim) = st.sim.clone() {
+        return super::sim::serve::generate(st, &sim, v, chat).await;
+    }
     let n = tokens_wanted(&st, &v);
     let model = v["model"].as_str().unwrap_or_default().to_owned();
     let prompt_tokens = (body.len() / 4).max(1) as u64;
@@ -202,9 +255,17 @@ async fn generate(
 }
 
 /// Counts a stream as aborted when it is dropped before its last event.
-struct StreamGuard {
+pub(super) struct StreamGuard {
     st: Arc<MockState>,
-    done: bool,
+    pub(super) done: bool,
+}
+
+impl StreamGuard {
+    /// A stream starts (it is in flight until the guard is dropped).
+    pub(super) fn start(st: Arc<MockState>) -> Self {
+        st.in_flight.fetch_add(1, Relaxed);
+        Self { st, done: false }
+    }
 }
 
 impl Drop for StreamGuard {
@@ -227,9 +288,8 @@ fn sse(
     include_usage: bool,
     chat: bool,
 ) -> Response {
-    st.in_flight.fetch_add(1, Relaxed);
     let (ttft, itl) = (st.config.ttft, st.config.itl);
-    let mut guard = StreamGuard { st, done: false };
+    let mut guard = StreamGuard::start(st);
     let stream = async_stream(move |tx| async move {
         let event = |v: Value| Bytes::from(format!("data: {v}\n\n"));
         if chat {
@@ -282,7 +342,7 @@ fn sse(
 
 /// A body stream fed by a task through a channel of capacity 1; the task stops when the client
 /// goes away (the receiver is dropped).
-fn async_stream<F, Fut>(
+pub(super) fn async_stream<F, Fut>(
     f: F,
 ) -> impl futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>>
 where

@@ -4,7 +4,8 @@
 //! used), token counters, and TTFT, inter-token and end-to-end histograms of what it did.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -45,6 +46,9 @@ pub struct MockMetrics {
     ttft: HistogramVec,
     itl: HistogramVec,
     e2e: HistogramVec,
+    /// The simulator's only (`sim`): requests preempted, and time spent waiting.
+    preemptions: IntCounterVec,
+    queue_time: HistogramVec,
     /// Tokens held by running requests (prompt + generated so far, at most the request's max).
     held_tokens: AtomicU64,
     /// The KV cache's capacity in tokens.
@@ -126,12 +130,21 @@ impl MockMetrics {
                 "Histogram of e2e request latency in seconds.",
                 E2E,
             ),
+            preemptions: counter(
+                "vllm:num_preemptions_total",
+                "Cumulative number of preemption from the engine.",
+            ),
+            queue_time: histogram(
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
+                E2E,
+            ),
             held_tokens: AtomicU64::new(0),
             capacity_tokens: capacity_tokens.max(BLOCK_TOKENS),
             blocks: Mutex::new(HashSet::new()),
             registry,
         };
-        let all: [Box<dyn prometheus::core::Collector>; 11] = [
+        let all: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(m.running.clone()),
             Box::new(m.waiting.clone()),
             Box::new(m.kv_cache.clone()),
@@ -143,6 +156,8 @@ impl MockMetrics {
             Box::new(m.ttft.clone()),
             Box::new(m.itl.clone()),
             Box::new(m.e2e.clone()),
+            Box::new(m.preemptions.clone()),
+            Box::new(m.queue_time.clone()),
         ];
         for c in all {
             m.registry.register(c).expect("unique metric");
@@ -209,12 +224,53 @@ impl MockMetrics {
         hits
     }
 
+    /// `model`'s series, resolved once: the simulator moves them every step and sets the
+    /// gauges itself (the request-scoped accounting of [`MockMetrics::start`] is not used).
+    pub(crate) fn series(&self, model: &str) -> ModelSeries {
+        let l = &[model, "0"];
+        ModelSeries {
+            running: self.running.with_label_values(l),
+            waiting: self.waiting.with_label_values(l),
+            kv_cache: self.kv_cache.with_label_values(l),
+            prefix_queries: self.prefix_queries.with_label_values(l),
+            prefix_hits: self.prefix_hits.with_label_values(l),
+            prompt_tokens: self.prompt_tokens.with_label_values(l),
+            generation_tokens: self.generation_tokens.with_label_values(l),
+            success: self.success.with_label_values(&[model, "0", "length"]),
+            preemptions: self.preemptions.with_label_values(l),
+            ttft: self.ttft.with_label_values(l),
+            itl: self.itl.with_label_values(l),
+            e2e: self.e2e.with_label_values(l),
+            queue_time: self.queue_time.with_label_values(l),
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(8 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// One model's series (labels `model_name`, `engine="0"`), as the simulator moves them.
+#[derive(Clone)]
+pub(crate) struct ModelSeries {
+    pub running: Gauge,
+    pub waiting: Gauge,
+    pub kv_cache: Gauge,
+    /// In tokens, as vLLM V1 counts them: a request's prompt tokens, and those found cached.
+    pub prefix_queries: IntCounter,
+    pub prefix_hits: IntCounter,
+    pub prompt_tokens: IntCounter,
+    pub generation_tokens: IntCounter,
+    /// `finished_reason="length"`: the simulator always generates `max_tokens`.
+    pub success: IntCounter,
+    pub preemptions: IntCounter,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+    pub queue_time: Histogram,
 }
 
 /// One running request's measurements; dropping it ends the request (a dropped stream is not

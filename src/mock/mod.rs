@@ -1,10 +1,15 @@
 //! A mock vLLM server: the OpenAI endpoints the gateway routes, SSE streams with configurable
 //! time to first token and inter-token delay, `/health`, `/v1/models` and a vLLM-format
-//! `/metrics` that moves with the load (`metrics`). Used by the tests,
-//! the benchmarks (`infergate mock`) and the demo (`infergate serve --demo`).
+//! `/metrics` that moves with the load (`metrics`), vLLM's render and tokenize endpoints, and
+//! the fleet simulator ([`sim`]: `MockConfig::sim`, `infergate mock --sim`), which serves as a
+//! simulated GPU running vLLM. Used by the tests, the benchmarks (`infergate mock`) and the
+//! demo (`infergate serve --demo`).
 
 mod handlers;
 pub mod metrics;
+pub mod sim;
+
+pub use sim::SimConfig;
 
 use axum::Router;
 use bytes::Bytes;
@@ -27,8 +32,12 @@ pub struct MockConfig {
     pub default_tokens: usize,
     /// When set, inference and probes need `Authorization: Bearer <key>` (like vLLM's `--api-key`).
     pub api_key: Option<String>,
-    /// KV-cache capacity in tokens (`/metrics`: its use and the prefix cache's hits).
+    /// KV-cache capacity in tokens (`/metrics`: its use and the prefix cache's hits; with
+    /// `sim`, the simulated GPU's KV cache).
     pub kv_cache_tokens: u64,
+    /// Serve as a simulated GPU running vLLM (the fleet simulator, [`sim`]) instead of with
+    /// the fixed `ttft` and `itl` delays.
+    pub sim: Option<SimConfig>,
 }
 
 impl Default for MockConfig {
@@ -41,6 +50,7 @@ impl Default for MockConfig {
             default_tokens: 16,
             api_key: None,
             kv_cache_tokens: 65_536,
+            sim: None,
         }
     }
 }
@@ -67,12 +77,22 @@ pub struct MockState {
     pub last_path: Mutex<String>,
     /// What `/metrics` shows.
     pub metrics: Arc<metrics::MockMetrics>,
+    /// The simulated GPU, when `config.sim` is set.
+    pub sim: Option<sim::SimHandle>,
 }
 
 impl MockState {
+    /// With `config.sim` set, this starts the simulated engine's task: call it within a Tokio
+    /// runtime.
     pub fn new(config: MockConfig) -> Arc<Self> {
+        let metrics = Arc::new(metrics::MockMetrics::new(config.kv_cache_tokens));
+        let sim = config
+            .sim
+            .clone()
+            .map(|s| sim::SimHandle::start(s, config.kv_cache_tokens, &config.models, &metrics));
         Arc::new(Self {
-            metrics: Arc::new(metrics::MockMetrics::new(config.kv_cache_tokens)),
+            metrics,
+            sim,
             config,
             healthy: AtomicBool::new(true),
             ..Default::default()

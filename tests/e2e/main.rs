@@ -26,6 +26,7 @@ mod monitoring;
 mod prefix;
 mod reload;
 mod routing;
+mod sim;
 mod slow_clients;
 mod smuggling;
 mod streaming;
