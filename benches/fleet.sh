@@ -27,8 +27,10 @@
 #        QUICK=1 benches/fleet.sh    (one seed, 6 s runs: about 6 minutes)
 # Env: DURATION=60 SEEDS="1 2 3" LOADS="50 65" WORKLOADS="a b c"
 #      ROUTERS="prefix affinity least_inflight vllm_cache_aware vllm_round_robin"
-#      OUTPUT_TOKENS=32 THINK=3 (workload a: mean seconds between a conversation's turns)
-#      WARMUP=DURATION/4 (seconds of each run left out of the figures) CAPACITY=capacity_rps
+#      OUTPUT_TOKENS=32 THINK=1 (workload a: mean seconds between a conversation's turns)
+#      WARMUP=DURATION/4 (seconds of each run left out of the figures) RAMP=WARMUP (seconds over
+#      which the arrival rate rises linearly from 0) CAPACITY=capacity_rps
+#      ROUTING_EXTRA= (more [routing] keys for infergate, e.g. 'balance_abs = 16\n')
 #      SIM=auto|1|0 (0: the plain mock with MOCK_FLAGS, for the plumbing; auto: 1 when the binary
 #      has `mock --sim`) SIM_FLAGS=... (below: the simulated servers' flags, one variable)
 # Needs: python3 (with venv), taskset, curl; cores 0 and 1 (the router on core 0, the servers
@@ -45,10 +47,15 @@ LOADS=${LOADS:-"50 65"}
 WORKLOADS=${WORKLOADS:-"a b c"}
 ROUTERS=${ROUTERS:-"prefix affinity least_inflight vllm_cache_aware vllm_round_robin"}
 OUTPUT_TOKENS=${OUTPUT_TOKENS:-32}
-THINK=${THINK:-3}
+ROUTING_EXTRA=${ROUTING_EXTRA:-}
+THINK=${THINK:-1}
 # Seconds at the start of each run left out of the figures (latencies, hit rate, spread): the
 # cold caches' first pass. A quarter of the run unless set.
 WARMUP=${WARMUP:-$(python3 -c "print($DURATION / 4)")}
+# Seconds over which the arrival rate rises from 0 to the run's rate (within the warm-up): a cold
+# fleet meets the open conversations' histories and the shared prompts gradually. The warm-up
+# unless set.
+RAMP=${RAMP:-$WARMUP}
 CAPACITY=${CAPACITY:-capacity_rps}
 SERVERS=8
 MODEL=fleet
@@ -135,7 +142,7 @@ start_router() {
         if [ "$ROUTING_TABLE" = 1 ]; then
           # The index takes each server to hold what its KV cache holds.
           local kv; kv=$(sed -n 's/.*--kv-cache-tokens \([0-9]*\).*/\1/p' <<<"$SERVER_FLAGS")
-          printf '[routing]\npolicy = "%s"\nserver_cache_tokens = %s\n' "$1" "${kv:-262144}"
+          printf '[routing]\npolicy = "%s"\nserver_cache_tokens = %s\n%b' "$1" "${kv:-262144}" "$ROUTING_EXTRA"
         fi
         for port in "${PORTS[@]}"; do
           printf '[[servers]]\nurl = "http://127.0.0.1:%s/v1"\nprovider = "vllm"\nmodels = ["%s"]\n' "$port" "$MODEL"
@@ -214,7 +221,7 @@ for w in $WORKLOADS; do
         start_router "$r"
         before=$(scrape)
         result=$(taskset -c 1 "$LOADGEN" --url "http://127.0.0.1:$RPORT" --workload "$w" --rate "$rate" \
-          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" --metrics "$(metrics_urls)" "${FIGS[@]}") ||
+          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" --ramp "$RAMP" --metrics "$(metrics_urls)" "${FIGS[@]}") ||
           result="{\"workload\": \"$w\", \"seed\": $seed, \"rate\": $rate, \"sent\": 0, \"errors\": -1}"
         after=$(scrape)
         stop_run

@@ -19,6 +19,8 @@
 //!   (at least 8); each arrival continues one of them picked at random (so a conversation's turns
 //!   are `think` seconds apart on average) and a finished one is replaced by a new one. The open
 //!   conversations start at random turns, so the mix of turns is steady from the start.
+//!   (Their earlier turns were never sent, so a cold fleet meets every open conversation's whole
+//!   history at once; `--ramp` brings the traffic in gradually.)
 //! - `b`, shared system prompts: 8 system prompts of 1,024-2,048 tokens, picked with Zipf(1.0)
 //!   popularity (the first takes 37% of requests), each followed by a unique 32-96-token
 //!   question; 512 users per system prompt, a user always with the same one.
@@ -64,6 +66,10 @@ struct Args {
     /// and the servers' counters are read at its end (not at the start).
     #[arg(long, default_value_t = 0.0)]
     warmup: f64,
+    /// Seconds over which the arrival rate rises linearly from 0 to --rate (a Poisson process of
+    /// that intensity), so cold caches fill at a rate a fleet can prefill; 0: full rate at once.
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
     /// Comma-separated base URLs of the servers: their /metrics give the prefix-cache hit rate
     /// and the requests each finished, from the end of the warm-up until every answer is in.
     #[arg(long, value_delimiter = ',')]
@@ -184,9 +190,16 @@ fn conversation(rng: &mut Rng, id: u64, answer_tokens: usize) -> Conversation {
 fn plan(a: &Args, n: Option<usize>) -> (Vec<Req>, usize) {
     let mut times = Rng::new(a.seed, 1);
     let mut arrivals = Vec::new();
-    let mut t = 0.0;
+    // `u` runs at the full rate; the ramp maps it to time through the intensity's integral
+    // (rate * t^2 / 2 ramp while ramping, then rate * (t - ramp / 2)).
+    let mut u = 0.0;
     loop {
-        t += times.exp(a.rate);
+        u += times.exp(a.rate);
+        let t = if u < a.ramp / 2.0 {
+            (2.0 * a.ramp * u).sqrt()
+        } else {
+            u + a.ramp / 2.0
+        };
         match n {
             Some(n) if arrivals.len() == n => break,
             None if t >= a.duration => break,
