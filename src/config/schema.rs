@@ -595,7 +595,7 @@ impl Default for RoutingConfig {
             max_blocks: 512,
             server_cache_tokens: 262_144,
             index_max_entries: 4 << 20,
-            balance_abs: 8,
+            balance_abs: 64,
             balance_rel: 1.5,
         }
     }

@@ -302,6 +302,7 @@ impl ProxyApp {
             chain: if pool.prefix.is_some() { chain } else { &[] },
             started,
             started_ms: now_ms,
+            prefill: Default::default(),
         };
         self.forward(ex, pool, body, &ctx).await
     }

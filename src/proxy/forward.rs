@@ -56,6 +56,32 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Charges a request's prefill to its server's queue ([`Backend::queued_prefill`]) until its
+/// first token takes it back ([`RequestCtx::prefill`], in the relay) or the attempt ends,
+/// however it ends.
+///
+/// [`Backend::queued_prefill`]: crate::upstream::Backend::queued_prefill
+struct QueuedPrefill<'a>(&'a AtomicI64, &'a AtomicI64);
+
+impl<'a> QueuedPrefill<'a> {
+    fn enter(server: &'a AtomicI64, left: &'a AtomicI64, blocks: i64) -> Self {
+        if blocks != 0 {
+            server.fetch_add(blocks, Relaxed);
+            left.store(blocks, Relaxed);
+        }
+        Self(server, left)
+    }
+}
+
+impl Drop for QueuedPrefill<'_> {
+    fn drop(&mut self) {
+        let blocks = self.1.swap(0, Relaxed);
+        if blocks != 0 {
+            self.0.fetch_sub(blocks, Relaxed);
+        }
+    }
+}
+
 /// Request headers never forwarded: hop-by-hop ones, and the client's credentials (a server
 /// sees only its own configured key).
 const DROP_REQUEST_HEADERS: [&str; 14] = [
@@ -85,6 +111,9 @@ pub(super) struct RequestCtx<'a> {
     pub started: Instant,
     /// Unix ms when the request arrived.
     pub started_ms: u64,
+    /// The blocks of prefill this request still has charged to its server (`prefix` pools):
+    /// taken back at its first token.
+    pub prefill: AtomicI64,
 }
 
 impl RequestCtx<'_> {
@@ -155,6 +184,11 @@ impl ProxyApp {
                 return self.give_up(ex, ctx, &pool.model, None, err).await;
             };
             let backend = &member.backend;
+            // The prompt's blocks this server is not known to hold: prefill ahead of it.
+            let prefill = match (&pool.prefix, choice.matched_blocks) {
+                (Some(_), Some(held)) => ctx.chain.len().saturating_sub(held) as i64,
+                _ => 0,
+            };
             if attempts == 0 {
                 if let Some(outcome) = choice.affinity {
                     gw.store.affinity_record(backend.provider, outcome);
@@ -178,7 +212,9 @@ impl ProxyApp {
             backend.last_use_ms.store(now, Relaxed);
             member.requests.fetch_add(1, Relaxed);
             let inflight = InFlight::enter(&backend.inflight, &member.inflight);
+            let queued = QueuedPrefill::enter(&backend.queued_prefill, &ctx.prefill, prefill);
             let result = self.attempt(ex, member, body, ctx).await;
+            drop(queued);
             drop(inflight);
             match result {
                 Attempt::Done => return,

@@ -13,6 +13,7 @@ use crate::shutdown::Phase;
 use crate::telemetry::sse::SseScanner;
 use crate::telemetry::usage::{Usage, UsageTail};
 use pingora::upstreams::peer::HttpPeer;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -154,6 +155,11 @@ impl ProxyApp {
             match &mut scanner {
                 Some(s) => {
                     if s.feed(data, Instant::now()) {
+                        // Prefilled: no longer in the server's queue.
+                        let blocks = ctx.prefill.swap(0, Relaxed);
+                        if blocks != 0 {
+                            backend.queued_prefill.fetch_sub(blocks, Relaxed);
+                        }
                         let t = started.elapsed();
                         member.metrics.ttft.observe(t.as_secs_f64());
                         ttft = Some(t);

@@ -36,6 +36,10 @@ pub struct Backend {
     pub inflight: IntGauge,
     /// Unix ms of the last request sent to this server (0: none yet).
     pub last_use_ms: std::sync::atomic::AtomicU64,
+    /// Prompt blocks this server has yet to prefill, as the `prefix` policy estimates them:
+    /// each request routed by prefix adds the blocks of its prompt the server was not known to
+    /// hold, and takes them back at its first token (or when the attempt ends).
+    pub queued_prefill: std::sync::atomic::AtomicI64,
     health_gauge: IntGauge,
     settings: PeerSettings,
 }
@@ -116,6 +120,7 @@ impl Backend {
         Ok(Self {
             inflight: metrics.inflight_gauge(&id),
             last_use_ms: Default::default(),
+            queued_prefill: std::sync::atomic::AtomicI64::new(0),
             id,
             provider: cfg.provider,
             host_header,

@@ -174,6 +174,48 @@ async fn an_overloaded_holder_is_skipped() {
 }
 
 #[tokio::test]
+async fn a_server_still_prefilling_a_long_prompt_takes_no_new_one_among_equals() {
+    // Streams take 3 s to their first token: a request's prefill stays queued that long.
+    let mocks = three(
+        &["m"],
+        MockConfig {
+            ttft: Duration::from_secs(3),
+            ..MockConfig::default()
+        },
+    )
+    .await;
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\n{}",
+        servers(&mocks, &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    // A 20 KB prompt nobody holds: ~160 blocks queued at its server.
+    let long = "w".repeat(20_000);
+    let first = gw.chat(&c, &chat("m", &long, "long", true)).await;
+    assert_eq!(first.status(), 200);
+    let busy = served_by(&first);
+    let mut open = vec![first];
+    // Short unrelated prompts: no server holds them, so the least queued prefill decides. By
+    // requests in flight the busy server (1) would take the fifth at the latest, when the
+    // others have 2 each.
+    let mut by = Vec::new();
+    for i in 0..5 {
+        let r = gw
+            .chat(&c, &chat("m", &format!("short {i}"), "hi", true))
+            .await;
+        assert_eq!(r.status(), 200);
+        by.push(served_by(&r));
+        open.push(r);
+    }
+    assert!(
+        by.iter().all(|b| *b != busy),
+        "the server prefilling {busy} got one of {by:?}"
+    );
+    drop(open);
+}
+
+#[tokio::test]
 async fn an_ejected_servers_blocks_go_and_it_is_never_chosen() {
     let mocks = three(&["m"], MockConfig::default()).await;
     let gw = Gateway::start(&format!(
