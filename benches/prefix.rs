@@ -84,6 +84,28 @@ fn decision(c: &mut Criterion) {
                 ix.longest(black_box(&chains[at]), all)
             })
         });
+        // What the policy's choice does: lookups until no server left holds any of the prompt
+        // (at most 4, `routing::cache_aware`'s MAX_ROUNDS): here the family's server, then none.
+        g.bench_with_input(
+            BenchmarkId::new("lookup_rounds", blocks),
+            &chains,
+            |b, chains| {
+                b.iter(|| {
+                    at = (at + 1) % RING;
+                    let chain = black_box(&chains[at]);
+                    let (mut candidates, mut held) = (all, 0);
+                    for _ in 0..4 {
+                        let m = ix.longest(chain, candidates);
+                        if m.blocks == 0 {
+                            break;
+                        }
+                        held += m.blocks;
+                        candidates &= !m.servers;
+                    }
+                    held
+                })
+            },
+        );
         if blocks == 128 {
             let returning: Vec<Vec<u64>> = (0..RING)
                 .map(|i| {

@@ -23,6 +23,9 @@ pub struct RoutingReport {
     /// `balance_abs` requests in flight and by more than the factor `balance_rel`.
     pub balance_abs: u32,
     pub balance_rel: f64,
+    /// A server over this factor of its even share of the pool's recent requests is skipped
+    /// while it has more in flight than the least loaded (0: no bound).
+    pub balance_share: f64,
     /// Every model with a pool, by name.
     pub models: Vec<ModelRouting>,
 }
@@ -64,6 +67,9 @@ pub struct IndexedServer {
     pub slot: usize,
     pub blocks: usize,
     pub healthy: bool,
+    /// Requests of the model per second this instance sent it recently (the average the
+    /// share bound reads).
+    pub requests_per_s: f64,
 }
 
 /// Get each model's routing policy and prefix index.
@@ -95,13 +101,17 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
                     servers: p
                         .servers()
                         .into_iter()
-                        .map(|(slot, id)| IndexedServer {
-                            healthy: pool
-                                .member(&id)
-                                .is_some_and(|(_, m)| m.backend.is_healthy()),
-                            server: id.to_string(),
-                            slot,
-                            blocks: ix.held(slot),
+                        .map(|(slot, id)| {
+                            let member = pool.member(&id).map(|(_, m)| m);
+                            IndexedServer {
+                                healthy: member.is_some_and(|m| m.backend.is_healthy()),
+                                requests_per_s: member.map_or(0.0, |m| {
+                                    (f64::from(m.rate.get()) * 1000.0).round() / 1000.0
+                                }),
+                                server: id.to_string(),
+                                slot,
+                                blocks: ix.held(slot),
+                            }
                         })
                         .collect(),
                 }
@@ -116,6 +126,7 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
         server_cache_tokens: r.server_cache_tokens,
         balance_abs: r.balance_abs,
         balance_rel: r.balance_rel,
+        balance_share: r.balance_share,
         models,
     })
 }

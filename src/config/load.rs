@@ -188,6 +188,15 @@ impl Validator<'_> {
                 format!("must be a number of at least 1.0, got {}", r.balance_rel),
             );
         }
+        if !(r.balance_share == 0.0 || (1.0..=100.0).contains(&r.balance_share)) {
+            self.fail(
+                &[Key("routing"), Key("balance_share")],
+                format!(
+                    "must be 0 (no bound) or 1.0 to 100.0, got {}",
+                    r.balance_share
+                ),
+            );
+        }
         if c.proxy.max_retries >= crate::proxy::MAX_ATTEMPTS {
             self.fail(
                 &[Key("proxy"), Key("max_retries")],

@@ -584,6 +584,9 @@ pub struct RoutingConfig {
     pub balance_abs: u32,
     /// ... and by more than this factor.
     pub balance_rel: f64,
+    /// A server that took more than this factor of its even share of the pool's recent
+    /// requests is skipped while it has more in flight than the least loaded (0: no bound).
+    pub balance_share: f64,
 }
 
 impl Default for RoutingConfig {
@@ -597,6 +600,7 @@ impl Default for RoutingConfig {
             index_max_entries: 4 << 20,
             balance_abs: 64,
             balance_rel: 1.5,
+            balance_share: 1.2,
         }
     }
 }

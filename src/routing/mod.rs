@@ -7,11 +7,13 @@ mod cache_aware;
 pub mod discovery;
 mod multipart;
 pub mod prefix;
+mod rate;
 pub mod registry_sync;
 mod request;
 mod select;
 mod table;
 
+pub use rate::RATE_WINDOW_S;
 pub use request::{route_key_json, route_key_multipart, BodyError, RouteKey};
 pub use select::{choose, Choice};
 pub use table::{Balance, Member, Pool, RoutingTable};

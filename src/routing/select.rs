@@ -45,6 +45,7 @@ pub async fn choose<'a>(
             let c = super::cache_aware::choose_by_prefix(
                 pool,
                 &ix.index,
+                &ix.demand,
                 chain,
                 pinned.as_deref(),
                 exclude,

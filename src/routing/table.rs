@@ -1,6 +1,7 @@
 //! The routing table: model -> pool of servers, rebuilt off the hot path and swapped in whole.
 
 use super::prefix::pools::{PoolIndex, PrefixIndexes, NO_SLOT};
+use super::rate::RequestRate;
 use crate::config::{Policy, RoutingConfig};
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Backend;
@@ -21,6 +22,8 @@ pub struct Member {
     pub flushed: AtomicU64,
     /// Its slot in the pool's prefix index ([`NO_SLOT`]: none).
     pub slot: u8,
+    /// `requests` per second recently (kept under the `prefix` policy, for its share bound).
+    pub rate: RequestRate,
 }
 
 /// The servers of one model.
@@ -30,18 +33,21 @@ pub struct Pool {
     pub policy: Policy,
     /// The prefix index, when the policy is `prefix`.
     pub prefix: Option<Arc<PoolIndex>>,
-    /// `[routing] balance_abs` and `balance_rel`.
+    /// `[routing] balance_abs`, `balance_rel` and `balance_share`.
     pub balance: Balance,
     /// The prefix-match histogram, when the policy is `prefix`.
     pub match_blocks: Option<prometheus::Histogram>,
 }
 
 /// How much more loaded than the least loaded server the server holding the longest prefix
-/// may be and still be chosen: by `abs` requests in flight, or by the factor `rel`.
+/// may be and still be chosen: by `abs` requests in flight, or by the factor `rel`; and while
+/// it has more in flight than the least loaded, by how much more than its even share of the
+/// pool's recent requests it may take (the factor `share`; 0: no bound).
 #[derive(Debug, Clone, Copy)]
 pub struct Balance {
     pub abs: i64,
     pub rel: f64,
+    pub share: f32,
 }
 
 impl Balance {
@@ -50,6 +56,14 @@ impl Balance {
     #[inline]
     pub fn allows(self, load: i64, least: i64) -> bool {
         load <= least.saturating_add(self.abs) || load as f64 <= least as f64 * self.rel
+    }
+
+    /// Whether a server that took `rate` requests a second recently, with `load` in flight,
+    /// may take one more when the pool's servers take `mean` a second each and the least
+    /// loaded has `least` in flight.
+    #[inline]
+    pub fn within_share(self, rate: f32, mean: f32, load: i64, least: i64) -> bool {
+        self.share <= 0.0 || load <= least || rate <= mean * self.share
     }
 }
 
@@ -96,6 +110,7 @@ impl RoutingTable {
                     balance: Balance {
                         abs: i64::from(routing.balance_abs),
                         rel: routing.balance_rel,
+                        share: routing.balance_share as f32,
                     },
                     match_blocks: None,
                 });
@@ -106,6 +121,7 @@ impl RoutingTable {
                     flushed: AtomicU64::new(0),
                     metrics: metrics.route(model, &b.id),
                     slot: NO_SLOT,
+                    rate: RequestRate::default(),
                     backend: b.clone(),
                 });
             }

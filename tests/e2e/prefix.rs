@@ -1,6 +1,7 @@
 //! Cache-aware routing (`[routing] policy = "prefix"`): a shared prompt prefix goes to the
-//! server that holds it, an overloaded holder is skipped, an ejected server's blocks go, the
-//! index stays within each server's capacity, and per-model policies.
+//! server that holds it, an overloaded holder is skipped, a prompt asked for often spreads,
+//! an ejected server's blocks go, the index stays within each server's capacity, and
+//! per-model policies.
 
 use crate::harness::*;
 use infergate::mock::MockConfig;
@@ -143,7 +144,7 @@ async fn an_overloaded_holder_is_skipped() {
     )
     .await;
     let gw = Gateway::start(&format!(
-        "routing.policy = \"prefix\"\nrouting.balance_abs = 2\nrouting.balance_rel = 1.0\n{}",
+        "routing.policy = \"prefix\"\nrouting.balance_abs = 2\nrouting.balance_rel = 1.0\nrouting.balance_share = 0\n{}",
         servers(&mocks, &["m"])
     ))
     .await;
@@ -171,6 +172,69 @@ async fn an_overloaded_holder_is_skipped() {
     // third server none: the holder with 1 is within 2 of it.
     assert_eq!(served_by(&fifth), by[3], "{by:?}");
     drop((fifth, sixth, open));
+}
+
+#[tokio::test]
+async fn a_prompt_asked_for_often_spreads_once_its_holder_is_over_its_share() {
+    // Streams take 3 s to their first token: each holds its server's in-flight count, far
+    // within balance_abs (64).
+    let mocks = three(
+        &["m"],
+        MockConfig {
+            ttft: Duration::from_secs(3),
+            ..MockConfig::default()
+        },
+    )
+    .await;
+    let c = Client::new();
+    let s = system("Ada");
+    // Each gateway: three requests for one prompt, with pauses for the rates to be taken
+    // (every 50 ms).
+    let three_asks = |share: &'static str| {
+        let (c, s, mocks) = (&c, &s, &mocks);
+        async move {
+            let gw = Gateway::start(&format!(
+                "routing.policy = \"prefix\"\nrouting.balance_share = {share}\n{}",
+                servers(mocks, &["m"])
+            ))
+            .await;
+            let mut open = Vec::new();
+            for i in 0..3 {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let r = gw.chat(c, &chat("m", s, &format!("q{i}"), true)).await;
+                assert_eq!(r.status(), 200);
+                open.push(r);
+            }
+            let (_, routing) = gw.admin_get(c, "/admin/routing").await;
+            let by: Vec<String> = open.iter().map(served_by).collect();
+            drop(open);
+            (by, routing)
+        }
+    };
+    // Unbounded: the holder takes all three (it is within balance_abs of the others).
+    let (by, _) = three_asks("0").await;
+    assert!(by.iter().all(|b| *b == by[0]), "{by:?}");
+    // Bounded at 1.2x: the holder took all of the pool's requests (3x its share) and has more
+    // in flight than the others. The second request's prefix had never been asked for (as a
+    // conversation's history is asked for once): it stays. By the third, that prefix is asked
+    // for more than the bound's margin of a server's requests: it goes to another server.
+    let (by, routing) = three_asks("1.2").await;
+    assert_eq!(by[1], by[0], "a prefix asked for once stays on its holder");
+    assert_ne!(by[2], by[0], "a prefix asked for often spreads: {by:?}");
+    assert_eq!(routing["balance_share"], 1.2, "{routing}");
+    let rates: Vec<f64> = model_report(&routing, "m")["index"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests_per_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 3, "{routing}");
+    assert!(
+        rates.iter().any(|r| *r > 0.0) && rates.iter().all(|r| r.is_finite() && *r >= 0.0),
+        "the holder's recent requests are reported: {rates:?}"
+    );
 }
 
 #[tokio::test]

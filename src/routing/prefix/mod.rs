@@ -5,10 +5,12 @@
 //! the KV cache.
 
 pub mod chain;
+pub mod demand;
 pub mod index;
 pub mod pools;
 pub mod share;
 
 pub use chain::{Chainer, DEFAULT_BLOCK_BYTES, MAX_BLOCK_BYTES, MAX_CHAIN_BLOCKS};
+pub use demand::PrefixDemand;
 pub use index::{Match, PrefixIndex, MAX_SERVERS};
 pub use pools::{PoolIndex, PrefixIndexes, NO_SLOT};

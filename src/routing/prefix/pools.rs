@@ -2,6 +2,7 @@
 //! routing-table rebuilds (a server keeps its slot, and its blocks, while it stays in the
 //! pool), and kept in bounds off the request path ([`PrefixIndexes::maintain`]).
 
+use super::demand::PrefixDemand;
 use super::index::{PrefixIndex, MAX_SERVERS};
 use crate::config::RoutingConfig;
 use crate::upstream::Backend;
@@ -19,6 +20,9 @@ const AGE_SCAN_MS: u64 = 60_000;
 /// One model's index and who holds each slot.
 pub struct PoolIndex {
     pub index: PrefixIndex,
+    /// How often each prefix is asked for.
+    pub demand: PrefixDemand,
+    last_demand_ms: AtomicU64,
     /// The block size its hashes were made with.
     block_bytes: usize,
     slots: Mutex<[Option<Arc<Backend>>; MAX_SERVERS]>,
@@ -31,6 +35,8 @@ impl PoolIndex {
     fn new(entries: usize, capacity: usize, block_bytes: usize) -> Self {
         Self {
             index: PrefixIndex::new(entries, capacity),
+            demand: PrefixDemand::default(),
+            last_demand_ms: AtomicU64::new(crate::telemetry::now_ms()),
             block_bytes,
             slots: Mutex::new(std::array::from_fn(|_| None)),
             ejected: AtomicU64::new(0),
@@ -56,9 +62,11 @@ impl PoolIndex {
             .collect()
     }
 
-    /// Drop the blocks of servers that became unhealthy; evict when a server is over its
+    /// Take the prefixes' request rates; drop the blocks of servers that became unhealthy; evict when a server is over its
     /// capacity or an age scan is due. Blocks dropped.
     fn maintain(&self, now_ms: u64) -> usize {
+        let since = now_ms.saturating_sub(self.last_demand_ms.swap(now_ms, Relaxed));
+        self.demand.update(since as f64 / 1000.0);
         let unhealthy = {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
@@ -214,11 +222,14 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cursor: Option<String> = None;
+        let mut last = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            let elapsed = std::mem::replace(&mut last, std::time::Instant::now()).elapsed();
+            self.update_rates(elapsed.as_secs_f64());
             if let Some(share) = &self.gw.prefix_share {
                 for batch in share.take_batches() {
                     if let Err(e) = self.gw.store.prefix_publish(batch).await {
@@ -247,6 +258,17 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
 }
 
 impl PrefixMaintenance {
+    /// Each prefix-routed member's recent request rate (for the share bound), from its request
+    /// counter.
+    fn update_rates(&self, dt_s: f64) {
+        let table = self.gw.table.load();
+        for pool in table.pools().filter(|p| p.prefix.is_some()) {
+            for m in &pool.members {
+                m.rate.update(m.requests.load(Relaxed), dt_s);
+            }
+        }
+    }
+
     /// Record what other instances routed (to servers this one routes too).
     fn learn(&self, batches: &[Vec<u8>]) {
         let now = crate::telemetry::now_ms();
