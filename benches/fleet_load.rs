@@ -40,7 +40,8 @@ use serde_json::{json, Value};
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Base URL of the router (without /v1).
+    /// Base URL of the router (without /v1); several, comma-separated: requests alternate
+    /// between them, as a load balancer without stickiness in front of several instances.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// a: multi-turn chats, b: shared system prompts, c: no sharing.
@@ -519,7 +520,11 @@ fn main() {
             .tcp_nodelay(true)
             .build()
             .expect("a client");
-        let url = format!("{}/v1/chat/completions", a.url.trim_end_matches('/'));
+        let urls: Vec<String> = a
+            .url
+            .split(',')
+            .map(|u| format!("{}/v1/chat/completions", u.trim().trim_end_matches('/')))
+            .collect();
         let timeout = Duration::from_secs_f64(a.timeout);
         let start = tokio::time::Instant::now() + Duration::from_millis(100);
         let mut handles = Vec::with_capacity(bodies.len());
@@ -533,11 +538,12 @@ fn main() {
                 scrape(&client, &urls).await
             }
         });
-        for (at, body) in bodies {
+        for (i, (at, body)) in bodies.into_iter().enumerate() {
+            let url = urls[i % urls.len()].clone();
             let due = start + Duration::from_secs_f64(at);
             tokio::time::sleep_until(due).await;
             lags.push(due.elapsed().as_secs_f64());
-            let task = tokio::spawn(one(client.clone(), url.clone(), body, timeout));
+            let task = tokio::spawn(one(client.clone(), url, body, timeout));
             handles.push((at, task));
         }
         let mut results = Vec::with_capacity(handles.len());
