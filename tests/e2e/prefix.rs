@@ -493,4 +493,23 @@ async fn a_reload_switches_policies_live() {
         outcome.to_string().contains("routing.balance_rel"),
         "{outcome}"
     );
+    let (status, outcome) =
+        reload(prefix.replacen("[routing]\n", "[routing]\nbalance_share = 0.5\n", 1)).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert!(
+        outcome.to_string().contains("routing.balance_share")
+            && outcome.to_string().contains("0 (no bound) or 1.0 to 100.0"),
+        "{outcome}"
+    );
+    // The share bound is applied live too.
+    let (status, outcome) = reload(prefix.replacen(
+        "[routing]\n",
+        "[routing]\nblock_bytes = 64\nbalance_share = 2.5\n",
+        1,
+    ))
+    .await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["applied"], json!(["routing.balance_share"]));
+    let (_, routing) = gw.admin_get(&c, "/admin/routing").await;
+    assert_eq!(routing["balance_share"], 2.5, "{routing}");
 }
