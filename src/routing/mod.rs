@@ -7,7 +7,7 @@ mod cache_aware;
 pub mod discovery;
 mod multipart;
 pub mod prefix;
-mod rate;
+pub(crate) mod rate;
 pub mod registry_sync;
 mod request;
 mod select;

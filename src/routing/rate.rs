@@ -31,11 +31,17 @@ impl RequestRate {
             return;
         }
         let new = total.saturating_sub(self.seen.swap(total, Relaxed)) as f64;
-        let was = f64::from(self.get());
-        let alpha = 1.0 - (-dt_s / RATE_WINDOW_S).exp();
-        let now = was + alpha * (new / dt_s - was);
+        let now = decayed(f64::from(self.get()), new, dt_s);
         self.per_s.store((now as f32).to_bits(), Relaxed);
     }
+}
+
+/// A rate of `was` per second, with `new` events in the last `dt_s` seconds folded in
+/// (exponential decay over [`RATE_WINDOW_S`]).
+#[inline]
+pub fn decayed(was: f64, new: f64, dt_s: f64) -> f64 {
+    let alpha = 1.0 - (-dt_s / RATE_WINDOW_S).exp();
+    was + alpha * (new / dt_s - was)
 }
 
 #[cfg(test)]

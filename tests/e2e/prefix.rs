@@ -47,6 +47,19 @@ async fn three(models: &[&str], config: MockConfig) -> Vec<infergate::mock::Mock
     out
 }
 
+/// Three servers of model `m` whose streams take 3 s to their first token: each stream holds
+/// its server's in-flight count (and its prefill queued) that long.
+async fn three_slow() -> Vec<infergate::mock::MockServer> {
+    three(
+        &["m"],
+        MockConfig {
+            ttft: Duration::from_secs(3),
+            ..MockConfig::default()
+        },
+    )
+    .await
+}
+
 fn servers(mocks: &[infergate::mock::MockServer], models: &[&str]) -> String {
     mocks.iter().map(|m| server(&m.url(), models)).collect()
 }
@@ -135,14 +148,7 @@ async fn a_shared_prefix_lands_on_the_server_that_holds_it() {
 #[tokio::test]
 async fn an_overloaded_holder_is_skipped() {
     // Streams take 3 s to their first token: each holds its server's in-flight count.
-    let mocks = three(
-        &["m"],
-        MockConfig {
-            ttft: Duration::from_secs(3),
-            ..MockConfig::default()
-        },
-    )
-    .await;
+    let mocks = three_slow().await;
     let gw = Gateway::start(&format!(
         "routing.policy = \"prefix\"\nrouting.balance_abs = 2\nrouting.balance_rel = 1.0\nrouting.balance_share = 0\n{}",
         servers(&mocks, &["m"])
@@ -178,14 +184,7 @@ async fn an_overloaded_holder_is_skipped() {
 async fn a_prompt_asked_for_often_spreads_once_its_holder_is_over_its_share() {
     // Streams take 3 s to their first token: each holds its server's in-flight count, far
     // within balance_abs (64).
-    let mocks = three(
-        &["m"],
-        MockConfig {
-            ttft: Duration::from_secs(3),
-            ..MockConfig::default()
-        },
-    )
-    .await;
+    let mocks = three_slow().await;
     let c = Client::new();
     let s = system("Ada");
     // Each gateway: three requests for one prompt, with pauses for the rates to be taken
@@ -240,14 +239,7 @@ async fn a_prompt_asked_for_often_spreads_once_its_holder_is_over_its_share() {
 #[tokio::test]
 async fn a_server_still_prefilling_a_long_prompt_takes_no_new_one_among_equals() {
     // Streams take 3 s to their first token: a request's prefill stays queued that long.
-    let mocks = three(
-        &["m"],
-        MockConfig {
-            ttft: Duration::from_secs(3),
-            ..MockConfig::default()
-        },
-    )
-    .await;
+    let mocks = three_slow().await;
     let gw = Gateway::start(&format!(
         "routing.policy = \"prefix\"\n{}",
         servers(&mocks, &["m"])

@@ -7,7 +7,8 @@
 //! A fixed table of [`SLOTS`] counters, lossy like the index: a block takes a slot held by a
 //! prefix asked for less than [`KEEP_PER_S`] a second, never one asked for more, so two hot
 //! prefixes on one slot leave one of them counted (it is then only not spread early). The
-//! request path adds to a counter; the maintenance tick turns counts into rates.
+//! request path adds to a counter; the maintenance tick turns counts into rates (decaying as
+//! the servers' request rates do, [`crate::routing::RATE_WINDOW_S`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -15,8 +16,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 pub const SLOTS: usize = 4096;
 /// A slot whose prefix is asked for at least this often is kept from other blocks.
 const KEEP_PER_S: f32 = 1.0;
-/// The time constant of the rates, in seconds (as the servers' request rates).
-const WINDOW_S: f64 = crate::routing::RATE_WINDOW_S;
 
 #[derive(Default)]
 struct Slot {
@@ -73,14 +72,13 @@ impl PrefixDemand {
         if dt_s <= 0.0 {
             return;
         }
-        let alpha = 1.0 - (-dt_s / WINDOW_S).exp();
         for s in self.slots.iter() {
             let n = s.count.swap(0, Relaxed);
             let was = f64::from(f32::from_bits(s.rate.load(Relaxed)));
             if n == 0 && was == 0.0 {
                 continue;
             }
-            let now = was + alpha * (f64::from(n) / dt_s - was);
+            let now = crate::routing::rate::decayed(was, f64::from(n), dt_s);
             // Below a request an hour: forgotten.
             let now = if now < 1.0 / 3600.0 { 0.0 } else { now };
             s.rate.store((now as f32).to_bits(), Relaxed);
@@ -91,6 +89,7 @@ impl PrefixDemand {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::RATE_WINDOW_S as WINDOW_S;
 
     #[test]
     fn a_prefix_asked_for_often_is_told_from_one_asked_for_once_and_keeps_its_slot() {
