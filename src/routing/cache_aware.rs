@@ -72,7 +72,7 @@ pub fn choose_by_prefix<'a>(
     if least == i64::MAX {
         // No healthy server: the least loaded of those held out while their probes pass.
         return PrefixChoice {
-            member: super::select::least_in_flight(pool, exclude),
+            member: super::least_loaded::least_in_flight(pool, exclude),
             matched_blocks: 0,
         };
     }

@@ -5,6 +5,7 @@
 
 mod cache_aware;
 pub mod discovery;
+mod least_loaded;
 mod multipart;
 pub mod prefix;
 pub(crate) mod rate;

@@ -2,6 +2,7 @@
 //! otherwise the healthy server with the fewest requests in flight (ties broken at random).
 //! `least_inflight`: that server always. `prefix`: see [`super::cache_aware`].
 
+use super::least_loaded::least_in_flight;
 use super::table::{Member, Pool};
 use crate::config::Policy;
 use crate::store::{Claim, Store};
@@ -123,39 +124,4 @@ pub async fn choose<'a>(
         affinity: Some(AffinityOutcome::Fallback),
         matched_blocks: None,
     }
-}
-
-/// The healthy member with the fewest in-flight requests; ties at random (reservoir sampling).
-/// With no healthy member, one held out by its failing answers while its probes pass (a pool
-/// whose only server answered a few 5xx is not refused whole for the hold).
-pub fn least_in_flight<'a>(pool: &'a Pool, exclude: &[usize]) -> Option<(usize, &'a Member)> {
-    least_loaded(pool, exclude, |m| m.backend.is_healthy())
-        .or_else(|| least_loaded(pool, exclude, |m| m.backend.health.is_held_passing()))
-}
-
-fn least_loaded<'a>(
-    pool: &'a Pool,
-    exclude: &[usize],
-    usable: impl Fn(&Member) -> bool,
-) -> Option<(usize, &'a Member)> {
-    let mut best: Option<(usize, &Member)> = None;
-    let mut best_load = i64::MAX;
-    let mut ties = 0u32;
-    for (i, m) in pool.members.iter().enumerate() {
-        if !usable(m) || exclude.contains(&i) {
-            continue;
-        }
-        let load = m.backend.inflight.get();
-        if load < best_load {
-            best = Some((i, m));
-            best_load = load;
-            ties = 1;
-        } else if load == best_load {
-            ties += 1;
-            if rand::random_range(0..ties) == 0 {
-                best = Some((i, m));
-            }
-        }
-    }
-    best
 }
