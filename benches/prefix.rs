@@ -7,7 +7,7 @@
 //! lookup would only measure the CPU's cache.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use infergate::routing::prefix::{Chainer, PrefixIndex, DEFAULT_BLOCK_BYTES};
+use infergate::routing::prefix::{Chainer, Match, PrefixIndex, DEFAULT_BLOCK_BYTES};
 
 const SERVERS: usize = 8;
 const TOTAL: usize = 1_000_000;
@@ -84,25 +84,16 @@ fn decision(c: &mut Criterion) {
                 ix.longest(black_box(&chains[at]), all)
             })
         });
-        // What the policy's choice does: lookups until no server left holds any of the prompt
-        // (at most 4, `routing::cache_aware`'s MAX_ROUNDS): here the family's server, then none.
+        // What the policy's choice does (`routing::cache_aware`, up to 4 depths): lookups until
+        // no server left holds any of the prompt; here the family's server, then none.
+        let mut depths = [Match::default(); 4];
         g.bench_with_input(
             BenchmarkId::new("lookup_rounds", blocks),
             &chains,
             |b, chains| {
                 b.iter(|| {
                     at = (at + 1) % RING;
-                    let chain = black_box(&chains[at]);
-                    let (mut candidates, mut held) = (all, 0);
-                    for _ in 0..4 {
-                        let m = ix.longest(chain, candidates);
-                        if m.blocks == 0 {
-                            break;
-                        }
-                        held += m.blocks;
-                        candidates &= !m.servers;
-                    }
-                    held
+                    ix.holders_by_depth(black_box(&chains[at]), all, &mut depths)
                 })
             },
         );

@@ -32,7 +32,7 @@
 //! [`Balance`]: super::table::Balance
 
 use super::table::{Member, Pool};
-use crate::routing::prefix::{PrefixDemand, PrefixIndex, NO_SLOT};
+use crate::routing::prefix::{Match, PrefixDemand, PrefixIndex, NO_SLOT};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Holder sets looked up, deepest first (each costs one lookup); servers past them count as
@@ -76,18 +76,8 @@ pub fn choose_by_prefix<'a>(
             matched_blocks: 0,
         };
     }
-    // Each round: the deepest match among the servers not placed yet.
-    let mut rounds = [(0u64, 0usize); MAX_ROUNDS];
-    let mut found = 0;
-    while found < MAX_ROUNDS && candidates != 0 {
-        let m = index.longest(chain, candidates);
-        if m.blocks == 0 {
-            break;
-        }
-        rounds[found] = (m.servers & candidates, m.blocks);
-        found += 1;
-        candidates &= !m.servers;
-    }
+    let mut rounds = [Match::default(); MAX_ROUNDS];
+    let found = index.holders_by_depth(chain, candidates, &mut rounds);
     let rounds = &rounds[..found];
     let balance = pool.balance;
     let mean_rate = rates / usable_n.max(1) as f32;
@@ -95,8 +85,8 @@ pub fn choose_by_prefix<'a>(
     // the share bound spreads it. One asked for rarely (a conversation's history) stays on
     // its holder unless the in-flight bound moves it.
     let shared = match rounds.first() {
-        Some(&(_, blocks)) if balance.share > 0.0 => {
-            demand.note(chain[blocks - 1]) > (balance.share - 1.0) * mean_rate
+        Some(m) if balance.share > 0.0 => {
+            demand.note(chain[m.blocks - 1]) > (balance.share - 1.0) * mean_rate
         }
         _ => false,
     };
@@ -107,8 +97,8 @@ pub fn choose_by_prefix<'a>(
         let bit = 1u64 << m.slot;
         rounds
             .iter()
-            .find(|(servers, _)| servers & bit != 0)
-            .map_or(0, |&(_, blocks)| blocks)
+            .find(|r| r.servers & bit != 0)
+            .map_or(0, |r| r.blocks)
     };
     let total = chain.len() as i64;
     let mut best: Option<(usize, &Member)> = None;

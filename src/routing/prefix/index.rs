@@ -221,6 +221,27 @@ impl PrefixIndex {
         }
     }
 
+    /// The candidates (a bit per slot) by how much of `chain` they hold, deepest first: into
+    /// `out`, one [`Match`] per depth (its servers among the candidates only), until `out` is
+    /// full or no candidate left holds any of it. The number of depths found; a candidate in
+    /// none of them holds nothing of the prompt, or less than the last depth found.
+    pub fn holders_by_depth(&self, chain: &[u64], mut candidates: u64, out: &mut [Match]) -> usize {
+        let mut found = 0;
+        while found < out.len() && candidates != 0 {
+            let m = self.longest(chain, candidates);
+            if m.blocks == 0 {
+                break;
+            }
+            out[found] = Match {
+                blocks: m.blocks,
+                servers: m.servers & candidates,
+            };
+            found += 1;
+            candidates &= !m.servers;
+        }
+        found
+    }
+
     /// The longest prefix of `chain` that any of `candidates` (a bit per slot) holds.
     pub fn longest(&self, chain: &[u64], candidates: u64) -> Match {
         if chain.is_empty() || candidates == 0 {
@@ -272,23 +293,6 @@ impl PrefixIndex {
         Match {
             blocks: lo + 1,
             servers: at_lo,
-        }
-    }
-
-    /// Each candidate's longest cached prefix, deepest first: `f(slot, blocks)` for every
-    /// candidate holding at least one block.
-    pub fn each_depth(&self, chain: &[u64], mut candidates: u64, mut f: impl FnMut(usize, usize)) {
-        while candidates != 0 {
-            let m = self.longest(chain, candidates);
-            if m.blocks == 0 {
-                return;
-            }
-            let mut s = m.servers;
-            while s != 0 {
-                f(s.trailing_zeros() as usize, m.blocks);
-                s &= s - 1;
-            }
-            candidates &= !m.servers;
         }
     }
 
@@ -476,9 +480,16 @@ mod tests {
         let m1 = ix.longest(&ask, 0b110);
         assert_eq!(m1.servers, 0b010);
         assert_eq!(m1.blocks, (system.len() + "Tell me about ".len()) / 4);
-        let mut depths = Vec::new();
-        ix.each_depth(&ask, 0b111, |s, d| depths.push((s, d)));
+        let mut found = [Match::default(); 4];
+        let n = ix.holders_by_depth(&ask, 0b111, &mut found);
+        let depths: Vec<(u32, usize)> = found[..n]
+            .iter()
+            .map(|d| (d.servers.trailing_zeros(), d.blocks))
+            .collect();
         assert_eq!(depths, [(0, m.blocks), (1, m1.blocks)]);
+        // Bounded by the room given: the deepest only.
+        assert_eq!(ix.holders_by_depth(&ask, 0b111, &mut found[..1]), 1);
+        assert_eq!(found[0], m);
         assert_eq!(
             ix.longest(&chain("Nothing alike here"), 0b111),
             Match::default()
