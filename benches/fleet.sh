@@ -35,8 +35,8 @@
 #      ROUTING_EXTRA= (more [routing] keys for infergate, e.g. 'balance_abs = 16\n')
 #      SIM=auto|1|0 (0: the plain mock with MOCK_FLAGS, for the plumbing; auto: 1 when the binary
 #      has `mock --sim`) SIM_FLAGS=... (below: the simulated servers' flags, one variable)
-# Needs: python3 (with venv), taskset, curl (redis-server for prefix_valkey2); cores 0 and 1 (the router on core 0, the servers
-# and the load generator on core 1).
+# Needs: python3 (with venv), taskset, curl (redis-server for prefix_valkey2); cores 0 and 1
+# (the router on core 0, the servers and the load generator on core 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=${QUICK:-0}
@@ -135,7 +135,7 @@ start_servers() {
 # One infergate on core 0 routing by POLICY, its state in STORE: infergate_instance POLICY STORE
 # LOGNAME; appends its port to RPORTS and its pid to ROUTER_PIDS.
 infergate_instance() {
-  local port admin conf
+  local port admin conf p
   port=$(free_port); admin=$(free_port); conf="$work/infergate-$port.toml"
   {
     printf '[proxy]\nlisten = "127.0.0.1:%s"\nthreads = 1\nupgrade_sock = "%s"\n[admin]\nlisten = "127.0.0.1:%s"\n' "$port" "$work/up-$port/upgrade.sock" "$admin"

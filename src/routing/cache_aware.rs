@@ -2,12 +2,11 @@
 //! cache (as the prefix index knows it), unless it is loaded beyond the pool's [`Balance`]
 //! against the least loaded server in requests in flight, or took more than its share of the
 //! pool's recent requests while busier than the least loaded and the prefix is asked for
-//! often; then the next longest holder,
-//! and so on. Among servers that hold as much of the prompt (all of them, when none holds any), the
-//! one with the least prefill queued first ([`Backend::queued_prefill`]: the blocks of prompts
-//! it was sent and has not begun answering, plus this prompt's own uncached blocks), then the
-//! user's affinity server (read from local state, never claimed), then the fewer requests in
-//! flight, then at random.
+//! often; then the next longest holder, and so on. Among servers that hold as much of the
+//! prompt (all of them, when none holds any), the one with the least prefill queued first
+//! ([`Backend::queued_prefill`]: the blocks of prompts it was sent and has not begun
+//! answering, plus this prompt's own uncached blocks), then the user's affinity server (read
+//! from local state, never claimed), then the fewer requests in flight, then at random.
 //!
 //! The cache comes first, the queue second, on purpose: moving a prompt off the server that
 //! holds it prefills it again, which is work the whole fleet pays for. A policy that moved

@@ -14,7 +14,6 @@ mod request;
 mod select;
 mod table;
 
-pub use rate::RATE_WINDOW_S;
 pub use request::{route_key_json, route_key_multipart, BodyError, RouteKey};
 pub use select::{choose, Choice};
 pub use table::{Balance, Member, Pool, RoutingTable};

@@ -8,7 +8,7 @@
 //! prefix asked for less than [`KEEP_PER_S`] a second, never one asked for more, so two hot
 //! prefixes on one slot leave one of them counted (it is then only not spread early). The
 //! request path adds to a counter; the maintenance tick turns counts into rates (decaying as
-//! the servers' request rates do, [`crate::routing::RATE_WINDOW_S`]).
+//! the servers' request rates do, [`crate::routing::rate::RATE_WINDOW_S`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -89,7 +89,7 @@ impl PrefixDemand {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::RATE_WINDOW_S as WINDOW_S;
+    use crate::routing::rate::RATE_WINDOW_S as WINDOW_S;
 
     #[test]
     fn a_prefix_asked_for_often_is_told_from_one_asked_for_once_and_keeps_its_slot() {

@@ -22,7 +22,6 @@ pub struct PoolIndex {
     pub index: PrefixIndex,
     /// How often each prefix is asked for.
     pub demand: PrefixDemand,
-    last_demand_ms: AtomicU64,
     /// The block size its hashes were made with.
     block_bytes: usize,
     slots: Mutex<[Option<Arc<Backend>>; MAX_SERVERS]>,
@@ -36,7 +35,6 @@ impl PoolIndex {
         Self {
             index: PrefixIndex::new(entries, capacity),
             demand: PrefixDemand::default(),
-            last_demand_ms: AtomicU64::new(crate::telemetry::now_ms()),
             block_bytes,
             slots: Mutex::new(std::array::from_fn(|_| None)),
             ejected: AtomicU64::new(0),
@@ -62,11 +60,11 @@ impl PoolIndex {
             .collect()
     }
 
-    /// Take the prefixes' request rates; drop the blocks of servers that became unhealthy; evict when a server is over its
-    /// capacity or an age scan is due. Blocks dropped.
-    fn maintain(&self, now_ms: u64) -> usize {
-        let since = now_ms.saturating_sub(self.last_demand_ms.swap(now_ms, Relaxed));
-        self.demand.update(since as f64 / 1000.0);
+    /// Fold the last `dt_s` seconds into the prefixes' request rates; drop the blocks of
+    /// servers that became unhealthy; evict when a server is over its capacity or an age scan
+    /// is due. Blocks dropped.
+    fn maintain(&self, now_ms: u64, dt_s: f64) -> usize {
+        self.demand.update(dt_s);
         let unhealthy = {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
@@ -193,13 +191,13 @@ impl PrefixIndexes {
         pools.iter().map(|(m, p)| (m.clone(), p.clone())).collect()
     }
 
-    /// One maintenance round over every index (see [`PoolIndex::maintain`]): each model
-    /// with its index and the blocks dropped.
-    pub fn maintain(&self, now_ms: u64) -> Vec<(Box<str>, Arc<PoolIndex>, usize)> {
+    /// One maintenance round over every index (see [`PoolIndex::maintain`]), `dt_s` seconds
+    /// after the last: each model with its index and the blocks dropped.
+    pub fn maintain(&self, now_ms: u64, dt_s: f64) -> Vec<(Box<str>, Arc<PoolIndex>, usize)> {
         self.all()
             .into_iter()
             .map(|(m, p)| {
-                let dropped = p.maintain(now_ms);
+                let dropped = p.maintain(now_ms, dt_s);
                 (m, p, dropped)
             })
             .collect()
@@ -228,8 +226,11 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let elapsed = std::mem::replace(&mut last, std::time::Instant::now()).elapsed();
-            self.update_rates(elapsed.as_secs_f64());
+            // One clock for the servers' and the prefixes' request rates.
+            let dt_s = std::mem::replace(&mut last, std::time::Instant::now())
+                .elapsed()
+                .as_secs_f64();
+            self.update_rates(dt_s);
             if let Some(share) = &self.gw.prefix_share {
                 for batch in share.take_batches() {
                     if let Err(e) = self.gw.store.prefix_publish(batch).await {
@@ -245,7 +246,7 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
                 }
             }
             let now = crate::telemetry::now_ms();
-            for (model, p, dropped) in self.gw.prefix.maintain(now) {
+            for (model, p, dropped) in self.gw.prefix.maintain(now, dt_s) {
                 self.gw.metrics.prefix_index(
                     &model,
                     p.index.held_total(),
