@@ -55,7 +55,8 @@ pub struct IndexReport {
     /// Blocks dropped to keep servers within their capacity or for age, since the index was
     /// made.
     pub evicted: u64,
-    /// Entries given to other blocks because the table's bucket was full.
+    /// Blocks lost to a full bucket of the table: entries given to other blocks, or blocks
+    /// left unrecorded when every entry of their bucket was written that same millisecond.
     pub replaced: u64,
     /// Each indexed server: its slot and blocks.
     pub servers: Vec<IndexedServer>,

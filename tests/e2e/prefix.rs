@@ -318,6 +318,10 @@ async fn eviction_keeps_each_server_within_its_capacity() {
     .await;
     let c = Client::new();
     for i in 0..30 {
+        // Each prompt recorded at an instant of its own (the table's stamps count
+        // milliseconds): then a bucket of this tiny table full of one instant's blocks holds
+        // four of the same prompt's, and a block it turns away is its fifth or later.
+        tokio::time::sleep(Duration::from_millis(3)).await;
         let r = gw
             .chat(
                 &c,
@@ -345,10 +349,12 @@ async fn eviction_keeps_each_server_within_its_capacity() {
         .chat(&c, &chat("m", &system("assistant 29"), "again", false))
         .await;
     assert_eq!(last.status(), 200);
+    // Its first four blocks at least (the table is lossy: with 32 buckets, five of its 16
+    // blocks may share one, and the fifth goes unrecorded).
     let m = gw.metrics().await;
     assert!(
-        m.contains("infergate_prefix_match_blocks_bucket{model=\"m\",le=\"8\"} 30\n"),
-        "the last prompt is still held: {m}"
+        m.contains("infergate_prefix_match_blocks_bucket{model=\"m\",le=\"2\"} 30\n"),
+        "the last prompt is still held (index: {ix}): {m}"
     );
 }
 

@@ -16,7 +16,7 @@
 //! share of it). [`PrefixIndex::evict`] brings a server over its bound back under it, oldest
 //! blocks first, off the request path (a scan of the table).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Servers per pool the index can tell apart (one bit each).
 pub const MAX_SERVERS: usize = 64;
@@ -53,13 +53,16 @@ struct Bucket([Entry; WAYS]);
 pub struct PrefixIndex {
     buckets: Box<[Bucket]>,
     mask: usize,
-    /// Blocks each slot holds.
-    held: [AtomicUsize; MAX_SERVERS],
+    /// Blocks each slot holds: its bits set in the table, counted as each is set or cleared,
+    /// never recounted by a scan (which would miss the blocks recorded while it ran). Signed: a
+    /// block cleared before its writer counted it shows briefly below 0 (read as 0).
+    held: [AtomicIsize; MAX_SERVERS],
     /// Blocks a slot may hold.
     capacity: AtomicUsize,
     /// Blocks dropped to keep servers within their capacity (or for age).
     evicted: AtomicU64,
-    /// Entries given to another block because their bucket was full.
+    /// Blocks lost to a full bucket: entries given to another block, or blocks not recorded
+    /// because every entry of their bucket was stamped at that instant.
     replaced: AtomicU64,
 }
 
@@ -104,7 +107,7 @@ impl PrefixIndex {
         Self {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             mask: buckets - 1,
-            held: std::array::from_fn(|_| AtomicUsize::new(0)),
+            held: std::array::from_fn(|_| AtomicIsize::new(0)),
             capacity: AtomicUsize::new(capacity.max(1)),
             evicted: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
@@ -178,6 +181,14 @@ impl PrefixIndex {
                 continue;
             }
             let Some((e, old)) = victim else { continue };
+            if old != 0 && oldest == 0 {
+                // The bucket is full of blocks stamped this very instant: this prompt's own
+                // earlier blocks, or a concurrent one's. Giving one up could break a prefix at
+                // its head (a lookup finds nothing past a lost block); this deeper block goes
+                // unrecorded instead, which only shortens what a lookup may find.
+                self.replaced.fetch_add(1, Relaxed);
+                continue;
+            }
             if e.key
                 .compare_exchange(old, tag | stamp, Relaxed, Relaxed)
                 .is_err()
@@ -193,7 +204,7 @@ impl PrefixIndex {
             added += 1;
         }
         if added > 0 {
-            self.held[slot].fetch_add(added, Relaxed);
+            self.held[slot].fetch_add(added as isize, Relaxed);
         }
         added
     }
@@ -215,9 +226,15 @@ impl PrefixIndex {
     /// Count the blocks of `servers` (a bit per slot) as no longer held.
     fn release(&self, mut servers: u64) {
         while servers != 0 {
-            let s = servers.trailing_zeros() as usize;
-            let _ = self.held[s].fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+            self.drop_held(servers.trailing_zeros() as usize, 1);
             servers &= servers - 1;
+        }
+    }
+
+    /// Count `n` blocks of `slot` as no longer held.
+    fn drop_held(&self, slot: usize, n: usize) {
+        if n > 0 {
+            self.held[slot].fetch_sub(n as isize, Relaxed);
         }
     }
 
@@ -307,17 +324,15 @@ impl PrefixIndex {
                 let s = e.servers.load(Relaxed);
                 if s & slots != 0 {
                     let before = e.servers.fetch_and(!slots, Relaxed);
+                    // Counted off as cleared: a block recorded for a slot while the scan ran
+                    // stays held, and counted.
+                    self.release(before & slots);
                     if before & !slots == 0 {
                         let key = e.key.load(Relaxed);
                         let _ = e.key.compare_exchange(key, 0, Relaxed, Relaxed);
                     }
                 }
             }
-        }
-        let mut s = slots;
-        while s != 0 {
-            self.held[s.trailing_zeros() as usize].store(0, Relaxed);
-            s &= s - 1;
         }
     }
 
@@ -327,7 +342,7 @@ impl PrefixIndex {
     pub fn evict(&self, now_ms: u64) -> usize {
         let capacity = self.capacity.load(Relaxed);
         let over: u64 = (0..MAX_SERVERS)
-            .filter(|&s| self.held[s].load(Relaxed) > capacity)
+            .filter(|&s| self.held(s) > capacity)
             .fold(0, |m, s| m | 1 << s);
         // The age at or under which each server over its capacity keeps a block.
         let mut keep_age = [MAX_AGE_MS; MAX_SERVERS];
@@ -360,8 +375,7 @@ impl PrefixIndex {
                 }
             }
         }
-        let mut held = [0usize; MAX_SERVERS];
-        let mut dropped = 0usize;
+        let mut gone = [0usize; MAX_SERVERS];
         for b in self.buckets.iter() {
             for e in &b.0 {
                 let key = e.key.load(Relaxed);
@@ -379,27 +393,25 @@ impl PrefixIndex {
                     }
                     s &= s - 1;
                 }
-                let kept = if drop == 0 {
-                    servers
-                } else {
-                    dropped += drop.count_ones() as usize;
+                if drop != 0 {
                     let before = e.servers.fetch_and(!drop, Relaxed);
+                    let mut d = before & drop;
+                    while d != 0 {
+                        gone[d.trailing_zeros() as usize] += 1;
+                        d &= d - 1;
+                    }
                     if before & !drop == 0 {
                         let _ = e.key.compare_exchange(key, 0, Relaxed, Relaxed);
                     }
-                    before & !drop
-                };
-                let mut s = kept;
-                while s != 0 {
-                    held[s.trailing_zeros() as usize] += 1;
-                    s &= s - 1;
                 }
             }
         }
-        // The scan's exact counts replace the running ones (which a lost race can skew).
-        for (slot, n) in held.iter().enumerate() {
-            self.held[slot].store(*n, Relaxed);
+        // The running counts lose exactly the blocks dropped. (A count the scan made would be
+        // wrong by the blocks of the prompts recorded while it ran, whichever it saw.)
+        for (slot, n) in gone.iter().enumerate() {
+            self.drop_held(slot, *n);
         }
+        let dropped = gone.iter().sum::<usize>();
         self.evicted.fetch_add(dropped as u64, Relaxed);
         dropped
     }
@@ -407,7 +419,7 @@ impl PrefixIndex {
     /// Whether a server holds more than its capacity (an [`Self::evict`] is due).
     pub fn over_capacity(&self) -> bool {
         let capacity = self.capacity.load(Relaxed);
-        self.held.iter().any(|h| h.load(Relaxed) > capacity)
+        (0..MAX_SERVERS).any(|s| self.held(s) > capacity)
     }
 
     /// Blocks each server may hold (a reload, or a server's reported KV cache size).
@@ -431,12 +443,14 @@ impl PrefixIndex {
 
     /// Blocks `slot` holds.
     pub fn held(&self, slot: usize) -> usize {
-        self.held.get(slot).map_or(0, |h| h.load(Relaxed))
+        self.held
+            .get(slot)
+            .map_or(0, |h| h.load(Relaxed).max(0) as usize)
     }
 
     /// Blocks held, summed over the servers.
     pub fn held_total(&self) -> usize {
-        self.held.iter().map(|h| h.load(Relaxed)).sum()
+        (0..MAX_SERVERS).map(|s| self.held(s)).sum()
     }
 
     /// Blocks dropped by eviction since the start.
@@ -444,7 +458,7 @@ impl PrefixIndex {
         self.evicted.load(Relaxed)
     }
 
-    /// Entries given to another block because their bucket was full, since the start.
+    /// Blocks lost to a full bucket (see the field), since the start.
     pub fn replaced(&self) -> u64 {
         self.replaced.load(Relaxed)
     }
@@ -454,6 +468,26 @@ impl PrefixIndex {
 mod tests {
     use super::super::chain::Chainer;
     use super::*;
+
+    impl PrefixIndex {
+        /// Each slot's bits set in the table (an entry emptied by a scan while a writer set
+        /// its bit keeps it, and its count, until the entry is given to another block).
+        fn counted(&self) -> Vec<usize> {
+            let mut n = vec![0; MAX_SERVERS];
+            for e in self.buckets.iter().flat_map(|b| &b.0) {
+                let mut s = e.servers.load(Relaxed);
+                while s != 0 {
+                    n[s.trailing_zeros() as usize] += 1;
+                    s &= s - 1;
+                }
+            }
+            n
+        }
+
+        fn running(&self) -> Vec<usize> {
+            (0..MAX_SERVERS).map(|s| self.held(s)).collect()
+        }
+    }
 
     fn chain(text: &str) -> Vec<u64> {
         let mut out = Vec::new();
@@ -613,6 +647,110 @@ mod tests {
         assert_eq!(ix.holders(hashes[5]), 0b10);
         ix.evict(100);
         assert_eq!(ix.held(0) + ix.held(1), WAYS);
+    }
+
+    #[test]
+    fn a_prompt_whose_blocks_fill_a_bucket_keeps_its_head() {
+        // One bucket: the chain's fifth and sixth blocks find it full of its first four,
+        // stamped this instant. They go unrecorded; the first four stay findable (giving up the
+        // least recently used entry would have given up block 0, and the whole prefix with it).
+        let ix = PrefixIndex::new(WAYS, 1000);
+        let c: Vec<u64> = (1..=6u64).map(|i| i << 40).collect();
+        ix.record(&c, 0, 5);
+        assert_eq!(ix.longest(&c, 1).blocks, WAYS);
+        assert_eq!(ix.held(0), WAYS);
+        assert_eq!(ix.replaced(), 2, "the two lost blocks are counted");
+        // A millisecond later the same prompt's blocks are older than a new one's: LRU again.
+        let other: Vec<u64> = (7..=8u64).map(|i| i << 40).collect();
+        ix.record(&other, 1, 6);
+        assert_eq!(ix.longest(&other, 0b10).blocks, 2);
+        assert_eq!(ix.held_total(), WAYS);
+    }
+
+    #[test]
+    fn counts_stay_exact_while_scans_run_beside_writers() {
+        // Scans beside writers: the running counts must match the table after. A scan that
+        // replaced them with its own count lost the blocks written behind it while it ran.
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let ix = Arc::new(PrefixIndex::new(1 << 13, 1 << 20));
+        let scanning = Arc::new(AtomicBool::new(true));
+        let scanner = {
+            let (ix, scanning) = (ix.clone(), scanning.clone());
+            std::thread::spawn(move || {
+                let mut scans = 0;
+                while scanning.load(Relaxed) {
+                    assert_eq!(ix.evict(5_000), 0);
+                    scans += 1;
+                }
+                scans
+            })
+        };
+        // The writers go on after the last scan (which ran beside them): no quiet scan after.
+        let writers: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (ix, scanning) = (ix.clone(), scanning.clone());
+                std::thread::spawn(move || {
+                    let mut after = 0;
+                    for i in 0u64.. {
+                        let c = chain(&format!("writer {t} prompt {i} with a few blocks"));
+                        ix.record(&c, (i % 4) as usize, 1 + i % 4_000);
+                        if !scanning.load(Relaxed) {
+                            after += 1;
+                            if after == 200 {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        scanning.store(false, Relaxed);
+        let scans = scanner.join().unwrap();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(scans > 0);
+        assert_eq!(ix.running(), ix.counted(), "after {scans} scans");
+        // Forgetting a server beside writers: its count is what is left of it.
+        let writer = {
+            let ix = ix.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000u64 {
+                    ix.record(&chain(&format!("late prompt {i}")), 1, 4_000);
+                }
+            })
+        };
+        ix.forget(1 << 1);
+        writer.join().unwrap();
+        assert_eq!(ix.running(), ix.counted());
+        // Scans that drop beside writers: each server brought within a small capacity.
+        ix.set_capacity(64);
+        let evicted = ix.evicted();
+        let writers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let ix = ix.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let c = chain(&format!("third wave {t}: {i} with a few more blocks"));
+                        ix.record(&c, (i % 4) as usize, 4_000 + i / 8);
+                    }
+                })
+            })
+            .collect();
+        while writers.iter().any(|w| !w.is_finished()) {
+            ix.evict(4_300);
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(ix.evicted() > evicted, "the scans dropped blocks");
+        assert_eq!(ix.running(), ix.counted());
+        // Every block past its age: all counts go to 0.
+        ix.evict(5_000 + MAX_AGE_MS);
+        assert_eq!(ix.held_total(), 0);
+        assert_eq!(ix.counted(), vec![0; MAX_SERVERS]);
     }
 
     #[test]
