@@ -417,6 +417,57 @@ async fn two_instances_on_valkey_learn_each_others_prefixes() {
 }
 
 #[tokio::test]
+async fn a_pool_that_outgrows_its_index_keeps_what_it_learnt() {
+    let mocks = three(&["m"], MockConfig::default()).await;
+    // 64 blocks of 128 bytes per server: a table of 512 entries.
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\nrouting.server_cache_tokens = 2048\n{}",
+        servers(&mocks, &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    let s = system("Ada");
+    let holder = served_by(&gw.chat(&c, &chat("m", &s, "first", false)).await);
+    let (_, before) = gw.admin_get(&c, "/admin/routing").await;
+    assert_eq!(model_report(&before, "m")["index"]["entries"], 512);
+    let held_before = held(&before, "m");
+    assert!(held_before.values().any(|b| *b >= 15), "{before}");
+    // A larger cache configured: a table eight times larger, with every block learnt so far.
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        text.replacen(
+            "server_cache_tokens = 2048",
+            "server_cache_tokens = 16384",
+            1,
+        ),
+    )
+    .unwrap();
+    let r = gw
+        .admin(&c, reqwest::Method::POST, "/admin/config/reload")
+        .send()
+        .await
+        .unwrap();
+    let (status, outcome) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["applied"], json!(["routing.server_cache_tokens"]));
+    let (_, after) = gw.admin_get(&c, "/admin/routing").await;
+    let ix = &model_report(&after, "m")["index"];
+    assert_eq!(ix["entries"], 4096, "{after}");
+    assert_eq!(ix["capacity_blocks"], 512, "{after}");
+    assert_eq!(held(&after, "m"), held_before, "{after}");
+    // The next user of the prompt is sent to its holder, which still has it.
+    let again = gw.chat(&c, &chat("m", &s, "second", false)).await;
+    assert_eq!(served_by(&again), holder);
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("infergate_prefix_match_blocks_bucket{model=\"m\",le=\"8\"} 1\n")
+            && m.contains("infergate_prefix_match_blocks_count{model=\"m\"} 2\n"),
+        "the second request matched the prompt: {m}"
+    );
+}
+
+#[tokio::test]
 async fn a_reload_switches_policies_live() {
     let mocks = three(&["m"], MockConfig::default()).await;
     let gw = Gateway::start(&servers(&mocks, &["m"])).await;

@@ -20,8 +20,8 @@ const AGE_SCAN_MS: u64 = 60_000;
 /// One model's index and who holds each slot.
 pub struct PoolIndex {
     pub index: PrefixIndex,
-    /// How often each prefix is asked for.
-    pub demand: PrefixDemand,
+    /// How often each prefix is asked for (kept by a table enlarged for the same block size).
+    pub demand: Arc<PrefixDemand>,
     /// The block size its hashes were made with.
     block_bytes: usize,
     slots: Mutex<[Option<Arc<Backend>>; MAX_SERVERS]>,
@@ -34,7 +34,7 @@ impl PoolIndex {
     fn new(entries: usize, capacity: usize, block_bytes: usize) -> Self {
         Self {
             index: PrefixIndex::new(entries, capacity),
-            demand: PrefixDemand::default(),
+            demand: Arc::default(),
             block_bytes,
             slots: Mutex::new(std::array::from_fn(|_| None)),
             ejected: AtomicU64::new(0),
@@ -123,16 +123,36 @@ impl PrefixIndexes {
         let pool = pools
             .entry(model.into())
             .or_insert_with(|| Arc::new(PoolIndex::new(wanted, capacity, cfg.block_bytes)));
-        if pool.index.entries() < wanted / 2 || pool.block_bytes != cfg.block_bytes {
-            // Outgrown (servers added, or a larger cache configured), or hashed with another
-            // block size: a new table, learnt again from the next requests.
+        if pool.block_bytes != cfg.block_bytes {
+            // Hashed with another block size: the old hashes mean nothing, a new table learns
+            // from the next requests.
             tracing::info!(
                 model,
                 entries = wanted,
                 block_bytes = cfg.block_bytes,
-                "prefix index made anew for the pool's servers"
+                "prefix index made anew for another block size"
             );
             *pool = Arc::new(PoolIndex::new(wanted, capacity, cfg.block_bytes));
+        } else if pool.index.entries() < wanted / 2 {
+            // Outgrown (servers added, or a larger cache configured): a larger table, with
+            // what the old one held (the servers keep their slots), so that routing does not
+            // forget every server's cache when the fleet grows.
+            let larger = PoolIndex {
+                demand: pool.demand.clone(),
+                ..PoolIndex::new(wanted, capacity, cfg.block_bytes)
+            };
+            let carried = pool.index.carry_into(&larger.index);
+            *larger.slots.lock().unwrap_or_else(|e| e.into_inner()) =
+                pool.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            larger.ejected.store(pool.ejected.load(Relaxed), Relaxed);
+            tracing::info!(
+                model,
+                entries = wanted,
+                was = pool.index.entries(),
+                carried,
+                "prefix index enlarged for the pool's servers"
+            );
+            *pool = Arc::new(larger);
         }
         let pool = pool.clone();
         drop(pools);
@@ -338,5 +358,40 @@ mod tests {
         assert!(!Arc::ptr_eq(&fresh, &pool));
         ixs.retain(|_| false);
         assert!(ixs.get("m").is_none());
+    }
+
+    #[test]
+    fn a_pool_that_outgrows_its_table_keeps_what_it_learnt() {
+        let ixs = PrefixIndexes::default();
+        let small = RoutingConfig {
+            server_cache_tokens: 4096,
+            ..RoutingConfig::default()
+        };
+        let (a, b) = (backend(1), backend(2));
+        let (pool, _) = ixs.attach("m", &[&a, &b], &small);
+        let chain: Vec<u64> = (1..=20u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        pool.index.record(&chain, 1, 1);
+        pool.index.record(&chain[..5], 0, 2);
+        pool.demand.note(chain[19]);
+        // A larger cache configured (or many more servers): a larger table, with the blocks,
+        // the slots and the demand of the old one.
+        let large = RoutingConfig {
+            server_cache_tokens: 4096 * 8,
+            ..small.clone()
+        };
+        let (larger, slots) = ixs.attach("m", &[&b, &a], &large);
+        assert!(!Arc::ptr_eq(&larger, &pool));
+        assert_eq!(larger.index.entries(), pool.index.entries() * 8);
+        assert_eq!(slots, [1, 0], "each server keeps its slot");
+        let m = larger.index.longest(&chain, u64::MAX);
+        assert_eq!((m.blocks, m.servers), (20, 0b10));
+        assert_eq!(larger.index.longest(&chain, 0b01).blocks, 5);
+        assert_eq!((larger.index.held(0), larger.index.held(1)), (5, 20));
+        assert!(Arc::ptr_eq(&larger.demand, &pool.demand));
+        // As large again: the same table.
+        let (same, _) = ixs.attach("m", &[&b, &a], &large);
+        assert!(Arc::ptr_eq(&same, &larger));
     }
 }
