@@ -237,6 +237,17 @@ impl Gateway {
         (status, r.json().await.unwrap_or_default())
     }
 
+    /// Ask for a configuration reload (`POST /admin/config/reload`); (status, JSON body).
+    pub async fn reload(&self, c: &reqwest::Client) -> (u16, serde_json::Value) {
+        let r = self
+            .admin(c, reqwest::Method::POST, "/admin/config/reload")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+
     /// POST a chat completion through the gateway.
     pub async fn chat(&self, c: &reqwest::Client, body: &serde_json::Value) -> reqwest::Response {
         c.post(self.url("/v1/chat/completions"))

@@ -443,12 +443,7 @@ async fn a_pool_that_outgrows_its_index_keeps_what_it_learnt() {
         ),
     )
     .unwrap();
-    let r = gw
-        .admin(&c, reqwest::Method::POST, "/admin/config/reload")
-        .send()
-        .await
-        .unwrap();
-    let (status, outcome) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["applied"], json!(["routing.server_cache_tokens"]));
     let (_, after) = gw.admin_get(&c, "/admin/routing").await;
@@ -491,13 +486,7 @@ async fn a_reload_switches_policies_live() {
         let (gw, c) = (&gw, &c);
         async move {
             std::fs::write(gw.config_path(), text).unwrap();
-            let r = gw
-                .admin(c, reqwest::Method::POST, "/admin/config/reload")
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
+            gw.reload(c).await
         }
     };
     let text = std::fs::read_to_string(gw.config_path()).unwrap();

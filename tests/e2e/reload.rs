@@ -21,15 +21,6 @@ fn request(model: &str, padding: usize) -> String {
     )
 }
 
-async fn reload(gw: &Gateway, c: &Client) -> (u16, Value) {
-    let r = gw
-        .admin(c, Method::POST, "/admin/config/reload")
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or_default())
-}
-
 #[tokio::test]
 async fn a_reload_applies_limits_live_on_open_connections_and_reports_the_rest() {
     let (a, b) = (mock("a", &["a"]).await, mock("b", &["b"]).await);
@@ -51,7 +42,7 @@ async fn a_reload_applies_limits_live_on_open_connections_and_reports_the_rest()
         1,
     );
     std::fs::write(&path, format!("{text}\n{}", server(&b.url(), &["b"]))).unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["version"], 2);
     assert_eq!(
@@ -86,7 +77,7 @@ async fn a_reload_applies_limits_live_on_open_connections_and_reports_the_rest()
     assert_eq!(running["config"]["servers"].as_array().unwrap().len(), 2);
     assert_eq!(running["sha256"].as_str().unwrap().len(), 64);
     // The same file again changes nothing.
-    let (_, again) = reload(&gw, &c).await;
+    let (_, again) = gw.reload(&c).await;
     assert_eq!(again["version"], 2);
     assert_eq!(again["applied"], json!([]));
 }
@@ -103,7 +94,7 @@ async fn an_invalid_file_is_refused_with_its_error_and_the_running_configuration
         good.replacen("[proxy]\n", "[proxy]\nmax_body_byts = 1\n", 1),
     )
     .unwrap();
-    let (status, body) = reload(&gw, &c).await;
+    let (status, body) = gw.reload(&c).await;
     assert_eq!(status, 422, "{body}");
     assert!(
         body.to_string().contains("max_body_byts"),
@@ -185,7 +176,7 @@ async fn a_lowered_max_stale_keeps_valid_keys_confirmed() {
         text.replacen("[auth]\n", "[auth]\nmax_stale_secs = 3\n", 1),
     )
     .unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["applied"], json!(["auth.max_stale_secs"]));
     for _ in 0..8 {
@@ -230,7 +221,7 @@ async fn a_reloaded_server_list_applies_new_servers_keys_and_removals() {
 
     // Added with its key: served (the mock answers 401 without it).
     std::fs::write(&path, format!("{base}\n{keyed_block}")).unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["applied"], json!(["servers"]));
     let r = gw.chat(&c, &chat_body("k")).await;
@@ -246,7 +237,7 @@ async fn a_reloaded_server_list_applies_new_servers_keys_and_removals() {
         ),
     )
     .unwrap();
-    let (status, body) = reload(&gw, &c).await;
+    let (status, body) = gw.reload(&c).await;
     assert_eq!(status, 422, "{body}");
     assert!(
         body.to_string().contains("servers[1].api_key_env")
@@ -264,7 +255,7 @@ async fn a_reloaded_server_list_applies_new_servers_keys_and_removals() {
         ),
     )
     .unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     let r = gw.chat(&c, &chat_body("k")).await;
     assert_ne!(r.status(), 200, "the key went with the entry");
@@ -272,7 +263,7 @@ async fn a_reloaded_server_list_applies_new_servers_keys_and_removals() {
     // Server a removed (k back with its key): a is no longer routed, here or in the
     // registry, and k's entry has its key again.
     std::fs::write(&path, format!("{without_servers}\n{keyed_block}")).unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["warnings"], json!([]));
     assert_eq!(gw.chat(&c, &chat_body("a")).await.status(), 404);
@@ -315,7 +306,7 @@ async fn pods_and_admin_credentials_change_live() {
         a.url()
     );
     std::fs::write(&path, format!("{base}\n{pods}{account}")).unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(
         outcome["applied"],
@@ -335,14 +326,14 @@ async fn pods_and_admin_credentials_change_live() {
         ),
     )
     .unwrap();
-    let (status, body) = reload(&gw, &c).await;
+    let (status, body) = gw.reload(&c).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.to_string().contains("NO_SUCH_KEY_VAR"), "{body}");
     assert_eq!(as_ops().send().await.unwrap().status(), 200);
 
     // The account removed: refused again; the pods are gone with their table.
     std::fs::write(&path, &base).unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(as_ops().send().await.unwrap().status(), 401);
     let (_, page) = gw.admin_get(&c, "/admin/pods").await;
@@ -363,7 +354,7 @@ async fn affinity_limits_change_live() {
         format!("{base}\n[affinity]\nttl_minutes = 5\nmax_entries = 1\n"),
     )
     .unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(
         outcome["applied"],
@@ -407,7 +398,7 @@ async fn a_shortened_probe_interval_applies_at_once() {
         text.replace("interval_ms = 60000", "interval_ms = 200"),
     )
     .unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["applied"], json!(["health.interval_ms"]));
     let probed = eventually(Duration::from_secs(2), || async {
@@ -452,7 +443,7 @@ async fn a_server_dropped_while_the_store_is_down_stays_out() {
     let path = gw.config_path();
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace(&server(&b.url(), &["mb"]), "")).unwrap();
-    let (status, outcome) = reload(&gw, &c).await;
+    let (status, outcome) = gw.reload(&c).await;
     assert_eq!(status, 200, "{outcome}");
     assert!(
         outcome["warnings"][0]
