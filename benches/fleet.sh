@@ -28,7 +28,11 @@
 # Env: DURATION=60 SEEDS="1 2 3" LOADS="50 65" WORKLOADS="a b c"
 #      ROUTERS="prefix affinity least_inflight vllm_cache_aware vllm_round_robin" (also
 #      prefix_valkey2: two infergate instances routing by prefix, sharing a redis-server, the
-#      load generator alternating requests between them as a load balancer without stickiness)
+#      load generator alternating requests between them as a load balancer without stickiness;
+#      and ideal: ideal placement with queueing, an oracle no router can be: every request finds
+#      cached whatever any earlier request computed (the load generator tells the simulated
+#      servers, --sim-assume-cached-field) and goes to the server with the fewest requests in
+#      flight (infergate least_inflight))
 #      OUTPUT_TOKENS=32 THINK=1 (workload a: mean seconds between a conversation's turns)
 #      WARMUP=DURATION/4 (seconds of each run left out of the figures) RAMP=WARMUP (seconds over
 #      which the arrival rate rises linearly from 0) CAPACITY=capacity_rps
@@ -119,14 +123,17 @@ if [ "$ROUTING_TABLE" = 0 ]; then
   echo "note: this infergate refuses a [routing] table: affinity runs as its default, prefix and least_inflight are skipped" >&2
 fi
 
-# The servers of one run, fresh (cold caches), on core 1: sets PORTS and SERVER_PIDS.
+# The servers of one run for router $1, fresh (cold caches), on core 1: sets PORTS and
+# SERVER_PIDS. (For the ideal run they take the load generator's word for what is cached.)
 start_servers() {
   PORTS=(); SERVER_PIDS=()
+  local oracle=""
+  [ "$1" = ideal ] && oracle="--sim-assume-cached-field"
   for i in $(seq 0 $((SERVERS - 1))); do
     local port; port=$(free_port)
     # shellcheck disable=SC2086
     taskset -c 1 "$BIN" mock --listen 127.0.0.1:"$port" --name "sim$i" --models "$MODEL" --threads 1 \
-      --tokens "$OUTPUT_TOKENS" $SERVER_FLAGS 2>>"$LOGS/servers.log" &
+      --tokens "$OUTPUT_TOKENS" $SERVER_FLAGS $oracle 2>>"$LOGS/servers.log" &
     SERVER_PIDS+=($!); PORTS+=("$port")
   done
   for port in "${PORTS[@]}"; do wait_port "$port"; done
@@ -162,6 +169,9 @@ start_router() {
   case $1 in
     prefix | affinity | least_inflight)
       infergate_instance "$1" "memory://" "$1"
+      ;;
+    ideal)
+      infergate_instance least_inflight "memory://" "$1"
       ;;
     prefix_valkey2)
       # Two instances sharing a redis-server (Valkey's protocol), as behind a load balancer
@@ -242,11 +252,14 @@ for w in $WORKLOADS; do
     for seed in $SEEDS; do
       for r in $ROUTERS; do
         if [ "$ROUTING_TABLE" = 0 ] && [ "$r" != affinity ] && [ "${r#vllm_}" = "$r" ]; then continue; fi
-        start_servers
+        if [ "$r" = ideal ] && [ "$SIM" != 1 ]; then continue; fi
+        start_servers "$r"
         start_router "$r"
+        oracle=()
+        [ "$r" = ideal ] && oracle=(--assume-cached)
         before=$(scrape)
         result=$(taskset -c 1 "$LOADGEN" --url "$ROUTER_URL" --workload "$w" --rate "$rate" \
-          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" --ramp "$RAMP" --metrics "$(metrics_urls)" "${FIGS[@]}") ||
+          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" --ramp "$RAMP" --metrics "$(metrics_urls)" "${FIGS[@]}" "${oracle[@]}") ||
           result="{\"workload\": \"$w\", \"seed\": $seed, \"rate\": $rate, \"sent\": 0, \"errors\": -1}"
         after=$(scrape)
         stop_run
@@ -281,7 +294,7 @@ def med(rows, k):
     return statistics.median(v) if v else None
 f = lambda x, p=0: "-" if x is None else f"{x:.{p}f}"
 names = {"a": "a, multi-turn chats", "b": "b, shared system prompts (Zipf)", "c": "c, no sharing"}
-routers = ["prefix", "prefix_valkey2", "affinity", "least_inflight", "vllm_cache_aware", "vllm_round_robin"]
+routers = ["prefix", "prefix_valkey2", "affinity", "least_inflight", "vllm_cache_aware", "vllm_round_robin", "ideal"]
 lines = [f"Fleet of 8 {'simulated servers' if sim == '1' else 'plain mock servers (plumbing only)'} (`{flags}`), "
          f"{out_tokens} output tokens, {duration} s of Poisson arrivals per run, medians over seeds {seeds}; "
          f"load in % of `{capacity}` under ideal placement.", ""]
@@ -326,6 +339,9 @@ for w in ("a", "b"):
     q = table.get((w, 50, "prefix"))
     if q and q["ttft_p50_ms"] and q["floor_ttft_p50_ms"]:
         checks.append(f"| {w} 50% | TTFT p50 vs floor | {q['ttft_p50_ms'] / q['floor_ttft_p50_ms']:.2f}x | <= 1.2x |")
+    for load in loads:
+        x = ratio(w, load, "ttft_p50_ms", "ideal")
+        if x is not None: checks.append(f"| {w} {load}% | TTFT p50 vs ideal placement with queueing (the ideal run) | {x:.2f}x | |")
 for load in loads:
     x = ratio("c", load, "ttft_p50_ms", "least_inflight")
     if x is not None: checks.append(f"| c {load}% | TTFT p50 vs least_inflight | {x:.2f}x | <= 1.05x |")

@@ -96,6 +96,11 @@ struct Args {
     max_num_seqs: usize,
     #[arg(long, default_value_t = 2048)]
     max_batched_tokens: usize,
+    /// Send each request's prompt tokens that ideal placement finds cached (every earlier
+    /// request's prefix is where it goes) as `sim_assume_cached_tokens`, which servers run with
+    /// `--sim-assume-cached-field` honour: the ideal-placement run, queueing included.
+    #[arg(long)]
+    assume_cached: bool,
     /// `cargo bench` appends --bench.
     #[arg(long, hide = true)]
     bench: bool,
@@ -288,15 +293,45 @@ fn plan(a: &Args, n: Option<usize>) -> (Vec<Req>, usize) {
 
 /// Per request: (prompt tokens, tokens uncached under ideal placement).
 fn ideal_tokens(reqs: &[Req], block_tokens: usize) -> Vec<(usize, usize)> {
+    seen_before(reqs, block_tokens, |r| {
+        let mut rendered = Vec::new();
+        for (role, content) in &r.messages {
+            rendered.extend_from_slice(role.as_bytes());
+            rendered.extend_from_slice(content.as_bytes());
+        }
+        rendered
+    })
+}
+
+/// Per request, the prompt tokens ideal placement finds cached, in the simulator's rendering
+/// of a chat (`<|role|>\ncontent\n` per message, then the assistant's header).
+fn ideal_cached_as_simulated(reqs: &[Req], block_tokens: usize) -> Vec<usize> {
+    let render = |r: &Req| {
+        let mut out = Vec::new();
+        for (role, content) in &r.messages {
+            out.extend_from_slice(format!("<|{role}|>\n{content}\n").as_bytes());
+        }
+        out.extend_from_slice(b"<|assistant|>\n");
+        out
+    };
+    seen_before(reqs, block_tokens, render)
+        .into_iter()
+        .map(|(tokens, uncached)| tokens - uncached)
+        .collect()
+}
+
+/// Per request, as `render` renders it: (prompt tokens, tokens past its longest run of
+/// leading blocks that an earlier request had too).
+fn seen_before(
+    reqs: &[Req],
+    block_tokens: usize,
+    render: impl Fn(&Req) -> Vec<u8>,
+) -> Vec<(usize, usize)> {
     let block_bytes = block_tokens * 4;
     let mut seen: HashSet<u64> = HashSet::new();
     reqs.iter()
         .map(|r| {
-            let mut rendered = Vec::new();
-            for (role, content) in &r.messages {
-                rendered.extend_from_slice(role.as_bytes());
-                rendered.extend_from_slice(content.as_bytes());
-            }
+            let rendered = render(r);
             let tokens = (rendered.len() / 4).max(1);
             let mut h = std::collections::hash_map::DefaultHasher::new();
             let (mut hit, mut missed) = (0, false);
@@ -376,7 +411,7 @@ fn figures(a: &Args, reqs: &[Req], working_set: usize) -> Value {
     })
 }
 
-fn body(a: &Args, r: &Req) -> Bytes {
+fn body(a: &Args, r: &Req, assume_cached: Option<usize>) -> Bytes {
     let messages: Vec<Value> = r
         .messages
         .iter()
@@ -391,6 +426,9 @@ fn body(a: &Args, r: &Req) -> Bytes {
     );
     let mut s = head;
     s.push_str(&Value::from(messages).to_string());
+    if let Some(n) = assume_cached {
+        s.push_str(&format!(r#","sim_assume_cached_tokens":{n}"#));
+    }
     s.push_str(&format!(r#","user":{}}}"#, Value::from(r.user.as_str())));
     Bytes::from(s)
 }
@@ -508,7 +546,15 @@ fn main() {
     }
     let (reqs, working_set) = plan(&a, None);
     let mut out = figures(&a, &reqs, working_set);
-    let bodies: Vec<(f64, Bytes)> = reqs.iter().map(|r| (r.at, body(&a, r))).collect();
+    let cached = match a.assume_cached {
+        true => ideal_cached_as_simulated(&reqs, a.block_tokens),
+        false => Vec::new(),
+    };
+    let bodies: Vec<(f64, Bytes)> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.at, body(&a, r, cached.get(i).copied())))
+        .collect();
     drop(reqs);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

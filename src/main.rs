@@ -116,6 +116,10 @@ enum Command {
         /// --max-num-batched-tokens).
         #[arg(long, default_value_t = SimConfig::default().max_batched_tokens, requires = "sim")]
         sim_max_batched_tokens: usize,
+        /// Take a request's `sim_assume_cached_tokens` prompt tokens as found in the prefix
+        /// cache (the fleet benchmark's ideal-placement run).
+        #[arg(long, requires = "sim")]
+        sim_assume_cached_field: bool,
     },
     /// A stand-in for `vllm serve` (the demo's managed model): takes vLLM's command line,
     /// serves the mock under the served name, with the key in VLLM_API_KEY.
@@ -225,6 +229,7 @@ fn main() -> anyhow::Result<()> {
             sim_decode_ms_per_step,
             sim_max_num_seqs,
             sim_max_batched_tokens,
+            sim_assume_cached_field,
         } => {
             let sim = sim
                 .then(|| -> anyhow::Result<SimConfig> {
@@ -242,6 +247,7 @@ fn main() -> anyhow::Result<()> {
                         decode_per_step: Duration::from_secs_f64(sim_decode_ms_per_step / 1e3),
                         max_num_seqs: sim_max_num_seqs,
                         max_batched_tokens: sim_max_batched_tokens,
+                        assume_cached_field: sim_assume_cached_field,
                     })
                 })
                 .transpose()?;

@@ -20,6 +20,36 @@ fn chat(system: &str, user: &str) -> Value {
 }
 
 #[tokio::test]
+async fn the_ideal_runs_assumed_cache_is_honoured_only_when_asked_for() {
+    // The fleet benchmark's ideal-placement run tells cold servers what to take as cached.
+    for honour in [true, false] {
+        let m = mock_with(MockConfig {
+            name: "sim0".into(),
+            models: vec!["sim-model".into()],
+            sim: Some(SimConfig {
+                assume_cached_field: honour,
+                ..fast_sim()
+            }),
+            ..MockConfig::default()
+        })
+        .await;
+        let gw = Gateway::start(&server(&m.url(), &["sim-model"])).await;
+        let c = gw.client();
+        let mut body = chat(&"A long system prompt. ".repeat(40), "Hello?");
+        body["sim_assume_cached_tokens"] = json!(70);
+        let r = gw.chat(&c, &body).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        // Whole blocks of 16 tokens.
+        let expect = if honour { 64 } else { 0 };
+        assert_eq!(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"], expect,
+            "honoured: {honour}: {v}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn two_requests_sharing_a_long_system_prompt_hit_the_prefix_cache() {
     let m = mock_with(MockConfig {
         name: "sim0".into(),

@@ -29,6 +29,10 @@ pub struct Submit {
     pub hashes: Vec<u64>,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    /// Prompt tokens to take as found in the prefix cache whatever it holds (whole blocks,
+    /// at most all but the last token): the fleet benchmark's ideal-placement run, where
+    /// every prefix is where its request goes. 0: the cache decides.
+    pub assume_cached: usize,
     /// Send a [`Event::Token`] for every token after the first.
     pub stream: bool,
     /// Where its events go; the request is aborted when the receiver is dropped.
@@ -240,8 +244,10 @@ impl Engine {
                 break;
             };
             let mut r = self.waiting.pop_front().expect("front exists");
+            // Assumed hits are computed already; their blocks are cached at the step's end.
+            let hits = a.hits.max((r.sub.assume_cached / b).min(max_hits));
             r.blocks = a.blocks;
-            r.computed = a.hits * b;
+            r.computed = hits * b;
             r.registered = a.hits;
             let s = &self.series[r.sub.model];
             s.prefix_queries.inc_by(r.target as u64);
@@ -384,12 +390,23 @@ mod tests {
         prompt: usize,
         max_tokens: usize,
     ) -> mpsc::UnboundedReceiver<Event> {
+        submit_assuming(e, hashes, prompt, max_tokens, 0)
+    }
+
+    fn submit_assuming(
+        e: &mut Engine,
+        hashes: Vec<u64>,
+        prompt: usize,
+        max_tokens: usize,
+        assume_cached: usize,
+    ) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
         e.enqueue(Submit {
             model: 0,
             hashes,
             prompt_tokens: prompt,
             max_tokens,
+            assume_cached,
             stream: true,
             events: tx,
         });
@@ -403,6 +420,7 @@ mod tests {
             decode_per_step: Duration::from_millis(10),
             max_num_seqs: 2,
             max_batched_tokens: 16,
+            ..SimConfig::default()
         }
     }
 
@@ -460,6 +478,28 @@ mod tests {
         assert_eq!(e.schedule().prefill_tokens, 4);
         e.complete(Instant::now());
         assert_eq!(events(&mut c)[0], Event::First { cached_tokens: 8 });
+    }
+
+    #[test]
+    fn tokens_assumed_cached_are_not_prefilled_and_are_cached_after() {
+        let mut e = engine(cfg(), 64);
+        // A cold cache: 9 tokens assumed found are 2 whole blocks.
+        let mut a = submit_assuming(&mut e, vec![1, 2, 3, 4], 16, 1, 9);
+        assert_eq!(e.schedule().prefill_tokens, 8);
+        e.complete(Instant::now());
+        assert_eq!(
+            events(&mut a),
+            vec![Event::First { cached_tokens: 8 }, Event::Done]
+        );
+        // At most all but the last block; and the blocks are in the cache now.
+        let mut b = submit_assuming(&mut e, vec![1, 2, 3, 4], 16, 1, 100);
+        assert_eq!(e.schedule().prefill_tokens, 4);
+        e.complete(Instant::now());
+        assert_eq!(events(&mut b)[0], Event::First { cached_tokens: 12 });
+        let mut c = submit(&mut e, vec![1, 2, 3, 5], 16, 1);
+        assert_eq!(e.schedule().prefill_tokens, 4);
+        e.complete(Instant::now());
+        assert_eq!(events(&mut c)[0], Event::First { cached_tokens: 12 });
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct SimConfig {
     /// Tokens computed in one step at most (vLLM's `--max-num-batched-tokens`): the chunked
     /// prefill's budget.
     pub max_batched_tokens: usize,
+    /// Honour a request's `sim_assume_cached_tokens` (prompt tokens to take as found in the
+    /// prefix cache): the fleet benchmark's ideal-placement run.
+    pub assume_cached_field: bool,
 }
 
 impl Default for SimConfig {
@@ -45,6 +48,7 @@ impl Default for SimConfig {
             decode_per_step: Duration::from_millis(15),
             max_num_seqs: 32,
             max_batched_tokens: 2048,
+            assume_cached_field: false,
         }
     }
 }

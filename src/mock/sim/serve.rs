@@ -76,6 +76,10 @@ pub(in crate::mock) async fn generate(
         hashes,
         prompt_tokens,
         max_tokens: n,
+        assume_cached: match sim.config.assume_cached_field {
+            true => v["sim_assume_cached_tokens"].as_u64().unwrap_or(0) as usize,
+            false => 0,
+        },
         stream,
         events: tx,
     });
