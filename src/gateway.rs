@@ -57,7 +57,7 @@ pub struct Gateway {
     /// Per-key rpm/tpm counts.
     pub limiter: crate::identity::RateLimiter,
     /// Open client connections and the stop's phase.
-    pub drain: crate::shutdown::Drain,
+    pub drain: crate::shutdown::drain::Drain,
     /// Routes to the engines this instance runs for managed models (`lifecycle`).
     pub managed: std::sync::Mutex<Vec<ManagedRoute>>,
     /// The registry routes of the last rebuild (a managed engine's route changes the table

@@ -181,7 +181,7 @@ pub fn run_with(
     server.add_service(lifecycle);
     let mut demand = background_service(
         "demand",
-        crate::telemetry::demand::DemandService { gw: gw.clone() },
+        crate::telemetry::demand_flush::DemandService { gw: gw.clone() },
     );
     demand.threads = Some(1);
     server.add_service(demand);

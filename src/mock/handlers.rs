@@ -1,5 +1,6 @@
 //! The mock server's endpoints.
 
+use super::respond::{async_stream, error, named, tokens_wanted, StreamGuard};
 use super::MockState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -42,18 +43,6 @@ fn authorized(st: &MockState, headers: &HeaderMap) -> bool {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.strip_prefix("Bearer ") == Some(key.as_str())),
     }
-}
-
-pub(super) fn named(st: &MockState, mut resp: Response) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&st.config.name) {
-        resp.headers_mut().insert("x-mock-server", v);
-    }
-    resp
-}
-
-pub(super) fn error(st: &MockState, status: StatusCode, message: &str) -> Response {
-    let body = json!({"object": "error", "message": message, "type": "BadRequestError", "code": status.as_u16()});
-    named(st, (status, axum::Json(body)).into_response())
 }
 
 /// Open to all, as vLLM's is (its API key guards only the `/v1` routes).
@@ -133,14 +122,6 @@ fn intake(
         )));
     }
     Ok(v)
-}
-
-pub(super) fn tokens_wanted(st: &MockState, v: &Value) -> usize {
-    v.get("max_tokens")
-        .or_else(|| v.get("max_completion_tokens"))
-        .and_then(Value::as_u64)
-        .map_or(st.config.default_tokens, |n| n as usize)
-        .min(100_000)
 }
 
 async fn chat(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
@@ -254,31 +235,6 @@ async fn generate(
     named(&st, axum::Json(body).into_response())
 }
 
-/// Counts a stream as aborted when it is dropped before its last event.
-pub(super) struct StreamGuard {
-    st: Arc<MockState>,
-    pub(super) done: bool,
-}
-
-impl StreamGuard {
-    /// A stream starts (it is in flight until the guard is dropped).
-    pub(super) fn start(st: Arc<MockState>) -> Self {
-        st.in_flight.fetch_add(1, Relaxed);
-        Self { st, done: false }
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.st.in_flight.fetch_sub(1, Relaxed);
-        if self.done {
-            self.st.completed_streams.fetch_add(1, Relaxed);
-        } else {
-            self.st.aborted_streams.fetch_add(1, Relaxed);
-        }
-    }
-}
-
 fn sse(
     st: Arc<MockState>,
     mut run: super::metrics::Running,
@@ -338,21 +294,6 @@ fn sse(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .expect("valid response")
-}
-
-/// A body stream fed by a task through a channel of capacity 1; the task stops when the client
-/// goes away (the receiver is dropped).
-pub(super) fn async_stream<F, Fut>(
-    f: F,
-) -> impl futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use tokio_stream::StreamExt;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    tokio::spawn(f(tx));
-    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
 }
 
 async fn embeddings(State(st): S, headers: HeaderMap, body: Bytes) -> Response {

@@ -7,6 +7,7 @@
 
 mod handlers;
 pub mod metrics;
+mod respond;
 pub mod sim;
 
 pub use sim::SimConfig;

@@ -296,7 +296,7 @@ impl ProxyApp {
             let err = ProxyError::UnknownModel(key.model.chars().take(256).collect());
             return self.fail(ex, err, "", "").await;
         };
-        let ctx = super::forward::RequestCtx {
+        let ctx = super::request_ctx::RequestCtx {
             key: api_key,
             user: user.as_deref(),
             chain: if pool.prefix.is_some() { chain } else { &[] },

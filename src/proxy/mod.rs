@@ -11,6 +11,7 @@ mod exchange;
 mod forward;
 pub mod h1;
 mod relay;
+mod request_ctx;
 mod settings;
 
 pub use app::ProxyApp;

@@ -5,8 +5,9 @@
 use super::app::ProxyApp;
 use super::errors::ProxyError;
 use super::exchange::Exchange;
-use super::forward::{Attempt, RequestCtx};
+use super::forward::Attempt;
 use super::h1::{pool, UpstreamConn, UpstreamError};
+use super::request_ctx::RequestCtx;
 use crate::health::Source;
 use crate::routing::Member;
 use crate::shutdown::Phase;

@@ -2,6 +2,7 @@
 //! as bytes pass through.
 
 pub mod demand;
+pub mod demand_flush;
 pub mod histogram;
 mod metrics;
 pub mod sse;

@@ -5,7 +5,7 @@
 use super::engine::{Event, Submit};
 use super::tokens::{self, RenderError};
 use super::SimHandle;
-use crate::mock::handlers::{async_stream, error, named, tokens_wanted, StreamGuard};
+use crate::mock::respond::{async_stream, error, named, tokens_wanted, StreamGuard};
 use crate::mock::MockState;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
