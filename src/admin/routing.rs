@@ -6,6 +6,7 @@ use super::AdminState;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// The `[routing]` settings and every routed model's policy.
@@ -71,6 +72,12 @@ pub struct IndexedServer {
     /// Requests of the model per second this instance sent it recently (the average the
     /// share bound reads).
     pub requests_per_s: f64,
+    /// Prompt blocks sent to it and not prefilled yet, as this instance estimates them (the
+    /// queue the choice among equal holders reads).
+    pub queued_prefill_blocks: i64,
+    /// Milliseconds per queued block, learnt from its streamed answers (null until one was
+    /// seen): when an answer that is not streamed leaves the queue.
+    pub prefill_ms_per_block: Option<f64>,
 }
 
 /// Get each model's routing policy and prefix index.
@@ -109,6 +116,10 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
                                 requests_per_s: member.map_or(0.0, |m| {
                                     (f64::from(m.rate.get()) * 1000.0).round() / 1000.0
                                 }),
+                                queued_prefill_blocks: member
+                                    .map_or(0, |m| m.backend.queued_prefill.load(Relaxed).max(0)),
+                                prefill_ms_per_block: member
+                                    .and_then(|m| m.backend.prefill_pace.ms_per_block()),
                                 server: id.to_string(),
                                 slot,
                                 blocks: ix.held(slot),

@@ -303,6 +303,8 @@ impl ProxyApp {
             started,
             started_ms: now_ms,
             prefill: Default::default(),
+            prefill_ahead: Default::default(),
+            event_stream: Default::default(),
         };
         self.forward(ex, pool, body, &ctx).await
     }

@@ -10,6 +10,7 @@ use super::request_ctx::RequestCtx;
 use crate::health::Source;
 use crate::routing::prefix::NO_SLOT;
 use crate::routing::{choose, Member, Pool};
+use crate::upstream::Backend;
 use bytes::Bytes;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -55,17 +56,20 @@ impl Drop for InFlight<'_> {
 }
 
 /// Charges a request's prefill to its server's queue ([`Backend::queued_prefill`]) until its
-/// first token takes it back ([`RequestCtx::prefill`], in the relay) or the attempt ends,
-/// however it ends.
+/// first token takes it back ([`RequestCtx::prefill`], in the relay), or, for an answer that is
+/// not streamed, its likely prefill time has passed ([`release_when_prefilled`]), or the
+/// attempt ends, however it ends.
 ///
 /// [`Backend::queued_prefill`]: crate::upstream::Backend::queued_prefill
 struct QueuedPrefill<'a>(&'a AtomicI64, &'a AtomicI64);
 
 impl<'a> QueuedPrefill<'a> {
-    fn enter(server: &'a AtomicI64, left: &'a AtomicI64, blocks: i64) -> Self {
+    /// Charge `blocks`; the blocks then queued on the server, these included, go to `ahead`.
+    fn enter(server: &'a AtomicI64, left: &'a AtomicI64, ahead: &AtomicI64, blocks: i64) -> Self {
         if blocks != 0 {
-            server.fetch_add(blocks, Relaxed);
+            let before = server.fetch_add(blocks, Relaxed);
             left.store(blocks, Relaxed);
+            ahead.store(before.max(0) + blocks, Relaxed);
         }
         Self(server, left)
     }
@@ -73,11 +77,41 @@ impl<'a> QueuedPrefill<'a> {
 
 impl Drop for QueuedPrefill<'_> {
     fn drop(&mut self) {
-        let blocks = self.1.swap(0, Relaxed);
-        if blocks != 0 {
-            self.0.fetch_sub(blocks, Relaxed);
-        }
+        take_back(self.0, self.1);
     }
+}
+
+/// Take a request's prefill (`left`) off its server's queue, once.
+pub(super) fn take_back(server: &AtomicI64, left: &AtomicI64) {
+    let blocks = left.swap(0, Relaxed);
+    if blocks != 0 {
+        server.fetch_sub(blocks, Relaxed);
+    }
+}
+
+/// Run `attempt`; if its answer is not a stream and it is still running when the server has
+/// likely prefilled its prompt (the server's learnt pace times the blocks that were queued
+/// ahead of it), take its prefill off the server's queue then: a whole answer comes only after
+/// its last token, long after the server moved on to other prompts. Without a learnt pace (no
+/// streamed answer seen yet) the charge stays until the attempt ends.
+async fn release_when_prefilled<F: std::future::Future>(
+    attempt: F,
+    backend: &Backend,
+    ctx: &RequestCtx<'_>,
+) -> F::Output {
+    let ahead = ctx.prefill_ahead.load(Relaxed);
+    let Some(after) = backend.prefill_pace.estimate(ahead) else {
+        return attempt.await;
+    };
+    let mut attempt = std::pin::pin!(attempt);
+    tokio::select! {
+        done = &mut attempt => return done,
+        _ = tokio::time::sleep(after) => {}
+    }
+    if !ctx.event_stream.load(Relaxed) {
+        take_back(&backend.queued_prefill, &ctx.prefill);
+    }
+    attempt.await
 }
 
 /// Request headers never forwarded: hop-by-hop ones, and the client's credentials (a server
@@ -151,8 +185,18 @@ impl ProxyApp {
             backend.last_use_ms.store(now, Relaxed);
             member.requests.fetch_add(1, Relaxed);
             let inflight = InFlight::enter(&backend.inflight, &member.inflight);
-            let queued = QueuedPrefill::enter(&backend.queued_prefill, &ctx.prefill, prefill);
-            let result = self.attempt(ex, member, body, ctx).await;
+            let queued = QueuedPrefill::enter(
+                &backend.queued_prefill,
+                &ctx.prefill,
+                &ctx.prefill_ahead,
+                prefill,
+            );
+            let attempt = self.attempt(ex, member, body, ctx);
+            let result = if prefill > 0 {
+                release_when_prefilled(attempt, backend, ctx).await
+            } else {
+                attempt.await
+            };
             drop(queued);
             drop(inflight);
             match result {

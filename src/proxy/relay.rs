@@ -5,7 +5,7 @@
 use super::app::ProxyApp;
 use super::errors::ProxyError;
 use super::exchange::Exchange;
-use super::forward::Attempt;
+use super::forward::{take_back, Attempt};
 use super::h1::{pool, UpstreamConn, UpstreamError};
 use super::request_ctx::RequestCtx;
 use crate::health::Source;
@@ -94,6 +94,9 @@ impl ProxyApp {
         ex.end_head();
         let head_only = ex.head.is_head() || out == Out::None;
 
+        if sse {
+            ctx.event_stream.store(true, Relaxed);
+        }
         let mut scanner = sse.then(SseScanner::default);
         // A stream (and only a stream: other bodies end on their own) watches for the drain's
         // deadline.
@@ -156,12 +159,13 @@ impl ProxyApp {
             match &mut scanner {
                 Some(s) => {
                     if s.feed(data, Instant::now()) {
-                        // Prefilled: no longer in the server's queue.
-                        let blocks = ctx.prefill.swap(0, Relaxed);
-                        if blocks != 0 {
-                            backend.queued_prefill.fetch_sub(blocks, Relaxed);
-                        }
+                        // Prefilled: no longer in the server's queue; and how long the queue
+                        // it joined took, for the answers that are not streamed.
+                        take_back(&backend.queued_prefill, &ctx.prefill);
                         let t = started.elapsed();
+                        backend
+                            .prefill_pace
+                            .learn(t, ctx.prefill_ahead.swap(0, Relaxed));
                         member.metrics.ttft.observe(t.as_secs_f64());
                         ttft = Some(t);
                     }

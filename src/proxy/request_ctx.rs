@@ -3,7 +3,7 @@
 
 use crate::identity::KeyEntry;
 use crate::usage::UsageRecord;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +20,11 @@ pub(super) struct RequestCtx<'a> {
     /// The blocks of prefill this request still has charged to its server (`prefix` pools):
     /// taken back at its first token.
     pub prefill: AtomicI64,
+    /// The blocks queued on its server when it was sent, its own included (what its time to
+    /// first token teaches the server's prefill pace).
+    pub prefill_ahead: AtomicI64,
+    /// Its answer is a stream (whose first token takes its prefill back).
+    pub event_stream: AtomicBool,
 }
 
 impl RequestCtx<'_> {

@@ -5,8 +5,9 @@
 //! often; then the next longest holder, and so on. Among servers that hold as much of the
 //! prompt (all of them, when none holds any), the one with the least prefill queued first
 //! ([`Backend::queued_prefill`]: the blocks of prompts it was sent and has not begun
-//! answering, plus this prompt's own uncached blocks), then the user's affinity server (read
-//! from local state, never claimed), then the fewer requests in flight, then at random.
+//! answering, or, for answers that are not streamed, has not had the time to prefill at its
+//! learnt pace; plus this prompt's own uncached blocks), then the user's affinity server
+//! (read from local state, never claimed), then the fewer requests in flight, then at random.
 //!
 //! The cache comes first, the queue second, on purpose: moving a prompt off the server that
 //! holds it prefills it again, which is work the whole fleet pays for. A policy that moved

@@ -40,6 +40,8 @@ pub struct Backend {
     /// each request routed by prefix adds the blocks of its prompt the server was not known to
     /// hold, and takes them back at its first token (or when the attempt ends).
     pub queued_prefill: std::sync::atomic::AtomicI64,
+    /// How fast it works through that queue, learnt from its streamed answers.
+    pub prefill_pace: super::prefill_pace::PrefillPace,
     health_gauge: IntGauge,
     settings: PeerSettings,
 }
@@ -121,6 +123,7 @@ impl Backend {
             inflight: metrics.inflight_gauge(&id),
             last_use_ms: Default::default(),
             queued_prefill: std::sync::atomic::AtomicI64::new(0),
+            prefill_pace: Default::default(),
             id,
             provider: cfg.provider,
             host_header,

@@ -271,6 +271,73 @@ async fn a_server_still_prefilling_a_long_prompt_takes_no_new_one_among_equals()
     drop(open);
 }
 
+/// One server's queued prefill and learnt pace, from `GET /admin/routing`.
+async fn queue_of(gw: &Gateway, c: &Client) -> (i64, Option<f64>) {
+    let (_, routing) = gw.admin_get(c, "/admin/routing").await;
+    let s = &model_report(&routing, "m")["index"]["servers"][0];
+    (
+        s["queued_prefill_blocks"].as_i64().unwrap(),
+        s["prefill_ms_per_block"].as_f64(),
+    )
+}
+
+#[tokio::test]
+async fn an_answer_not_streamed_leaves_the_queue_when_its_prefill_is_likely_done() {
+    // First token after 1 s; a whole answer after its 8 tokens, 250 ms apart: 2.75 s.
+    let m = mock_with(MockConfig {
+        name: "a".into(),
+        models: vec!["m".into()],
+        ttft: Duration::from_secs(1),
+        itl: Duration::from_millis(250),
+        default_tokens: 8,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\n{}",
+        server(&m.url(), &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    let whole = |text: &str| json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+    let spawn_whole = |text: String| {
+        let (url, c) = (gw.url("/v1/chat/completions"), c.clone());
+        tokio::spawn(async move { c.post(url).json(&whole(&text)).send().await.unwrap() })
+    };
+    // Nothing learnt yet: a whole answer keeps its prompt queued until it ends.
+    let a = spawn_whole("a".repeat(4000));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (queued, pace) = queue_of(&gw, &c).await;
+    assert!(queued >= 30, "{queued} blocks queued");
+    assert_eq!(pace, None);
+    assert_eq!(a.await.unwrap().status(), 200);
+    assert_eq!(queue_of(&gw, &c).await.0, 0);
+    // A streamed answer teaches the pace: its first token after 1 s for its ~31 blocks.
+    let b = gw.chat(&c, &chat("m", &"b".repeat(4000), "q", true)).await;
+    assert_eq!(b.status(), 200);
+    b.bytes().await.unwrap();
+    let (queued, pace) = queue_of(&gw, &c).await;
+    assert_eq!(queued, 0);
+    let pace = pace.expect("a pace learnt");
+    assert!((25.0..=60.0).contains(&pace), "{pace} ms a block");
+    // Now a whole answer leaves the queue after about its prefill (1 s), long before its end.
+    let sent = std::time::Instant::now();
+    let c3 = spawn_whole("c".repeat(4000));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(queue_of(&gw, &c).await.0 >= 30);
+    let left = eventually(Duration::from_secs(3), || async {
+        queue_of(&gw, &c).await.0 == 0
+    })
+    .await;
+    let at = sent.elapsed();
+    assert!(left, "the whole answer's prompt stayed queued");
+    assert!(
+        at < Duration::from_millis(2300) && !c3.is_finished(),
+        "taken off the queue at {at:?}, before its answer (2.75 s)"
+    );
+    assert_eq!(c3.await.unwrap().status(), 200);
+}
+
 #[tokio::test]
 async fn an_ejected_servers_blocks_go_and_it_is_never_chosen() {
     let mocks = three(&["m"], MockConfig::default()).await;
