@@ -37,6 +37,9 @@
 #      WARMUP=DURATION/4 (seconds of each run left out of the figures) RAMP=WARMUP (seconds over
 #      which the arrival rate rises linearly from 0) CAPACITY=capacity_rps
 #      ROUTING_EXTRA= (more [routing] keys for infergate, e.g. 'balance_abs = 16\n')
+#      WHOLE_SHARE=0 (share of requests asking for a whole answer, not a stream; TTFT is then
+#      the streamed requests') BIN=target/release/infergate (another build to compare, e.g. an
+#      older commit's; the load generator is this tree's)
 #      SIM=auto|1|0 (0: the plain mock with MOCK_FLAGS, for the plumbing; auto: 1 when the binary
 #      has `mock --sim`) SIM_FLAGS=... (below: the simulated servers' flags, one variable)
 # Needs: python3 (with venv), taskset, curl (redis-server for prefix_valkey2); cores 0 and 1
@@ -74,7 +77,8 @@ SIM=${SIM:-auto}
 VLLM_ROUTER_VERSION=0.1.17
 VENV=target/fleet-venv
 OUT=target/fleet
-BIN=target/release/infergate
+BIN=${BIN:-target/release/infergate}
+WHOLE_SHARE=${WHOLE_SHARE:-0}
 [ -x "$BIN" ] || nice cargo build --release
 source benches/lib.sh
 need python3 taskset curl
@@ -259,7 +263,8 @@ for w in $WORKLOADS; do
         [ "$r" = ideal ] && oracle=(--assume-cached)
         before=$(scrape)
         result=$(taskset -c 1 "$LOADGEN" --url "$ROUTER_URL" --workload "$w" --rate "$rate" \
-          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" --ramp "$RAMP" --metrics "$(metrics_urls)" "${FIGS[@]}" "${oracle[@]}") ||
+          --duration "$DURATION" --seed "$seed" --warmup "$WARMUP" --ramp "$RAMP" --metrics "$(metrics_urls)" "${FIGS[@]}" "${oracle[@]}" \
+          --whole-share "$WHOLE_SHARE") ||
           result="{\"workload\": \"$w\", \"seed\": $seed, \"rate\": $rate, \"sent\": 0, \"errors\": -1}"
         after=$(scrape)
         stop_run

@@ -101,6 +101,10 @@ struct Args {
     /// `--sim-assume-cached-field` honour: the ideal-placement run, queueing included.
     #[arg(long)]
     assume_cached: bool,
+    /// Share of the requests (0 to 1, chosen by the seed) asking for a whole answer rather
+    /// than a stream; the TTFT figures are the streamed requests', end to end all of them.
+    #[arg(long, default_value_t = 0.0)]
+    whole_share: f64,
     /// `cargo bench` appends --bench.
     #[arg(long, hide = true)]
     bench: bool,
@@ -411,7 +415,7 @@ fn figures(a: &Args, reqs: &[Req], working_set: usize) -> Value {
     })
 }
 
-fn body(a: &Args, r: &Req, assume_cached: Option<usize>) -> Bytes {
+fn body(a: &Args, r: &Req, assume_cached: Option<usize>, stream: bool) -> Bytes {
     let messages: Vec<Value> = r
         .messages
         .iter()
@@ -420,9 +424,13 @@ fn body(a: &Args, r: &Req, assume_cached: Option<usize>) -> Bytes {
     // The constant fields first and `user` last, so a body's leading bytes follow its messages
     // (the plain mock hashes the raw body for its prefix cache).
     let head = format!(
-        r#"{{"model":{},"max_tokens":{},"ignore_eos":true,"stream":true,"stream_options":{{"include_usage":true}},"messages":"#,
+        r#"{{"model":{},"max_tokens":{},"ignore_eos":true,{},"messages":"#,
         Value::from(a.model.as_str()),
-        a.max_tokens
+        a.max_tokens,
+        match stream {
+            true => r#""stream":true,"stream_options":{"include_usage":true}"#,
+            false => r#""stream":false"#,
+        }
     );
     let mut s = head;
     s.push_str(&Value::from(messages).to_string());
@@ -464,7 +472,8 @@ async fn scrape(client: &reqwest::Client, urls: &[String]) -> Vec<[f64; 3]> {
 }
 
 struct Outcome {
-    ttft: Duration,
+    /// None for a whole answer.
+    ttft: Option<Duration>,
     e2e: Duration,
     completion_tokens: Option<u64>,
 }
@@ -473,6 +482,7 @@ async fn one(
     client: reqwest::Client,
     url: String,
     body: Bytes,
+    stream: bool,
     timeout: Duration,
 ) -> Result<Outcome, String> {
     let start = Instant::now();
@@ -492,6 +502,14 @@ async fn one(
             })?;
         if !r.status().is_success() {
             return Err(format!("status_{}", r.status().as_u16()));
+        }
+        if !stream {
+            let v: Value = r.json().await.map_err(|_| "body".to_string())?;
+            return Ok(Outcome {
+                ttft: None,
+                e2e: start.elapsed(),
+                completion_tokens: v["usage"]["completion_tokens"].as_u64(),
+            });
         }
         let (mut buf, mut ttft, mut usage) = (Vec::<u8>::new(), None, None);
         while let Some(chunk) = r.chunk().await.map_err(|_| "body".to_string())? {
@@ -524,7 +542,7 @@ async fn one(
             }
         }
         Ok(Outcome {
-            ttft: ttft.ok_or("no_content")?,
+            ttft: Some(ttft.ok_or("no_content")?),
             e2e: start.elapsed(),
             completion_tokens: usage,
         })
@@ -550,10 +568,15 @@ fn main() {
         true => ideal_cached_as_simulated(&reqs, a.block_tokens),
         false => Vec::new(),
     };
-    let bodies: Vec<(f64, Bytes)> = reqs
+    // Which requests ask for a whole answer: a draw of their own per request and seed.
+    let mut draws = Rng::new(a.seed, 99);
+    let bodies: Vec<(f64, Bytes, bool)> = reqs
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.at, body(&a, r, cached.get(i).copied())))
+        .map(|(i, r)| {
+            let stream = draws.unit() >= a.whole_share;
+            (r.at, body(&a, r, cached.get(i).copied(), stream), stream)
+        })
         .collect();
     drop(reqs);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -584,12 +607,12 @@ fn main() {
                 scrape(&client, &urls).await
             }
         });
-        for (i, (at, body)) in bodies.into_iter().enumerate() {
+        for (i, (at, body, stream)) in bodies.into_iter().enumerate() {
             let url = urls[i % urls.len()].clone();
             let due = start + Duration::from_secs_f64(at);
             tokio::time::sleep_until(due).await;
             lags.push(due.elapsed().as_secs_f64());
-            let task = tokio::spawn(one(client.clone(), url, body, timeout));
+            let task = tokio::spawn(one(client.clone(), url, body, stream, timeout));
             handles.push((at, task));
         }
         let mut results = Vec::with_capacity(handles.len());
@@ -611,7 +634,9 @@ fn main() {
                     short += 1;
                 }
                 if *at >= a.warmup {
-                    ttft.push(o.ttft.as_secs_f64() * 1e3);
+                    if let Some(t) = o.ttft {
+                        ttft.push(t.as_secs_f64() * 1e3);
+                    }
                     e2e.push(o.e2e.as_secs_f64() * 1e3);
                 }
             }
