@@ -64,13 +64,15 @@ impl Drop for InFlight<'_> {
 struct QueuedPrefill<'a>(&'a AtomicI64, &'a AtomicI64);
 
 impl<'a> QueuedPrefill<'a> {
-    /// Charge `blocks`; the blocks then queued on the server, these included, go to `ahead`.
+    /// Charge `blocks`; the blocks then queued on the server, these included, go to `ahead`
+    /// (0 when nothing is charged: a retry's server learns nothing from an earlier attempt's).
     fn enter(server: &'a AtomicI64, left: &'a AtomicI64, ahead: &AtomicI64, blocks: i64) -> Self {
+        let mut queued = 0;
         if blocks != 0 {
-            let before = server.fetch_add(blocks, Relaxed);
+            queued = server.fetch_add(blocks, Relaxed).max(0) + blocks;
             left.store(blocks, Relaxed);
-            ahead.store(before.max(0) + blocks, Relaxed);
         }
+        ahead.store(queued, Relaxed);
         Self(server, left)
     }
 }
