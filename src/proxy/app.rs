@@ -304,7 +304,7 @@ impl ProxyApp {
             started_ms: now_ms,
             prefill: Default::default(),
             prefill_ahead: Default::default(),
-            event_stream: Default::default(),
+            stream: key.stream,
         };
         self.forward(ex, pool, body, &ctx).await
     }

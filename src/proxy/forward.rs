@@ -91,11 +91,11 @@ pub(super) fn take_back(server: &AtomicI64, left: &AtomicI64) {
     }
 }
 
-/// Run `attempt`; if its answer is not a stream and it is still running when the server has
-/// likely prefilled its prompt (the server's learnt pace times the blocks that were queued
-/// ahead of it), take its prefill off the server's queue then: a whole answer comes only after
-/// its last token, long after the server moved on to other prompts. Without a learnt pace (no
-/// streamed answer seen yet) the charge stays until the attempt ends.
+/// Run `attempt` (of a request that asked for a whole answer, not a stream); if it is still
+/// running when the server has likely prefilled its prompt (the server's learnt pace times the
+/// blocks that were queued ahead of it), take its prefill off the server's queue then: a whole
+/// answer comes only after its last token, long after the server moved on to other prompts.
+/// Without a learnt pace (no streamed answer seen yet) the charge stays until the attempt ends.
 async fn release_when_prefilled<F: std::future::Future>(
     attempt: F,
     backend: &Backend,
@@ -110,9 +110,7 @@ async fn release_when_prefilled<F: std::future::Future>(
         done = &mut attempt => return done,
         _ = tokio::time::sleep(after) => {}
     }
-    if !ctx.event_stream.load(Relaxed) {
-        take_back(&backend.queued_prefill, &ctx.prefill);
-    }
+    take_back(&backend.queued_prefill, &ctx.prefill);
     attempt.await
 }
 
@@ -194,7 +192,8 @@ impl ProxyApp {
                 prefill,
             );
             let attempt = self.attempt(ex, member, body, ctx);
-            let result = if prefill > 0 {
+            // (A stream's first token takes its prefill back: no timer for it.)
+            let result = if prefill > 0 && !ctx.stream {
                 release_when_prefilled(attempt, backend, ctx).await
             } else {
                 attempt.await

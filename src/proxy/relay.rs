@@ -94,9 +94,6 @@ impl ProxyApp {
         ex.end_head();
         let head_only = ex.head.is_head() || out == Out::None;
 
-        if sse {
-            ctx.event_stream.store(true, Relaxed);
-        }
         let mut scanner = sse.then(SseScanner::default);
         // A stream (and only a stream: other bodies end on their own) watches for the drain's
         // deadline.

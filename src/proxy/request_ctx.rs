@@ -3,7 +3,7 @@
 
 use crate::identity::KeyEntry;
 use crate::usage::UsageRecord;
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,8 +23,8 @@ pub(super) struct RequestCtx<'a> {
     /// The blocks queued on its server when it was sent, its own included (what its time to
     /// first token teaches the server's prefill pace).
     pub prefill_ahead: AtomicI64,
-    /// Its answer is a stream (whose first token takes its prefill back).
-    pub event_stream: AtomicBool,
+    /// It asked for a stream (whose first token takes its prefill back).
+    pub stream: bool,
 }
 
 impl RequestCtx<'_> {

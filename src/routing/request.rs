@@ -14,6 +14,8 @@ use std::fmt;
 pub struct RouteKey<'a> {
     pub model: Cow<'a, str>,
     pub user: Option<Cow<'a, str>>,
+    /// `"stream": true`: the answer comes as a stream (anything else, or none: a whole body).
+    pub stream: bool,
 }
 
 /// Why a body cannot be routed; each maps to a 400 whose message says which.
@@ -41,17 +43,19 @@ pub fn route_key_json<'a>(
     }
     let json = |e: serde_json::Error| BodyError::Json(e.to_string());
     let mut de = serde_json::Deserializer::from_slice(body);
-    let (model, user) = Top { chain }.deserialize(&mut de).map_err(json)?;
+    let (model, user, stream) = Top { chain }.deserialize(&mut de).map_err(json)?;
     de.end().map_err(json)?;
-    finish(model, user)
+    let mut key = finish(model, user)?;
+    key.stream = stream;
+    Ok(key)
 }
 
-/// The top-level object: `model` and `user` kept, the prompt fed, the rest skipped.
+/// The top-level object: `model`, `user` and `stream` kept, the prompt fed, the rest skipped.
 struct Top<'c, 'o> {
     chain: Option<&'c mut Chainer<'o>>,
 }
 
-type Head<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+type Head<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>, bool);
 
 impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
     type Value = Head<'de>;
@@ -68,7 +72,7 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Head<'de>, A::Error> {
-        let (mut model, mut user) = (None, None);
+        let (mut model, mut user, mut stream) = (None, None, false);
         let (mut seen_model, mut seen_user) = (false, false);
         while let Some(field) = map.next_key::<Field>()? {
             match field {
@@ -84,6 +88,7 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
                     }
                     user = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
                 }
+                Field::Stream => stream = map.next_value::<Flag>()?.0,
                 Field::Prompt(marker) => match self.chain.as_deref_mut() {
                     Some(chain) => {
                         chain.push(&[marker]);
@@ -98,7 +103,7 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
                 }
             }
         }
-        Ok((model, user))
+        Ok((model, user, stream))
     }
 }
 
@@ -106,6 +111,7 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
 enum Field {
     Model,
     User,
+    Stream,
     /// `messages` or `prompt`, with the byte that marks which in the chain.
     Prompt(u8),
     Other,
@@ -123,6 +129,7 @@ impl<'de> de::Deserialize<'de> for Field {
                 Ok(match v {
                     "model" => Field::Model,
                     "user" => Field::User,
+                    "stream" => Field::Stream,
                     "messages" => Field::Prompt(b'm'),
                     "prompt" => Field::Prompt(b'p'),
                     _ => Field::Other,
@@ -130,6 +137,49 @@ impl<'de> de::Deserialize<'de> for Field {
             }
         }
         d.deserialize_identifier(Name)
+    }
+}
+
+/// Whether a value is JSON `true`; any other value is read and taken as false (the server
+/// judges what it accepts).
+struct Flag(bool);
+
+impl<'de> de::Deserialize<'de> for Flag {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Flag;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Flag, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Flag(false))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Flag, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Flag(false))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -275,12 +325,27 @@ fn finish<'a>(
     Ok(RouteKey {
         model,
         user: user.filter(|u| !u.is_empty()),
+        stream: false,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_is_true_only_for_a_top_level_json_true() {
+        let stream = |b: &str| route_key_json(b.as_bytes(), None).unwrap().stream;
+        assert!(stream(r#"{"model":"m","stream":true}"#));
+        assert!(!stream(r#"{"model":"m"}"#));
+        assert!(!stream(r#"{"model":"m","stream":false}"#));
+        assert!(!stream(r#"{"model":"m","stream":null}"#));
+        // Not ours to refuse: the server judges these.
+        assert!(!stream(r#"{"model":"m","stream":"true"}"#));
+        assert!(!stream(r#"{"model":"m","stream":[true],"x":1}"#));
+        assert!(!stream(r#"{"model":"m","stream":{"a":[1]}}"#));
+        assert!(!stream(r#"{"model":"m","messages":[{"stream":true}]}"#));
+    }
 
     #[test]
     fn model_anywhere_at_the_top_level() {
