@@ -31,10 +31,12 @@ pub struct PoolIndex {
 }
 
 impl PoolIndex {
-    fn new(entries: usize, capacity: usize, block_bytes: usize) -> Self {
+    /// An empty table of `entries` for prompts hashed in blocks of `block_bytes`, with the pool's
+    /// `demand` table.
+    fn new(entries: usize, capacity: usize, block_bytes: usize, demand: Arc<PrefixDemand>) -> Self {
         Self {
             index: PrefixIndex::new(entries, capacity),
-            demand: Arc::default(),
+            demand,
             block_bytes,
             slots: Mutex::new(std::array::from_fn(|_| None)),
             ejected: AtomicU64::new(0),
@@ -120,9 +122,14 @@ impl PrefixIndexes {
             .saturating_mul(2)
             .min(cfg.index_max_entries);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let pool = pools
-            .entry(model.into())
-            .or_insert_with(|| Arc::new(PoolIndex::new(wanted, capacity, cfg.block_bytes)));
+        let pool = pools.entry(model.into()).or_insert_with(|| {
+            Arc::new(PoolIndex::new(
+                wanted,
+                capacity,
+                cfg.block_bytes,
+                Arc::default(),
+            ))
+        });
         if pool.block_bytes != cfg.block_bytes {
             // Hashed with another block size: the old hashes mean nothing, a new table learns
             // from the next requests.
@@ -132,15 +139,17 @@ impl PrefixIndexes {
                 block_bytes = cfg.block_bytes,
                 "prefix index made anew for another block size"
             );
-            *pool = Arc::new(PoolIndex::new(wanted, capacity, cfg.block_bytes));
+            *pool = Arc::new(PoolIndex::new(
+                wanted,
+                capacity,
+                cfg.block_bytes,
+                Arc::default(),
+            ));
         } else if pool.index.entries() < wanted / 2 {
             // Outgrown (servers added, or a larger cache configured): a larger table, with
             // what the old one held (the servers keep their slots), so that routing does not
             // forget every server's cache when the fleet grows.
-            let larger = PoolIndex {
-                demand: pool.demand.clone(),
-                ..PoolIndex::new(wanted, capacity, cfg.block_bytes)
-            };
+            let larger = PoolIndex::new(wanted, capacity, cfg.block_bytes, pool.demand.clone());
             let carried = pool.index.carry_into(&larger.index);
             *larger.slots.lock().unwrap_or_else(|e| e.into_inner()) =
                 pool.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
