@@ -308,15 +308,12 @@ fn ideal_tokens(reqs: &[Req], block_tokens: usize) -> Vec<(usize, usize)> {
 }
 
 /// Per request, the prompt tokens ideal placement finds cached, in the simulator's rendering
-/// of a chat (`<|role|>\ncontent\n` per message, then the assistant's header).
+/// of a chat (its own template: `infergate::mock::sim::tokens::render_chat`).
 fn ideal_cached_as_simulated(reqs: &[Req], block_tokens: usize) -> Vec<usize> {
     let render = |r: &Req| {
-        let mut out = Vec::new();
-        for (role, content) in &r.messages {
-            out.extend_from_slice(format!("<|{role}|>\n{content}\n").as_bytes());
-        }
-        out.extend_from_slice(b"<|assistant|>\n");
-        out
+        infergate::mock::sim::tokens::render_chat(&messages_json(r), true)
+            .expect("a workload's chat has messages with roles")
+            .into_bytes()
     };
     seen_before(reqs, block_tokens, render)
         .into_iter()
@@ -415,12 +412,16 @@ fn figures(a: &Args, reqs: &[Req], working_set: usize) -> Value {
     })
 }
 
-fn body(a: &Args, r: &Req, assume_cached: Option<usize>, stream: bool) -> Bytes {
-    let messages: Vec<Value> = r
-        .messages
+/// A request's `messages` as JSON.
+fn messages_json(r: &Req) -> Value {
+    r.messages
         .iter()
         .map(|(role, content)| json!({"role": role, "content": &**content}))
-        .collect();
+        .collect()
+}
+
+fn body(a: &Args, r: &Req, assume_cached: Option<usize>, stream: bool) -> Bytes {
+    let messages = messages_json(r);
     // The constant fields first and `user` last, so a body's leading bytes follow its messages
     // (the plain mock hashes the raw body for its prefix cache).
     let head = format!(
@@ -433,7 +434,7 @@ fn body(a: &Args, r: &Req, assume_cached: Option<usize>, stream: bool) -> Bytes 
         }
     );
     let mut s = head;
-    s.push_str(&Value::from(messages).to_string());
+    s.push_str(&messages.to_string());
     if let Some(n) = assume_cached {
         s.push_str(&format!(r#","sim_assume_cached_tokens":{n}"#));
     }
