@@ -38,6 +38,8 @@ pub struct Gateway {
     pub prefix: crate::routing::prefix::PrefixIndexes,
     /// What this instance routed by prefix, on its way to the other instances (with Valkey).
     pub prefix_share: Option<crate::routing::prefix::share::PrefixShare>,
+    /// Each server's load as the other instances shared it (with Valkey).
+    pub load_share: Option<crate::routing::load_share::LoadShare>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// This instance's per-minute request counts (demand telemetry).
@@ -134,6 +136,7 @@ impl Gateway {
             table: ArcSwap::from_pointee(table),
             prefix,
             prefix_share: store.shares_prefixes().then(Default::default),
+            load_share: store.shares_prefixes().then(Default::default),
             metrics,
             demand: Default::default(),
             discovered: Default::default(),

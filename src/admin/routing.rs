@@ -27,6 +27,9 @@ pub struct RoutingReport {
     /// A server over this factor of its even share of the pool's recent requests is skipped
     /// while it has more in flight than the least loaded (0: no bound).
     pub balance_share: f64,
+    /// Other gateway instances whose load on the servers counts in this one's choices now
+    /// (their snapshot is under 500 ms old); null without a shared store.
+    pub load_shared_by_instances: Option<usize>,
     /// Every model with a pool, by name.
     pub models: Vec<ModelRouting>,
 }
@@ -75,6 +78,12 @@ pub struct IndexedServer {
     /// Prompt blocks sent to it and not prefilled yet, as this instance estimates them (the
     /// queue the choice among equal holders reads).
     pub queued_prefill_blocks: i64,
+    /// Requests the other instances have in flight on it, as they last shared them (0
+    /// without a shared store).
+    pub others_inflight: i64,
+    /// Prompt blocks the other instances sent it and it has not prefilled yet, as they last
+    /// shared them (added to `queued_prefill_blocks` in the choice).
+    pub others_queued_prefill_blocks: i64,
     /// Milliseconds per queued block, learnt from its streamed answers (null until one was
     /// seen): when an answer that is not streamed leaves the queue.
     pub prefill_ms_per_block: Option<f64>,
@@ -118,6 +127,9 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
                                 }),
                                 queued_prefill_blocks: member
                                     .map_or(0, |m| m.backend.queued_prefill.load(Relaxed).max(0)),
+                                others_inflight: member.map_or(0, |m| m.backend.others.inflight()),
+                                others_queued_prefill_blocks: member
+                                    .map_or(0, |m| m.backend.others.queued_prefill()),
                                 prefill_ms_per_block: member
                                     .and_then(|m| m.backend.prefill_pace.ms_per_block()),
                                 server: id.to_string(),
@@ -139,6 +151,7 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
         balance_abs: r.balance_abs,
         balance_rel: r.balance_rel,
         balance_share: r.balance_share,
+        load_shared_by_instances: s.gw.load_share.as_ref().map(|l| l.instances()),
         models,
     })
 }

@@ -64,12 +64,19 @@ impl Drop for InFlight<'_> {
 struct QueuedPrefill<'a>(&'a AtomicI64, &'a AtomicI64);
 
 impl<'a> QueuedPrefill<'a> {
-    /// Charge `blocks`; the blocks then queued on the server, these included, go to `ahead`
-    /// (0 when nothing is charged: a retry's server learns nothing from an earlier attempt's).
-    fn enter(server: &'a AtomicI64, left: &'a AtomicI64, ahead: &AtomicI64, blocks: i64) -> Self {
+    /// Charge `blocks`; the blocks then queued on the server, these included and the `others`
+    /// the other instances queued there, go to `ahead` (0 when nothing is charged: a retry's
+    /// server learns nothing from an earlier attempt's).
+    fn enter(
+        server: &'a AtomicI64,
+        left: &'a AtomicI64,
+        ahead: &AtomicI64,
+        blocks: i64,
+        others: i64,
+    ) -> Self {
         let mut queued = 0;
         if blocks != 0 {
-            queued = server.fetch_add(blocks, Relaxed).max(0) + blocks;
+            queued = server.fetch_add(blocks, Relaxed).max(0) + blocks + others;
             left.store(blocks, Relaxed);
         }
         ahead.store(queued, Relaxed);
@@ -190,6 +197,7 @@ impl ProxyApp {
                 &ctx.prefill,
                 &ctx.prefill_ahead,
                 prefill,
+                backend.others.queued_prefill(),
             );
             let attempt = self.attempt(ex, member, body, ctx);
             // (A stream's first token takes its prefill back: no timer for it.)

@@ -8,6 +8,9 @@
 //! answering, or, for answers that are not streamed, has not had the time to prefill at its
 //! learnt pace; plus this prompt's own uncached blocks), then the user's affinity server
 //! (read from local state, never claimed), then the fewer requests in flight, then at random.
+//! With a shared store the queues and in-flight counts are the whole fleet's: the other
+//! instances' as they last shared them are added to this one's ([`Backend::load`],
+//! [`Backend::prefill_queue`]).
 //!
 //! The cache comes first, the queue second, on purpose: moving a prompt off the server that
 //! holds it prefills it again, which is work the whole fleet pays for. A policy that moved
@@ -29,11 +32,12 @@
 //! from 0.4 s to 2.2 s).
 //!
 //! [`Backend::queued_prefill`]: crate::upstream::Backend::queued_prefill
+//! [`Backend::load`]: crate::upstream::Backend::load
+//! [`Backend::prefill_queue`]: crate::upstream::Backend::prefill_queue
 //! [`Balance`]: super::table::Balance
 
 use super::table::{Member, Pool};
 use crate::routing::prefix::{Match, PrefixDemand, PrefixIndex, NO_SLOT};
-use std::sync::atomic::Ordering::Relaxed;
 
 /// Holder sets looked up, deepest first (each costs one lookup); servers past them count as
 /// holding nothing of the prompt.
@@ -117,7 +121,7 @@ pub fn choose_by_prefix<'a>(
         let blocks = held(m);
         let key = Key {
             blocks,
-            cost: m.backend.queued_prefill.load(Relaxed).max(0) + total - blocks as i64,
+            cost: m.backend.prefill_queue() + total - blocks as i64,
             pinned: pinned.is_some_and(|p| *m.backend.id == *p),
             inflight,
         };
@@ -169,7 +173,8 @@ impl Key {
     }
 }
 
+/// Requests in flight on the member's server, the other instances' included.
 #[inline]
 fn load(m: &Member) -> i64 {
-    m.backend.inflight.get()
+    m.backend.load()
 }

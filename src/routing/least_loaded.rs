@@ -2,8 +2,11 @@
 //! fallback.
 
 use super::table::{Member, Pool};
+#[cfg(doc)]
+use crate::upstream::Backend;
 
-/// The healthy member with the fewest in-flight requests; ties at random (reservoir sampling).
+/// The healthy member with the fewest in-flight requests (with a shared store, the other
+/// instances' included: [`Backend::load`]); ties at random (reservoir sampling).
 /// With no healthy member, one held out by its failing answers while its probes pass (a pool
 /// whose only server answered a few 5xx is not refused whole for the hold).
 pub fn least_in_flight<'a>(pool: &'a Pool, exclude: &[usize]) -> Option<(usize, &'a Member)> {
@@ -23,7 +26,7 @@ fn least_loaded<'a>(
         if !usable(m) || exclude.contains(&i) {
             continue;
         }
-        let load = m.backend.inflight.get();
+        let load = m.backend.load();
         if load < best_load {
             best = Some((i, m));
             best_load = load;

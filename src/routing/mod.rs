@@ -6,6 +6,7 @@
 mod cache_aware;
 pub mod discovery;
 mod least_loaded;
+pub mod load_share;
 mod multipart;
 pub mod prefix;
 pub(crate) mod rate;

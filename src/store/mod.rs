@@ -233,7 +233,8 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Whether other instances can be there to share cache-aware routing's prefixes with.
+    /// Whether other instances can be there to share routing state with: cache-aware
+    /// routing's prefixes and each server's load.
     fn shares_prefixes(&self) -> bool {
         false
     }
@@ -243,14 +244,27 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The batches other instances shared after the cursor `after` (`None`: start from now),
-    /// and the cursor to read from next.
-    async fn prefix_read(
-        &self,
-        _after: Option<&str>,
-    ) -> Result<(Option<String>, Vec<Vec<u8>>), StoreError> {
-        Ok((None, Vec::new()))
+    /// Share this instance's load on each server (opaque bytes, `routing::load_share`).
+    async fn load_publish(&self, _snapshot: Vec<u8>) -> Result<(), StoreError> {
+        Ok(())
     }
+
+    /// What the other instances shared for routing after the cursor `after` (`None`: start
+    /// from now), with the cursor to read from next.
+    async fn routing_read(&self, _after: Option<&str>) -> Result<SharedRouting, StoreError> {
+        Ok(SharedRouting::default())
+    }
+}
+
+/// What the other instances shared for routing, read from the store.
+#[derive(Debug, Default)]
+pub struct SharedRouting {
+    /// Where to read from next.
+    pub cursor: Option<String>,
+    /// Batches of the prompts they routed (`routing::prefix::share`).
+    pub prefixes: Vec<Vec<u8>>,
+    /// Their load snapshots (`routing::load_share`), each with the instance that sent it.
+    pub loads: Vec<(String, Vec<u8>)>,
 }
 
 /// Check a registry route; returns it normalized (URL without a trailing '/').

@@ -42,6 +42,8 @@ pub struct Backend {
     pub queued_prefill: std::sync::atomic::AtomicI64,
     /// How fast it works through that queue, learnt from its streamed answers.
     pub prefill_pace: super::prefill_pace::PrefillPace,
+    /// The same load as the other gateway instances last shared it.
+    pub others: super::others_load::OthersLoad,
     health_gauge: IntGauge,
     settings: PeerSettings,
 }
@@ -124,6 +126,7 @@ impl Backend {
             last_use_ms: Default::default(),
             queued_prefill: std::sync::atomic::AtomicI64::new(0),
             prefill_pace: Default::default(),
+            others: Default::default(),
             id,
             provider: cfg.provider,
             host_header,
@@ -134,6 +137,23 @@ impl Backend {
             settings,
             url,
         })
+    }
+
+    /// Requests in flight on this server: this instance's and, with a shared store, the other
+    /// instances' as they last shared them.
+    #[inline]
+    pub fn load(&self) -> i64 {
+        self.inflight.get() + self.others.inflight()
+    }
+
+    /// Prompt blocks sent to this server and not prefilled yet ([`Backend::queued_prefill`]),
+    /// by this instance and the others.
+    #[inline]
+    pub fn prefill_queue(&self) -> i64 {
+        self.queued_prefill
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0)
+            + self.others.queued_prefill()
     }
 
     #[inline]

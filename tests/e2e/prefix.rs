@@ -483,6 +483,95 @@ async fn two_instances_on_valkey_learn_each_others_prefixes() {
     );
 }
 
+/// The entry of server `url` in `model`'s index report.
+fn server_report<'a>(routing: &'a Value, model: &str, url: &str) -> &'a Value {
+    model_report(routing, model)["index"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server"] == url)
+        .unwrap_or_else(|| panic!("{url} in {routing}"))
+}
+
+#[tokio::test]
+async fn two_instances_on_valkey_balance_on_each_others_load() {
+    let redis = Redis::start().await;
+    // Streams take 3 s to their first token: a request's prefill stays queued that long.
+    let mocks = three_slow().await;
+    let config = format!(
+        "routing.policy = \"prefix\"\n[store]\nurl = {:?}\nprefix = \"t\"\n\n{}",
+        redis.url(),
+        servers(&mocks, &["m"])
+    );
+    let (gw1, gw2) = (Gateway::start(&config).await, Gateway::start(&config).await);
+    let c = Client::new();
+    // Through the first instance: a 20 KB prompt nobody holds, ~160 blocks queued at its
+    // server.
+    let long = "w".repeat(20_000);
+    let first = gw1.chat(&c, &chat("m", &long, "long", true)).await;
+    assert_eq!(first.status(), 200);
+    let busy = served_by(&first);
+    let busy_url = mocks
+        .iter()
+        .find(|m| m.state.config.name == busy)
+        .unwrap()
+        .url();
+    // The second hears of it (the first shares its load every 50 ms).
+    let started = std::time::Instant::now();
+    let heard = eventually(Duration::from_secs(3), || async {
+        let (_, r) = gw2.admin_get(&c, "/admin/routing").await;
+        let s = server_report(&r, "m", &busy_url);
+        r["load_shared_by_instances"] == 1
+            && s["others_inflight"] == 1
+            && s["others_queued_prefill_blocks"].as_i64().unwrap() > 100
+            && s["queued_prefill_blocks"] == 0
+    })
+    .await;
+    let (_, report) = gw2.admin_get(&c, "/admin/routing").await;
+    assert!(heard, "the second instance never heard: {report}");
+    eprintln!("heard within {:?}", started.elapsed());
+    // Short unrelated prompts through the second instance: the least queued prefill decides,
+    // the whole fleet's. Alone, the second would see the busy server idle (none of its own
+    // requests there) and send it about one in three.
+    let mut open = vec![first];
+    let mut by = Vec::new();
+    for i in 0..5 {
+        let r = gw2
+            .chat(&c, &chat("m", &format!("short {i}"), "hi", true))
+            .await;
+        assert_eq!(r.status(), 200);
+        by.push(served_by(&r));
+        open.push(r);
+    }
+    assert!(
+        by.iter().all(|b| *b != busy),
+        "the server prefilling through the other instance ({busy}) got one of {by:?}"
+    );
+    // Once the first instance's stream is over, its load goes from the second's figures.
+    for r in open {
+        assert!(!r.bytes().await.unwrap().is_empty());
+    }
+    let gone = eventually(Duration::from_secs(5), || async {
+        let (_, r) = gw2.admin_get(&c, "/admin/routing").await;
+        let s = server_report(&r, "m", &busy_url);
+        s["others_inflight"] == 0 && s["others_queued_prefill_blocks"] == 0
+    })
+    .await;
+    let (_, report) = gw2.admin_get(&c, "/admin/routing").await;
+    assert!(
+        gone,
+        "the first instance's finished stream still counts: {report}"
+    );
+    // Without a shared store there is nothing to count.
+    let alone = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\n{}",
+        servers(&mocks, &["m"])
+    ))
+    .await;
+    let (_, r) = alone.admin_get(&c, "/admin/routing").await;
+    assert!(r["load_shared_by_instances"].is_null(), "{r}");
+}
+
 #[tokio::test]
 async fn a_pool_that_outgrows_its_index_keeps_what_it_learnt() {
     let mocks = three(&["m"], MockConfig::default()).await;

@@ -235,8 +235,8 @@ impl PrefixIndexes {
 
 /// Keeps every prefix index within its bounds and its figures on `/metrics` (a scan only when
 /// a server is over its capacity, became unhealthy, or once a minute), and shares routed
-/// prompts with the other instances: every 50 ms, so a batch waits at most that long, and
-/// another instance's arrive within about 100 ms.
+/// prompts and each server's load with the other instances: every 50 ms, so a batch waits at
+/// most that long, and another instance's arrive within about 100 ms.
 pub struct PrefixMaintenance {
     pub gw: Arc<crate::gateway::Gateway>,
 }
@@ -260,20 +260,7 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
                 .elapsed()
                 .as_secs_f64();
             self.update_rates(dt_s);
-            if let Some(share) = &self.gw.prefix_share {
-                for batch in share.take_batches() {
-                    if let Err(e) = self.gw.store.prefix_publish(batch).await {
-                        tracing::debug!(error = %e, "routed prefixes not shared");
-                    }
-                }
-                match self.gw.store.prefix_read(cursor.as_deref()).await {
-                    Ok((next, batches)) => {
-                        cursor = next;
-                        self.learn(&batches);
-                    }
-                    Err(e) => tracing::debug!(error = %e, "shared prefixes not read"),
-                }
-            }
+            self.share(&mut cursor).await;
             let now = crate::telemetry::now_ms();
             for (model, p, dropped) in self.gw.prefix.maintain(now, dt_s) {
                 self.gw.metrics.prefix_index(
@@ -288,6 +275,41 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
 }
 
 impl PrefixMaintenance {
+    /// With a shared store: publish what this instance routed since the last tick and its load
+    /// on each server, read what the others shared after `cursor`, and count it.
+    async fn share(&self, cursor: &mut Option<String>) {
+        let (Some(prefixes), Some(loads)) = (&self.gw.prefix_share, &self.gw.load_share) else {
+            return;
+        };
+        let store = &self.gw.store;
+        for batch in prefixes.take_batches() {
+            if let Err(e) = store.prefix_publish(batch).await {
+                tracing::debug!(error = %e, "routed prefixes not shared");
+            }
+        }
+        let table = self.gw.table.load_full();
+        if let Some(snapshot) = loads.snapshot(table.backends()) {
+            if let Err(e) = store.load_publish(snapshot).await {
+                tracing::debug!(error = %e, "load not shared");
+            }
+        }
+        match store.routing_read(cursor.as_deref()).await {
+            Ok(read) => {
+                *cursor = read.cursor;
+                self.learn(&read.prefixes);
+                let now = std::time::Instant::now();
+                for (from, snapshot) in &read.loads {
+                    if let Err(e) = loads.heard(from, snapshot, now) {
+                        tracing::warn!(error = %e, instance = %from, "a shared load snapshot was ignored");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "shared routing state not read"),
+        }
+        // (Also when the read failed: what went stale goes.)
+        loads.apply(table.backends(), std::time::Instant::now());
+    }
+
     /// Each prefix-routed member's recent request rate (for the share bound), from its request
     /// counter.
     fn update_rates(&self, dt_s: f64) {

@@ -215,10 +215,14 @@ impl Store for ValkeyStore {
         prefixes::publish(self, batch).await
     }
 
-    async fn prefix_read(
+    async fn load_publish(&self, snapshot: Vec<u8>) -> Result<(), StoreError> {
+        prefixes::publish_load(self, snapshot).await
+    }
+
+    async fn routing_read(
         &self,
         after: Option<&str>,
-    ) -> Result<(Option<String>, Vec<Vec<u8>>), StoreError> {
+    ) -> Result<crate::store::SharedRouting, StoreError> {
         prefixes::read(self, after).await
     }
 

@@ -1,8 +1,11 @@
-//! Cache-aware routing's prefixes shared between instances: each instance appends its batches
-//! (every 100 ms at most) to one capped stream, and reads the others' from it.
+//! Routing state shared between instances: each instance appends to one capped stream its
+//! batches of routed prompts (field `b`, every 50 ms at most) and its load snapshots (field `l`,
+//! every 50 ms while it has load), each entry marked with the instance (`from`), and reads the
+//! others' entries from it. (An instance of a version without load sharing skips the `l`
+//! entries: it reads only `b`.)
 
 use super::ValkeyStore;
-use crate::store::StoreError;
+use crate::store::{SharedRouting, StoreError};
 use redis::streams::{StreamRangeReply, StreamReadReply};
 
 /// Approximate length the stream is trimmed to (batches of every instance: seconds of them).
@@ -11,6 +14,18 @@ const MAXLEN: u64 = 1_000;
 const READ_COUNT: u64 = 256;
 
 pub async fn publish(store: &ValkeyStore, batch: Vec<u8>) -> Result<(), StoreError> {
+    append(store, "b", batch).await
+}
+
+pub async fn publish_load(store: &ValkeyStore, snapshot: Vec<u8>) -> Result<(), StoreError> {
+    append(store, "l", snapshot).await
+}
+
+async fn append(
+    store: &ValkeyStore,
+    field: &'static str,
+    bytes: Vec<u8>,
+) -> Result<(), StoreError> {
     let key = store.keys.prefixes();
     let from = store.instance.clone();
     store
@@ -24,8 +39,8 @@ pub async fn publish(store: &ValkeyStore, batch: Vec<u8>) -> Result<(), StoreErr
                 .arg("*")
                 .arg("from")
                 .arg(&from)
-                .arg("b")
-                .arg(&batch)
+                .arg(field)
+                .arg(&bytes)
                 .query_async::<String>(&mut c)
                 .await
         })
@@ -33,10 +48,7 @@ pub async fn publish(store: &ValkeyStore, batch: Vec<u8>) -> Result<(), StoreErr
         .map(drop)
 }
 
-pub async fn read(
-    store: &ValkeyStore,
-    after: Option<&str>,
-) -> Result<(Option<String>, Vec<Vec<u8>>), StoreError> {
+pub async fn read(store: &ValkeyStore, after: Option<&str>) -> Result<SharedRouting, StoreError> {
     let key = store.keys.prefixes();
     let Some(after) = after else {
         // From now: the newest entry's id (what others share from here on).
@@ -57,7 +69,10 @@ pub async fn read(
             .ids
             .first()
             .map_or_else(|| "0-0".into(), |e| e.id.clone());
-        return Ok((Some(id), Vec::new()));
+        return Ok(SharedRouting {
+            cursor: Some(id),
+            ..Default::default()
+        });
     };
     let after_owned = after.to_string();
     let reply: Option<StreamReadReply> = store
@@ -73,26 +88,26 @@ pub async fn read(
                 .await
         })
         .await?;
+    let mut out = SharedRouting::default();
     let mut last = after.to_string();
-    let mut batches = Vec::new();
+    let bytes = |v: &redis::Value| redis::from_redis_value::<Vec<u8>>(v.clone()).ok();
     for k in reply.map(|r| r.keys).unwrap_or_default() {
         for e in k.ids {
-            let mine = e
+            let from = e
                 .map
                 .get("from")
-                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-                .is_some_and(|f| f == store.instance);
-            if !mine {
-                if let Some(b) = e
-                    .map
-                    .get("b")
-                    .and_then(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).ok())
-                {
-                    batches.push(b);
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+            if from.as_deref() != Some(store.instance.as_str()) {
+                if let Some(b) = e.map.get("b").and_then(bytes) {
+                    out.prefixes.push(b);
+                }
+                if let (Some(from), Some(l)) = (&from, e.map.get("l").and_then(bytes)) {
+                    out.loads.push((from.clone(), l));
                 }
             }
             last = e.id;
         }
     }
-    Ok((Some(last), batches))
+    out.cursor = Some(last);
+    Ok(out)
 }
