@@ -182,7 +182,7 @@ impl ProxyApp {
                 // The server now has the prompt (it prefills it): later requests that share
                 // its prefix find it there.
                 if member.slot != NO_SLOT && !ctx.chain.is_empty() {
-                    let added = ix.index.record(ctx.chain, usize::from(member.slot), now);
+                    let added = ix.record(ctx.chain, usize::from(member.slot), now);
                     if let (true, Some(share)) = (added > 0, &gw.prefix_share) {
                         // New to this server here: news to the other instances too.
                         share.offer(&pool.model, &backend.id, ctx.chain);

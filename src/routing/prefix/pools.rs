@@ -28,6 +28,10 @@ pub struct PoolIndex {
     /// Slots whose blocks were dropped because their server is unhealthy (until it is back).
     ejected: AtomicU64,
     last_scan_ms: AtomicU64,
+    /// The larger table that took this one's place when the pool outgrew it: requests routed
+    /// by the routing table of before (until it is swapped, or a retry of one routed by it)
+    /// still record here, and their blocks go there too.
+    successor: std::sync::OnceLock<std::sync::Weak<PoolIndex>>,
 }
 
 impl PoolIndex {
@@ -41,7 +45,18 @@ impl PoolIndex {
             slots: Mutex::new(std::array::from_fn(|_| None)),
             ejected: AtomicU64::new(0),
             last_scan_ms: AtomicU64::new(0),
+            successor: Default::default(),
         }
+    }
+
+    /// Record that the server of `slot` was sent the prompt `chain` ([`PrefixIndex::record`]),
+    /// in the table that took this one's place too, if one did. Blocks new to the server here.
+    pub fn record(&self, chain: &[u64], slot: usize, now_ms: u64) -> usize {
+        let added = self.index.record(chain, slot, now_ms);
+        if let Some(next) = self.successor.get().and_then(std::sync::Weak::upgrade) {
+            next.record(chain, slot, now_ms);
+        }
+        added
     }
 
     /// The slot of server `id`.
@@ -150,10 +165,14 @@ impl PrefixIndexes {
             // what the old one held (the servers keep their slots), so that routing does not
             // forget every server's cache when the fleet grows.
             let larger = PoolIndex::new(wanted, capacity, cfg.block_bytes, pool.demand.clone());
-            let carried = pool.index.carry_into(&larger.index);
             *larger.slots.lock().unwrap_or_else(|e| e.into_inner()) =
                 pool.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
             larger.ejected.store(pool.ejected.load(Relaxed), Relaxed);
+            let larger = Arc::new(larger);
+            // From here on what is recorded in the old table goes to the new one too, so
+            // nothing recorded during the copy or before the routing table is swapped is lost.
+            let _ = pool.successor.set(Arc::downgrade(&larger));
+            let carried = pool.index.carry_into(&larger.index);
             tracing::info!(
                 model,
                 entries = wanted,
@@ -161,7 +180,7 @@ impl PrefixIndexes {
                 carried,
                 "prefix index enlarged for the pool's servers"
             );
-            *pool = Arc::new(larger);
+            *pool = larger;
         }
         let pool = pool.clone();
         drop(pools);
@@ -328,7 +347,7 @@ impl PrefixMaintenance {
             let read = super::share::decode(b, |model, server, chain| {
                 if let Some(p) = self.gw.prefix.get(model) {
                     if let Some(slot) = p.slot_of(server) {
-                        p.index.record(chain, slot, now);
+                        p.record(chain, slot, now);
                     }
                 }
             });
@@ -421,6 +440,14 @@ mod tests {
         assert_eq!(larger.index.longest(&chain, 0b01).blocks, 5);
         assert_eq!((larger.index.held(0), larger.index.held(1)), (5, 20));
         assert!(Arc::ptr_eq(&larger.demand, &pool.demand));
+        // A request still routed by the old routing table records in the old index: its
+        // blocks reach the new one too.
+        let late: Vec<u64> = (100..110u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        assert_eq!(pool.record(&late, 0, 3), 10);
+        assert_eq!(larger.index.longest(&late, 0b01).blocks, 10);
+        assert_eq!((larger.index.held(0), larger.index.held(1)), (15, 20));
         // As large again: the same table.
         let (same, _) = ixs.attach("m", &[&b, &a], &large);
         assert!(Arc::ptr_eq(&same, &larger));

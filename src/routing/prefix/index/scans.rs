@@ -2,7 +2,7 @@
 //! that left, eviction to each server's capacity and by age, and carrying the blocks into a
 //! larger table.
 
-use super::{age, Entry, PrefixIndex, LOW_WATER, MAX_AGE_MS, MAX_SERVERS, STAMP_MASK};
+use super::{age, PrefixIndex, LOW_WATER, MAX_AGE_MS, MAX_SERVERS, STAMP_MASK};
 use std::sync::atomic::Ordering::Relaxed;
 
 impl PrefixIndex {
@@ -109,9 +109,11 @@ impl PrefixIndex {
         dropped
     }
 
-    /// Copy every block held into `to` (a table of another size, not yet in use), with its
-    /// stamp and servers; blocks recorded here meanwhile may be missed. Blocks carried over
-    /// (a block whose bucket in `to` is full is not, unless it is more recent than one there).
+    /// Copy every block held into `to` (a table of another size), with its stamp and servers.
+    /// `to` may be in use: a block already there gains this table's servers for it. Blocks
+    /// carried over (a block whose bucket in `to` is full is not, unless it is more recent
+    /// than one there). Blocks recorded here meanwhile may be missed: record them into `to`
+    /// too (as `PoolIndex` does once it has a successor).
     pub fn carry_into(&self, to: &PrefixIndex) -> usize {
         let mut carried = 0;
         for e in self.buckets.iter().flat_map(|b| &b.0) {
@@ -119,20 +121,37 @@ impl PrefixIndex {
             if key == 0 || servers == 0 {
                 continue;
             }
-            let bucket = &to.bucket_of_tag(key & !STAMP_MASK).0;
-            // An empty entry, else the least recent one if older than this block.
-            let older = |x: &&Entry| age(x.key.load(Relaxed), key);
-            let Some(at) = bucket
+            let tag = key & !STAMP_MASK;
+            let bucket = &to.bucket_of_tag(tag).0;
+            let gained = if let Some(there) = bucket
                 .iter()
-                .find(|x| x.key.load(Relaxed) == 0)
-                .or_else(|| bucket.iter().max_by_key(older).filter(|x| older(x) > 0))
-            else {
-                continue;
+                .find(|x| x.key.load(Relaxed) & !STAMP_MASK == tag)
+            {
+                // Recorded into `to` since it took this table's place.
+                servers & !there.servers.fetch_or(servers, Relaxed)
+            } else {
+                // An empty entry, else the least recent one if older than this block.
+                let older = |k: u64| if k == 0 { u64::MAX } else { age(k, key) };
+                let Some((at, seen)) = bucket
+                    .iter()
+                    .map(|x| (x, x.key.load(Relaxed)))
+                    .max_by_key(|&(_, k)| older(k))
+                    .filter(|&(_, k)| older(k) > 0)
+                else {
+                    continue;
+                };
+                if at
+                    .key
+                    .compare_exchange(seen, key, Relaxed, Relaxed)
+                    .is_err()
+                {
+                    // Taken by a concurrent writer first.
+                    continue;
+                }
+                to.release(at.servers.swap(servers, Relaxed));
+                servers
             };
-            let old = at.servers.swap(servers, Relaxed);
-            at.key.store(key, Relaxed);
-            to.release(old);
-            let mut s = servers;
+            let mut s = gained;
             while s != 0 {
                 to.held[s.trailing_zeros() as usize].fetch_add(1, Relaxed);
                 s &= s - 1;

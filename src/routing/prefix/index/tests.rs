@@ -321,6 +321,25 @@ fn a_larger_table_carries_what_a_smaller_one_held() {
     assert_eq!(large.longest(&prompts[0], 1 << 5).blocks, 3);
 }
 
+#[test]
+fn a_carry_into_a_table_in_use_merges_with_what_it_holds() {
+    let small = PrefixIndex::new(64, 1000);
+    let prompt = chain("a prompt of a few blocks of text, and some more of it");
+    small.record(&prompt, 0, 10);
+    let large = PrefixIndex::new(1024, 1000);
+    // Recorded into the larger table before the carry reaches it: part by the same server,
+    // part by another.
+    large.record(&prompt[..2], 0, 20);
+    large.record(&prompt[..3], 1, 20);
+    assert_eq!(small.carry_into(&large), prompt.len());
+    // One entry per block: each held once per server, counts exact.
+    assert_eq!(large.counted_entries(), prompt.len());
+    assert_eq!(large.longest(&prompt, 0b01).blocks, prompt.len());
+    assert_eq!(large.longest(&prompt, 0b10).blocks, 3);
+    assert_eq!((large.held(0), large.held(1)), (prompt.len(), 3));
+    assert_eq!(large.running(), large.counted());
+}
+
 fn large_carry(from: &PrefixIndex, to: &PrefixIndex) -> usize {
     let n = from.carry_into(to);
     assert_eq!(n, from.counted_entries());
