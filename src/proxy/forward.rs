@@ -10,6 +10,7 @@ use super::request_ctx::RequestCtx;
 use crate::health::Source;
 use crate::routing::prefix::NO_SLOT;
 use crate::routing::{choose, Member, Pool};
+use crate::upstream::prefill_pace::PrefillPace;
 use crate::upstream::Backend;
 use bytes::Bytes;
 use prometheus::IntGauge;
@@ -102,14 +103,19 @@ pub(super) fn take_back(server: &AtomicI64, left: &AtomicI64) {
 /// running when the server has likely prefilled its prompt (the server's learnt pace times the
 /// blocks that were queued ahead of it), take its prefill off the server's queue then: a whole
 /// answer comes only after its last token, long after the server moved on to other prompts.
-/// Without a learnt pace (no streamed answer seen yet) the charge stays until the attempt ends.
+/// A server that learnt no pace (it answered no stream yet) takes the mean of those its pool's
+/// servers learnt; when none did, the charge stays until the attempt ends.
 async fn release_when_prefilled<F: std::future::Future>(
     attempt: F,
+    pool: &Pool,
     backend: &Backend,
     ctx: &RequestCtx<'_>,
 ) -> F::Output {
     let ahead = ctx.prefill_ahead.load(Relaxed);
-    let Some(after) = backend.prefill_pace.estimate(ahead) else {
+    let after = backend.prefill_pace.estimate(ahead).or_else(|| {
+        PrefillPace::mean(pool.members.iter().map(|m| &m.backend.prefill_pace)).estimate(ahead)
+    });
+    let Some(after) = after else {
         return attempt.await;
     };
     let mut attempt = std::pin::pin!(attempt);
@@ -202,7 +208,7 @@ impl ProxyApp {
             let attempt = self.attempt(ex, member, body, ctx);
             // (A stream's first token takes its prefill back: no timer for it.)
             let result = if prefill > 0 && !ctx.stream {
-                release_when_prefilled(attempt, backend, ctx).await
+                release_when_prefilled(attempt, pool, backend, ctx).await
             } else {
                 attempt.await
             };

@@ -40,6 +40,17 @@ impl PrefillPace {
         (pace > 0 && ahead > 0).then(|| Duration::from_micros(u64::from(pace) * ahead as u64))
     }
 
+    /// The mean of the paces learnt among `paces` (nothing learnt when none was): for a server
+    /// that learnt none, its pool's (the servers of one model, usually on like GPUs).
+    pub fn mean<'a>(paces: impl IntoIterator<Item = &'a PrefillPace>) -> PrefillPace {
+        let (sum, n) = paces
+            .into_iter()
+            .map(|p| u64::from(p.0.load(Relaxed)))
+            .filter(|&us| us > 0)
+            .fold((0u64, 0u64), |(s, n), us| (s + us, n + 1));
+        PrefillPace(AtomicU32::new(sum.checked_div(n).unwrap_or(0) as u32))
+    }
+
     /// Milliseconds per queued block, once learnt.
     pub fn ms_per_block(&self) -> Option<f64> {
         let pace = self.0.load(Relaxed);
@@ -74,5 +85,25 @@ mod tests {
             p.learn(Duration::from_secs(3600), 1);
         }
         assert!(p.ms_per_block().unwrap() <= 10_000.0);
+    }
+
+    #[test]
+    fn a_server_that_learnt_nothing_can_take_its_pools_mean() {
+        let (a, b, none) = (
+            PrefillPace::default(),
+            PrefillPace::default(),
+            PrefillPace::default(),
+        );
+        a.learn(Duration::from_millis(100), 10);
+        b.learn(Duration::from_millis(300), 10);
+        let mean = PrefillPace::mean([&a, &none, &b]);
+        assert_eq!(
+            mean.ms_per_block(),
+            Some(20.0),
+            "those that learnt nothing do not count"
+        );
+        assert_eq!(mean.estimate(3), Some(Duration::from_millis(60)));
+        assert_eq!(PrefillPace::mean([&none]).estimate(3), None);
+        assert_eq!(PrefillPace::mean([]).ms_per_block(), None);
     }
 }

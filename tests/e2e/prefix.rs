@@ -339,6 +339,73 @@ async fn an_answer_not_streamed_leaves_the_queue_when_its_prefill_is_likely_done
 }
 
 #[tokio::test]
+async fn a_server_that_learnt_no_pace_takes_its_pools() {
+    // As above: first token after 1 s, a whole answer after 2.75 s. Server a serves models m
+    // and n, server b only m.
+    let config = |name: &str, models: &[&str]| MockConfig {
+        name: name.into(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        ttft: Duration::from_secs(1),
+        itl: Duration::from_millis(250),
+        default_tokens: 8,
+        ..MockConfig::default()
+    };
+    let a = mock_with(config("a", &["m", "n"])).await;
+    let b = mock_with(config("b", &["m"])).await;
+    let gw = Gateway::start(&format!(
+        "routing.policy = \"prefix\"\n{}{}",
+        server(&a.url(), &["m", "n"]),
+        server(&b.url(), &["m"])
+    ))
+    .await;
+    let c = Client::new();
+    let queued_on = |url: String| {
+        let (gw, c) = (&gw, &c);
+        async move {
+            let (_, r) = gw.admin_get(c, "/admin/routing").await;
+            let s = server_report(&r, "m", &url);
+            (
+                s["queued_prefill_blocks"].as_i64().unwrap(),
+                s["prefill_ms_per_block"].as_f64(),
+            )
+        }
+    };
+    // A stream of n (only a serves it) teaches a its pace.
+    let r = gw.chat(&c, &chat("n", &"x".repeat(4000), "q", true)).await;
+    assert_eq!(served_by(&r), "a");
+    r.bytes().await.unwrap();
+    assert!(queued_on(a.url()).await.1.is_some());
+    // Another keeps a prefilling, so a whole answer of m goes to b, which never streamed.
+    let busy = gw.chat(&c, &chat("n", &"y".repeat(4000), "q", true)).await;
+    assert_eq!(served_by(&busy), "a");
+    let sent = std::time::Instant::now();
+    let whole = {
+        let (url, c) = (gw.url("/v1/chat/completions"), c.clone());
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "z".repeat(4000)}]});
+        tokio::spawn(async move { c.post(url).json(&body).send().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (queued, pace) = queued_on(b.url()).await;
+    assert!(queued >= 30, "{queued} blocks queued on b");
+    assert_eq!(pace, None, "b learnt nothing");
+    // It leaves b's queue after a's pace times its blocks (about 1 s), not at its end.
+    let left = eventually(Duration::from_secs(3), || async {
+        queued_on(b.url()).await.0 == 0
+    })
+    .await;
+    let at = sent.elapsed();
+    assert!(left, "the whole answer's prompt stayed queued on b");
+    assert!(
+        at < Duration::from_millis(2300) && !whole.is_finished(),
+        "taken off b's queue at {at:?}, before its answer (2.75 s)"
+    );
+    let whole = whole.await.unwrap();
+    assert_eq!(served_by(&whole), "b");
+    busy.bytes().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_ejected_servers_blocks_go_and_it_is_never_chosen() {
     let mocks = three(&["m"], MockConfig::default()).await;
     let gw = Gateway::start(&format!(
