@@ -37,7 +37,8 @@ fn route_key(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(body.len()), &body, |b, body| {
             b.iter(|| {
-                let mut ch = Chainer::new(&mut chain, DEFAULT_BLOCK_BYTES, 512);
+                let mut ch =
+                    Chainer::new(&mut chain, DEFAULT_BLOCK_BYTES, 512, 0x9e37_79b9_7f4a_7c15);
                 route_key_json(black_box(body), Some(&mut ch))
                     .unwrap()
                     .model

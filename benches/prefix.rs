@@ -25,7 +25,7 @@ fn prompt(family: usize, user: usize, blocks: usize) -> Vec<u8> {
 }
 
 fn chain_of(text: &[u8], out: &mut Vec<u64>) {
-    Chainer::new(out, DEFAULT_BLOCK_BYTES, usize::MAX).push(text);
+    Chainer::new(out, DEFAULT_BLOCK_BYTES, usize::MAX, 0x9e37_79b9_7f4a_7c15).push(text);
 }
 
 fn decision(c: &mut Criterion) {

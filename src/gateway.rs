@@ -40,6 +40,9 @@ pub struct Gateway {
     pub prefix_share: Option<crate::routing::prefix::share::PrefixShare>,
     /// Each server's load as the other instances shared it (with Valkey).
     pub load_share: Option<crate::routing::load_share::LoadShare>,
+    /// The seed of prompts' block hashes: random, the same on every instance sharing a store
+    /// (`routing::prefix::seed`).
+    pub prefix_seed: std::sync::atomic::AtomicU64,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// This instance's per-minute request counts (demand telemetry).
@@ -137,6 +140,7 @@ impl Gateway {
             prefix,
             prefix_share: store.shares_prefixes().then(Default::default),
             load_share: store.shares_prefixes().then(Default::default),
+            prefix_seed: std::sync::atomic::AtomicU64::new(rand::random()),
             metrics,
             demand: Default::default(),
             discovered: Default::default(),

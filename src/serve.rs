@@ -84,6 +84,7 @@ pub fn run_with(
     ));
     before_serving(&gw);
     load_keys(&gw);
+    agree_prefix_seed(&gw);
     let cfg = &gw.config;
     let conf = ServerConf {
         threads: cfg.proxy.threads,
@@ -259,6 +260,33 @@ fn watched_cert(
     })?;
     cert.watch(listener);
     Ok(Some(cert))
+}
+
+/// Take the prefix hashes' seed the other instances use before serving, so that the first
+/// prompts routed by prefix hash as theirs do (with the store down, this instance's own until
+/// the store answers: the sharing loop checks again).
+fn agree_prefix_seed(gw: &std::sync::Arc<Gateway>) {
+    if !gw.store.shares_prefixes() {
+        return;
+    }
+    let agreed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    crate::routing::prefix::seed::agree(gw),
+                )
+                .await
+            })
+            .map_err(|_| "the store did not answer within 3 s".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        });
+    if let Err(e) = agreed {
+        tracing::warn!(error = %e, "prefix hash seed not agreed yet: this instance's own until the store answers");
+    }
 }
 
 /// Load the API keys before serving, so that the first requests are checked against them.

@@ -239,7 +239,11 @@ impl ProxyApp {
                 route_key_multipart(body, ct)
             }
             (_, Some((block, max))) => {
-                let mut chainer = Chainer::new(&mut chain, block, max);
+                let seed = self
+                    .gw
+                    .prefix_seed
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let mut chainer = Chainer::new(&mut chain, block, max, seed);
                 route_key_json(body, Some(&mut chainer))
             }
             (_, None) => route_key_json(body, None),

@@ -412,7 +412,7 @@ mod tests {
 
     fn chain_of(body: &str) -> Vec<u64> {
         let mut out = Vec::new();
-        let mut ch = Chainer::new(&mut out, 16, usize::MAX);
+        let mut ch = Chainer::new(&mut out, 16, usize::MAX, 0);
         route_key_json(body.as_bytes(), Some(&mut ch)).unwrap();
         out
     }
@@ -473,7 +473,7 @@ mod tests {
             b"{\"model\":\"a\",\"messages\":[]} x",
             b"{\"messages\":[]}",
         ] {
-            let mut ch = Chainer::new(&mut out, 16, usize::MAX);
+            let mut ch = Chainer::new(&mut out, 16, usize::MAX, 0);
             let chained = route_key_json(body, Some(&mut ch));
             assert_eq!(chained, route_key_json(body, None));
             assert!(chained.is_err());
@@ -490,7 +490,7 @@ mod tests {
         ) {
             let _ = route_key_json(&body, None);
             let mut out = Vec::new();
-            let mut ch = Chainer::new(&mut out, 8, 64);
+            let mut ch = Chainer::new(&mut out, 8, 64, 0);
             let _ = route_key_json(&body, Some(&mut ch));
             let _ = route_key_multipart(&body, &ct);
             let _ = route_key_multipart(&body, b"multipart/form-data; boundary=xyz");

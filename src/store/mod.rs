@@ -244,6 +244,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The seed of prompts' block hashes every instance uses: the one the store holds, or
+    /// `proposed` when it held none (then it holds that). Without a shared store, `proposed`.
+    async fn prefix_seed(&self, proposed: u64) -> Result<u64, StoreError> {
+        Ok(proposed)
+    }
+
     /// Share this instance's load on each server (opaque bytes, `routing::load_share`).
     async fn load_publish(&self, _snapshot: Vec<u8>) -> Result<(), StoreError> {
         Ok(())

@@ -639,6 +639,75 @@ async fn two_instances_on_valkey_balance_on_each_others_load() {
     assert!(r["load_shared_by_instances"].is_null(), "{r}");
 }
 
+/// Blocks held in model m's index of `gw`.
+async fn index_blocks(gw: &Gateway, c: &Client) -> u64 {
+    let (_, r) = gw.admin_get(c, "/admin/routing").await;
+    model_report(&r, "m")["index"]["blocks"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn instances_on_valkey_agree_on_a_random_hash_seed() {
+    let redis = Redis::start().await;
+    let mocks = three(&["m"], MockConfig::default()).await;
+    let config = format!(
+        "routing.policy = \"prefix\"\n[store]\nurl = {:?}\nprefix = \"t\"\n\n{}",
+        redis.url(),
+        servers(&mocks, &["m"])
+    );
+    let seed = || async { redis.cmd::<Option<String>>(&["GET", "t:prefix:seed"]).await };
+    let gw1 = Gateway::start(&config).await;
+    let first: u64 = seed().await.expect("a seed").parse().unwrap();
+    let gw2 = Gateway::start(&config).await;
+    assert_eq!(seed().await.unwrap().parse::<u64>().unwrap(), first);
+    // (Both hash alike: two_instances_on_valkey_learn_each_others_prefixes.) A store that lost
+    // its data gets the running instances' seed back.
+    let _: i64 = redis.cmd(&["DEL", "t:prefix:seed"]).await;
+    let back = eventually(Duration::from_secs(5), || async {
+        seed().await.is_some_and(|s| s == first.to_string())
+    })
+    .await;
+    assert!(back, "the seed was not put back: {:?}", seed().await);
+    // A value that is not a seed is replaced by the instances' seed.
+    let c = Client::new();
+    let r = gw1.chat(&c, &chat("m", &system("Ada"), "q", false)).await;
+    assert_eq!(r.status(), 200);
+    assert!(index_blocks(&gw1, &c).await >= 15);
+    let _: String = redis.cmd(&["SET", "t:prefix:seed", "not a seed"]).await;
+    let back = eventually(Duration::from_secs(5), || async {
+        seed().await.is_some_and(|s| s == first.to_string())
+    })
+    .await;
+    assert!(back, "not replaced: {:?}", seed().await);
+    assert!(
+        index_blocks(&gw1, &c).await >= 15,
+        "kept its index and its seed"
+    );
+    // Another seed in the store (a new instance's, after the store lost its data before the
+    // running ones put theirs back): they take it, and empty their indexes, whose blocks were
+    // hashed with the old one.
+    let _: String = redis.cmd(&["SET", "t:prefix:seed", "12345"]).await;
+    let emptied = eventually(Duration::from_secs(5), || async {
+        index_blocks(&gw1, &c).await == 0 && index_blocks(&gw2, &c).await == 0
+    })
+    .await;
+    assert!(emptied, "the indexes of the old seed were kept");
+    assert_eq!(seed().await.as_deref(), Some("12345"));
+    // And they still share what they route.
+    let r = gw1.chat(&c, &chat("m", &system("Grace"), "q", false)).await;
+    let holder = served_by(&r);
+    let learnt = eventually(Duration::from_secs(5), || async {
+        index_blocks(&gw2, &c).await >= 15
+    })
+    .await;
+    assert!(learnt, "the second instance did not learn of {holder}");
+    for i in 0..4 {
+        let r = gw2
+            .chat(&c, &chat("m", &system("Grace"), &format!("q{i}"), false))
+            .await;
+        assert_eq!(served_by(&r), holder);
+    }
+}
+
 #[tokio::test]
 async fn a_pool_that_outgrows_its_index_keeps_what_it_learnt() {
     let mocks = three(&["m"], MockConfig::default()).await;

@@ -16,9 +16,6 @@ pub const MAX_BLOCK_BYTES: usize = 1024;
 /// The most blocks of one prompt a chain holds.
 pub const MAX_CHAIN_BLOCKS: usize = 16_384;
 
-/// Seed of the first block's hash.
-const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
-
 /// Builds a prompt's chain of block hashes from its bytes, fed in pieces.
 pub struct Chainer<'a> {
     out: &'a mut Vec<u64>,
@@ -32,15 +29,16 @@ pub struct Chainer<'a> {
 
 impl<'a> Chainer<'a> {
     /// Hashes go to `out` (cleared first), blocks of `size` bytes (1 to [`MAX_BLOCK_BYTES`]),
-    /// at most `max_blocks`.
-    pub fn new(out: &'a mut Vec<u64>, size: usize, max_blocks: usize) -> Self {
+    /// at most `max_blocks`; the first block's hash is seeded with `seed` (the deployment's,
+    /// random: see `routing::prefix::seed`).
+    pub fn new(out: &'a mut Vec<u64>, size: usize, max_blocks: usize, seed: u64) -> Self {
         out.clear();
         Self {
             out,
             block: [0; MAX_BLOCK_BYTES],
             fill: 0,
             size: size.clamp(1, MAX_BLOCK_BYTES),
-            last: SEED,
+            last: seed,
             max_blocks,
         }
     }
@@ -84,7 +82,7 @@ mod tests {
 
     fn chain(text: &[u8], size: usize) -> Vec<u64> {
         let mut out = Vec::new();
-        Chainer::new(&mut out, size, usize::MAX).push(text);
+        Chainer::new(&mut out, size, usize::MAX, 7).push(text);
         out
     }
 
@@ -101,6 +99,12 @@ mod tests {
         // A change in block 0 changes every hash after it (the chain).
         let c = chain(b"System: you are a helpful assistant. user: hello there", 8);
         assert!(a.iter().zip(&c).all(|(x, y)| x != y));
+        // Another seed: the same prompt, other hashes (every one of them).
+        let mut other = Vec::new();
+        Chainer::new(&mut other, 8, usize::MAX, 8)
+            .push(b"system: you are a helpful assistant. user: hello there");
+        assert_eq!(other.len(), a.len());
+        assert!(a.iter().zip(&other).all(|(x, y)| x != y));
     }
 
     #[test]
@@ -109,14 +113,14 @@ mod tests {
         let whole = chain(&text, 64);
         for cut in [1usize, 3, 63, 64, 65, 500] {
             let mut out = Vec::new();
-            let mut ch = Chainer::new(&mut out, 64, usize::MAX);
+            let mut ch = Chainer::new(&mut out, 64, usize::MAX, 7);
             for piece in text.chunks(cut) {
                 ch.push(piece);
             }
             assert_eq!(out, whole, "pieces of {cut}");
         }
         let mut bounded = Vec::new();
-        Chainer::new(&mut bounded, 64, 3).push(&text);
+        Chainer::new(&mut bounded, 64, 3, 7).push(&text);
         assert_eq!(bounded, whole[..3]);
     }
 }

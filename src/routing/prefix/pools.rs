@@ -269,6 +269,9 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cursor: Option<String> = None;
         let mut last = std::time::Instant::now();
+        // The hash seed (agreed before serving, unless the store was down): checked at once,
+        // then every CHECK_EVERY, or every second while the store does not answer.
+        let mut seed_due = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -279,6 +282,16 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
                 .elapsed()
                 .as_secs_f64();
             self.update_rates(dt_s);
+            if self.gw.prefix_share.is_some() && std::time::Instant::now() >= seed_due {
+                seed_due = std::time::Instant::now()
+                    + match super::seed::agree(&self.gw).await {
+                        Ok(_) => super::seed::CHECK_EVERY,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "prefix hash seed not checked");
+                            std::time::Duration::from_secs(1)
+                        }
+                    };
+            }
             self.share(&mut cursor).await;
             let now = crate::telemetry::now_ms();
             for (model, p, dropped) in self.gw.prefix.maintain(now, dt_s) {

@@ -34,6 +34,11 @@ impl Keys {
         format!("{}:prefixes", self.prefix)
     }
 
+    /// The seed of prompts' block hashes (cache-aware routing), one for every instance.
+    pub fn prefix_seed(&self) -> String {
+        format!("{}:prefix:seed", self.prefix)
+    }
+
     /// STREAM of invalidation events: `<p>:events`.
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)

@@ -215,6 +215,10 @@ impl Store for ValkeyStore {
         prefixes::publish(self, batch).await
     }
 
+    async fn prefix_seed(&self, proposed: u64) -> Result<u64, StoreError> {
+        prefixes::seed(self, proposed).await
+    }
+
     async fn load_publish(&self, snapshot: Vec<u8>) -> Result<(), StoreError> {
         prefixes::publish_load(self, snapshot).await
     }

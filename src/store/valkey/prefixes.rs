@@ -17,6 +17,48 @@ pub async fn publish(store: &ValkeyStore, batch: Vec<u8>) -> Result<(), StoreErr
     append(store, "b", batch).await
 }
 
+/// The seed the store holds, after setting it to `proposed` if it held none (or something
+/// that is not a seed).
+pub async fn seed(store: &ValkeyStore, proposed: u64) -> Result<u64, StoreError> {
+    let key = store.keys.prefix_seed();
+    let held: String = store
+        .valkey
+        .run(|mut c| async move {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(proposed.to_string())
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query_async::<(String,)>(&mut c)
+                .await
+                .map(|(v,)| v)
+        })
+        .await?;
+    if let Ok(seed) = held.parse() {
+        return Ok(seed);
+    }
+    // Not a seed (written by hand?): replaced by this instance's, which the others then take.
+    tracing::warn!(
+        key = %store.keys.prefix_seed(),
+        "the prefix hash seed in the store is not a decimal u64: replaced"
+    );
+    let key = store.keys.prefix_seed();
+    store
+        .valkey
+        .run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(proposed.to_string())
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await?;
+    Ok(proposed)
+}
+
 pub async fn publish_load(store: &ValkeyStore, snapshot: Vec<u8>) -> Result<(), StoreError> {
     append(store, "l", snapshot).await
 }

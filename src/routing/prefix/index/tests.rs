@@ -30,7 +30,7 @@ impl PrefixIndex {
 
 fn chain(text: &str) -> Vec<u64> {
     let mut out = Vec::new();
-    Chainer::new(&mut out, 4, usize::MAX).push(text.as_bytes());
+    Chainer::new(&mut out, 4, usize::MAX, 0).push(text.as_bytes());
     out
 }
 
