@@ -277,7 +277,7 @@ fn agree_prefix_seed(gw: &std::sync::Arc<Gateway>) {
             rt.block_on(async {
                 tokio::time::timeout(
                     std::time::Duration::from_secs(3),
-                    crate::routing::prefix::seed::agree(gw),
+                    crate::routing::prefix::seed::agree(&*gw.store, &gw.prefix_seed, &gw.prefix),
                 )
                 .await
             })

@@ -176,21 +176,9 @@ pub fn decode(mut b: &[u8]) -> Result<Vec<ServerLoad>, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Provider, ServerConfig};
-    use crate::upstream::backend::PeerSettings;
 
     fn backend(port: u16) -> Arc<Backend> {
-        let cfg = ServerConfig {
-            url: format!("http://127.0.0.1:{port}/v1"),
-            provider: Provider::Vllm,
-            models: vec!["m".into()],
-            api_key_env: None,
-        };
-        let settings = PeerSettings {
-            connect_timeout: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(1),
-        };
-        Arc::new(Backend::from_config(&cfg, settings, &crate::telemetry::Metrics::new()).unwrap())
+        Backend::for_test(port)
     }
 
     fn load(server: &str, inflight: i64, queued_prefill: i64) -> ServerLoad {

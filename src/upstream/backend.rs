@@ -72,6 +72,22 @@ impl Backend {
         Self::with_key(cfg, key, settings, metrics)
     }
 
+    /// A vLLM server of model `m` at `http://127.0.0.1:{port}/v1`, for unit tests.
+    #[cfg(test)]
+    pub fn for_test(port: u16) -> Arc<Self> {
+        let cfg = ServerConfig {
+            url: format!("http://127.0.0.1:{port}/v1"),
+            provider: Provider::Vllm,
+            models: vec!["m".into()],
+            api_key_env: None,
+        };
+        let settings = PeerSettings {
+            connect_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(1),
+        };
+        Arc::new(Self::from_config(&cfg, settings, &Metrics::new()).expect("a loopback server"))
+    }
+
     /// The API key a config server names with `api_key_env`, read from the environment.
     pub fn config_key(cfg: &ServerConfig) -> Result<Option<String>, BackendError> {
         let Some(var) = &cfg.api_key_env else {

@@ -251,24 +251,30 @@ async fn a_server_still_prefilling_a_long_prompt_takes_no_new_one_among_equals()
     let first = gw.chat(&c, &chat("m", &long, "long", true)).await;
     assert_eq!(first.status(), 200);
     let busy = served_by(&first);
-    let mut open = vec![first];
     // Short unrelated prompts: no server holds them, so the least queued prefill decides. By
     // requests in flight the busy server (1) would take the fifth at the latest, when the
     // others have 2 each.
-    let mut by = Vec::new();
+    let (by, open) = five_short_prompts(&gw, &c).await;
+    assert!(
+        by.iter().all(|b| *b != busy),
+        "the server prefilling {busy} got one of {by:?}"
+    );
+    drop((first, open));
+}
+
+/// Five short unrelated streamed prompts through `gw`, kept open: who served each, and the
+/// open answers.
+async fn five_short_prompts(gw: &Gateway, c: &Client) -> (Vec<String>, Vec<reqwest::Response>) {
+    let (mut by, mut open) = (Vec::new(), Vec::new());
     for i in 0..5 {
         let r = gw
-            .chat(&c, &chat("m", &format!("short {i}"), "hi", true))
+            .chat(c, &chat("m", &format!("short {i}"), "hi", true))
             .await;
         assert_eq!(r.status(), 200);
         by.push(served_by(&r));
         open.push(r);
     }
-    assert!(
-        by.iter().all(|b| *b != busy),
-        "the server prefilling {busy} got one of {by:?}"
-    );
-    drop(open);
+    (by, open)
 }
 
 /// One server's queued prefill and learnt pace, from `GET /admin/routing`.
@@ -600,16 +606,8 @@ async fn two_instances_on_valkey_balance_on_each_others_load() {
     // Short unrelated prompts through the second instance: the least queued prefill decides,
     // the whole fleet's. Alone, the second would see the busy server idle (none of its own
     // requests there) and send it about one in three.
-    let mut open = vec![first];
-    let mut by = Vec::new();
-    for i in 0..5 {
-        let r = gw2
-            .chat(&c, &chat("m", &format!("short {i}"), "hi", true))
-            .await;
-        assert_eq!(r.status(), 200);
-        by.push(served_by(&r));
-        open.push(r);
-    }
+    let (by, mut open) = five_short_prompts(&gw2, &c).await;
+    open.push(first);
     assert!(
         by.iter().all(|b| *b != busy),
         "the server prefilling through the other instance ({busy}) got one of {by:?}"

@@ -284,7 +284,13 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
             self.update_rates(dt_s);
             if self.gw.prefix_share.is_some() && std::time::Instant::now() >= seed_due {
                 seed_due = std::time::Instant::now()
-                    + match super::seed::agree(&self.gw).await {
+                    + match super::seed::agree(
+                        &*self.gw.store,
+                        &self.gw.prefix_seed,
+                        &self.gw.prefix,
+                    )
+                    .await
+                    {
                         Ok(_) => super::seed::CHECK_EVERY,
                         Err(e) => {
                             tracing::debug!(error = %e, "prefix hash seed not checked");
@@ -374,21 +380,9 @@ impl PrefixMaintenance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Provider, ServerConfig};
-    use crate::upstream::backend::PeerSettings;
 
     fn backend(port: u16) -> Arc<Backend> {
-        let cfg = ServerConfig {
-            url: format!("http://127.0.0.1:{port}/v1"),
-            provider: Provider::Vllm,
-            models: vec!["m".into()],
-            api_key_env: None,
-        };
-        let settings = PeerSettings {
-            connect_timeout: std::time::Duration::from_secs(1),
-            pool_idle_timeout: std::time::Duration::from_secs(1),
-        };
-        Arc::new(Backend::from_config(&cfg, settings, &crate::telemetry::Metrics::new()).unwrap())
+        Backend::for_test(port)
     }
 
     #[test]

@@ -7,25 +7,29 @@
 //! [`CHECK_EVERY`] (a store that lost its data gets the running instances' seed back, or a
 //! new instance's, which the others then take). The seed is never logged or shown.
 
-use crate::gateway::Gateway;
-use crate::store::StoreError;
-use std::sync::atomic::Ordering::Relaxed;
+use super::PrefixIndexes;
+use crate::store::{Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// How often a running instance checks the seed the store holds.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Take the store's seed (proposing this instance's when it holds none). When it differs from
-/// the one in use, the prefix indexes are emptied: what they hold was hashed with the other.
-/// Returns whether the seed changed.
-pub async fn agree(gw: &Gateway) -> Result<bool, StoreError> {
-    let mine = gw.prefix_seed.load(Relaxed);
-    let held = gw.store.prefix_seed(mine).await?;
+/// Take the store's seed into `seed` (proposing the one in use when it holds none). When it
+/// differs from the one in use, the prefix `indexes` are emptied: what they hold was hashed
+/// with the other. Returns whether the seed changed.
+pub async fn agree(
+    store: &dyn Store,
+    seed: &AtomicU64,
+    indexes: &PrefixIndexes,
+) -> Result<bool, StoreError> {
+    let mine = seed.load(Relaxed);
+    let held = store.prefix_seed(mine).await?;
     if held == mine {
         return Ok(false);
     }
-    gw.prefix_seed.store(held, Relaxed);
-    for (model, p) in gw.prefix.all() {
+    seed.store(held, Relaxed);
+    for (model, p) in indexes.all() {
         p.index.forget(u64::MAX);
         tracing::info!(%model, "prefix index emptied: the instances' hash seed changed");
     }
