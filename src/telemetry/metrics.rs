@@ -57,6 +57,8 @@ pub struct Metrics {
     retries: IntCounterVec,
     /// Client connections open now.
     pub client_connections: IntGauge,
+    /// Other gateway instances whose load counts in routing now (with Valkey).
+    pub load_sharing_instances: IntGauge,
     /// Client connections answered 503 at once (over `max_connections`).
     pub client_refused: IntCounter,
     /// Clients too slow, by phase (`head`, `body`).
@@ -168,6 +170,11 @@ impl Metrics {
             "Client connections open on the data plane",
         )
         .expect("valid metric");
+        let load_sharing_instances = IntGauge::new(
+            "infergate_routing_load_sharing_instances",
+            "Other gateway instances whose load on the servers (requests in flight, queued prefill) counts in this one's routing now: their last snapshot through Valkey is under 500 ms old (0 without a shared store, or when no other instance is heard)",
+        )
+        .expect("valid metric");
         let client_refused = IntCounter::new(
             "infergate_client_connections_refused_total",
             "Client connections answered 503 at once because max_connections were open",
@@ -224,6 +231,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(load_sharing_instances.clone()),
             Box::new(prefix_match.clone()),
             Box::new(prefix_blocks.clone()),
             Box::new(prefix_bytes.clone()),
@@ -255,6 +263,7 @@ impl Metrics {
             affinity,
             retries,
             client_connections,
+            load_sharing_instances,
             client_refused,
             client_timeouts,
             records_lost,

@@ -603,6 +603,11 @@ async fn two_instances_on_valkey_balance_on_each_others_load() {
     let (_, report) = gw2.admin_get(&c, "/admin/routing").await;
     assert!(heard, "the second instance never heard: {report}");
     eprintln!("heard within {:?}", started.elapsed());
+    let m = gw2.metrics().await;
+    assert!(
+        m.contains("infergate_routing_load_sharing_instances 1\n"),
+        "{m}"
+    );
     // Short unrelated prompts through the second instance: the least queued prefill decides,
     // the whole fleet's. Alone, the second would see the busy server idle (none of its own
     // requests there) and send it about one in three.

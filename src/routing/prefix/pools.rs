@@ -345,7 +345,11 @@ impl PrefixMaintenance {
             Err(e) => tracing::debug!(error = %e, "shared routing state not read"),
         }
         // (Also when the read failed: what went stale goes.)
-        loads.apply(table.backends(), std::time::Instant::now());
+        let heard = loads.apply(table.backends(), std::time::Instant::now());
+        self.gw
+            .metrics
+            .load_sharing_instances
+            .set(heard.min(i64::MAX as usize) as i64);
     }
 
     /// Each prefix-routed member's recent request rate (for the share bound), from its request
