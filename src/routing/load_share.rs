@@ -58,6 +58,7 @@ struct Heard {
 pub struct LoadShare {
     others: Mutex<HashMap<Box<str>, Heard>>,
     idle_sent: AtomicBool,
+    warned: Mutex<Option<Instant>>,
 }
 
 impl LoadShare {
@@ -116,6 +117,16 @@ impl LoadShare {
             b.others.set(inflight, queued);
         }
         others.len()
+    }
+
+    /// Whether a snapshot ignored at `now` is worth a warning: the first, then one a minute.
+    pub fn warn_due(&self, now: Instant) -> bool {
+        let mut last = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 
     /// Instances whose snapshot counts (as of the last [`LoadShare::apply`]).
@@ -243,8 +254,11 @@ mod tests {
         assert_eq!(share.apply(&backends, t0 + STALE), 1);
         assert_eq!((a.others.inflight(), a.others.queued_prefill()), (1, 0));
         assert_eq!(share.instances(), 1);
-        // A damaged snapshot changes nothing.
+        // A damaged snapshot changes nothing (and is warned of once a minute).
         assert!(share.heard("i1", b"IGL2\x05\0\0\0", t1).is_err());
+        assert!(share.warn_due(t1));
+        assert!(!share.warn_due(t1 + Duration::from_secs(59)));
+        assert!(share.warn_due(t1 + Duration::from_secs(60)));
         share.apply(&backends, t1);
         assert_eq!(a.others.inflight(), 1);
     }

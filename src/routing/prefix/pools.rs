@@ -338,7 +338,12 @@ impl PrefixMaintenance {
                 let now = std::time::Instant::now();
                 for (from, snapshot) in &read.loads {
                     if let Err(e) = loads.heard(from, snapshot, now) {
-                        tracing::warn!(error = %e, instance = %from, "a shared load snapshot was ignored");
+                        // (20 a second from an instance of another format: warned once a minute.)
+                        if loads.warn_due(now) {
+                            tracing::warn!(error = %e, instance = %from, "a shared load snapshot was ignored");
+                        } else {
+                            tracing::debug!(error = %e, instance = %from, "a shared load snapshot was ignored");
+                        }
                     }
                 }
             }
