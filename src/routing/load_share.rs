@@ -3,15 +3,17 @@
 //! that were not prefilled yet; each instance adds up what the others last published into each
 //! server's [`OthersLoad`], which the policies add to their own figures.
 //!
-//! Without it, two instances behind one load balancer each balance on the half of the traffic
-//! they see: on the fleet benchmark (workload b at 65% load) their TTFT p50 was 2.5 times one
-//! instance's, with the same cache hit rate.
+//! Without it, each of two instances behind one load balancer balances on the traffic it sees
+//! only: a server busy with the other instance's prompts looks idle (the e2e test
+//! `prefix::two_instances_on_valkey_balance_on_each_others_load`), and on the fleet
+//! benchmark's multi-turn chats at 65% load two instances' TTFT p50 was 661 ms against one's
+//! 478 (554 ms with the sharing; BENCHMARKS.md).
 //!
 //! A server is named by a 64-bit hash of its id (its URL), so that a snapshot of a thousand
-//! busy servers is 16 KiB, not 60. A snapshot replaces the same instance's last one whole (a server missing from it has
-//! nothing of that instance on it); one older than [`STALE`] counts no more (an instance that
-//! stopped or lost the store). An instance with nothing in flight sends one empty snapshot,
-//! then nothing until it has load again.
+//! busy servers is 16 KiB, not 60. A snapshot replaces the same instance's last one whole (a
+//! server missing from it has nothing of that instance on it); one older than [`STALE`]
+//! counts no more (an instance that stopped or lost the store). An instance with nothing in
+//! flight sends one empty snapshot, then nothing until it has load again.
 //!
 //! [`OthersLoad`]: crate::upstream::others_load::OthersLoad
 
