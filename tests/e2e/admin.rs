@@ -303,6 +303,13 @@ async fn pods_come_from_runpod_with_health_models_and_demand() {
     assert_eq!(p2["cost_per_hr"], 0.5);
     assert_eq!(p2["last_status_change"], "2024-07-12T19:14:40Z");
     assert_eq!(slow.await.unwrap(), 200);
+    // (The client has the answer's head a moment before the gateway counts the request out.)
+    let out = eventually(Duration::from_secs(2), || async {
+        let (_, d) = gw.admin_get(&c, "/api/ai/v1/admin/pods/localhost").await;
+        d["inflight"] == 0
+    })
+    .await;
+    assert!(out, "the slow request still counts as in flight");
 
     // Detail, under both prefixes; served from the cached list.
     for prefix in PREFIXES {
