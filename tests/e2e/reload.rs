@@ -134,7 +134,12 @@ async fn sighup_reloads_and_a_key_becomes_required_on_open_connections() {
         head.starts_with("HTTP/1.1 401"),
         "a key is required now: {head}"
     );
-    assert!(gw.log().contains("SIGHUP: configuration reloaded"));
+    // (The log line may come a moment after the new version is served.)
+    let logged = eventually(Duration::from_secs(2), || async {
+        gw.log().contains("SIGHUP: configuration reloaded")
+    })
+    .await;
+    assert!(logged, "{}", gw.log());
     // The audit log has the reload, with the signal as its actor.
     let recorded = eventually(Duration::from_secs(5), || async {
         let (_, page) = gw.admin_get(&c, "/admin/audit?action=config.reload").await;
