@@ -60,6 +60,15 @@ async fn three_slow() -> Vec<infergate::mock::MockServer> {
     .await
 }
 
+/// The URL of the mock named `name`.
+fn url_of(mocks: &[infergate::mock::MockServer], name: &str) -> String {
+    mocks
+        .iter()
+        .find(|m| m.state.config.name == name)
+        .unwrap_or_else(|| panic!("no mock {name}"))
+        .url()
+}
+
 fn servers(mocks: &[infergate::mock::MockServer], models: &[&str]) -> String {
     mocks.iter().map(|m| server(&m.url(), models)).collect()
 }
@@ -516,11 +525,7 @@ async fn two_instances_on_valkey_learn_each_others_prefixes() {
         let before = held(&before, "m");
         let r = first.chat(&c, &chat("m", &s, "first", false)).await;
         let holder = served_by(&r);
-        let url = mocks
-            .iter()
-            .find(|m| m.state.config.name == holder)
-            .unwrap()
-            .url();
+        let url = url_of(&mocks, &holder);
         let started = std::time::Instant::now();
         // (The holder may hold the other family already.)
         let learnt = eventually(Duration::from_secs(5), || async {
@@ -584,11 +589,7 @@ async fn two_instances_on_valkey_balance_on_each_others_load() {
     let first = gw1.chat(&c, &chat("m", &long, "long", true)).await;
     assert_eq!(first.status(), 200);
     let busy = served_by(&first);
-    let busy_url = mocks
-        .iter()
-        .find(|m| m.state.config.name == busy)
-        .unwrap()
-        .url();
+    let busy_url = url_of(&mocks, &busy);
     // The second hears of it (the first shares its load every 50 ms).
     let started = std::time::Instant::now();
     let heard = eventually(Duration::from_secs(3), || async {
