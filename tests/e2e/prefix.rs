@@ -60,6 +60,16 @@ async fn three_slow() -> Vec<infergate::mock::MockServer> {
     .await
 }
 
+/// A configuration routing model m by prefix over `mocks`, sharing through `redis` (key
+/// prefix `t`).
+fn prefix_on_valkey(redis: &Redis, mocks: &[infergate::mock::MockServer]) -> String {
+    format!(
+        "routing.policy = \"prefix\"\n[store]\nurl = {:?}\nprefix = \"t\"\n\n{}",
+        redis.url(),
+        servers(mocks, &["m"])
+    )
+}
+
 /// The URL of the mock named `name`.
 fn url_of(mocks: &[infergate::mock::MockServer], name: &str) -> String {
     mocks
@@ -511,11 +521,7 @@ async fn eviction_keeps_each_server_within_its_capacity() {
 async fn two_instances_on_valkey_learn_each_others_prefixes() {
     let redis = Redis::start().await;
     let mocks = three(&["m"], MockConfig::default()).await;
-    let config = format!(
-        "routing.policy = \"prefix\"\n[store]\nurl = {:?}\nprefix = \"t\"\n\n{}",
-        redis.url(),
-        servers(&mocks, &["m"])
-    );
+    let config = prefix_on_valkey(&redis, &mocks);
     let (gw1, gw2) = (Gateway::start(&config).await, Gateway::start(&config).await);
     let c = Client::new();
     // Each instance routes a family of its own; the other learns where it went.
@@ -576,11 +582,7 @@ async fn two_instances_on_valkey_balance_on_each_others_load() {
     let redis = Redis::start().await;
     // Streams take 3 s to their first token: a request's prefill stays queued that long.
     let mocks = three_slow().await;
-    let config = format!(
-        "routing.policy = \"prefix\"\n[store]\nurl = {:?}\nprefix = \"t\"\n\n{}",
-        redis.url(),
-        servers(&mocks, &["m"])
-    );
+    let config = prefix_on_valkey(&redis, &mocks);
     let (gw1, gw2) = (Gateway::start(&config).await, Gateway::start(&config).await);
     let c = Client::new();
     // Through the first instance: a 20 KB prompt nobody holds, ~160 blocks queued at its
@@ -653,11 +655,7 @@ async fn index_blocks(gw: &Gateway, c: &Client) -> u64 {
 async fn instances_on_valkey_agree_on_a_random_hash_seed() {
     let redis = Redis::start().await;
     let mocks = three(&["m"], MockConfig::default()).await;
-    let config = format!(
-        "routing.policy = \"prefix\"\n[store]\nurl = {:?}\nprefix = \"t\"\n\n{}",
-        redis.url(),
-        servers(&mocks, &["m"])
-    );
+    let config = prefix_on_valkey(&redis, &mocks);
     let seed = || async { redis.cmd::<Option<String>>(&["GET", "t:prefix:seed"]).await };
     let gw1 = Gateway::start(&config).await;
     let first: u64 = seed().await.expect("a seed").parse().unwrap();
