@@ -232,10 +232,12 @@ pub fn marked(node: &str) -> Vec<Marked> {
 
 /// An empty working directory of its own for an engine (emptied if an earlier run left one):
 /// a repository id such as `org/name` must never be read as a folder of the models directory
-/// or anywhere else (every path the engine gets is absolute).
+/// or anywhere else (every path the engine gets is absolute). Named by the model and this
+/// gateway process, so that two gateways on one host (two nodes) never share one: each removes
+/// its engine's when the engine ends.
 pub fn fresh_workdir(id: &str) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("infergate-engine-{id}"));
+    let dir = std::env::temp_dir().join(format!("infergate-engine-{id}-{}", std::process::id()));
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}

@@ -42,9 +42,15 @@ impl Lifecycle {
             return;
         }
         let mut spawned = Some(spawned);
+        // A process engine's working directory, removed when the engine ends.
+        let mut workdir = None;
         let launched = match (launch, &self.docker) {
             (Launch::Process(cmd), _) => process::fresh_workdir(&id)
-                .and_then(|dir| process::spawn(&cmd, &logs, &dir, &self.runner.pass_env))
+                .and_then(|dir| {
+                    let p = process::spawn(&cmd, &logs, &dir, &self.runner.pass_env);
+                    workdir = Some(dir);
+                    p
+                })
                 .map(Running::Process)
                 .map_err(|e| format!("cannot run {}: {e}", cmd.argv[0])),
             (Launch::Container { name, body }, Some(d)) => {
@@ -88,6 +94,7 @@ impl Lifecycle {
             Ok(p) => p,
             Err(detail) => {
                 logs.push(&format!("infergate: {detail}"));
+                remove_workdir(workdir.as_deref());
                 self.finish(&id, ModelState::Failed, Some(detail), Stop::Halt)
                     .await;
                 if let Some(tx) = spawned.take() {
@@ -100,6 +107,10 @@ impl Lifecycle {
             let _ = tx.send(());
         }
         let (end, detail, how) = self.watch(&model, port, &key, proc, &mut stop).await;
+        if how != Stop::Disown {
+            // (Handed over in an upgrade, the engine runs on in it.)
+            remove_workdir(workdir.as_deref());
+        }
         if let Some(d) = &detail {
             tracing::warn!(model = %id, detail = %d, "managed model failed");
             logs.push(&format!("infergate: {d}"));
@@ -307,6 +318,16 @@ impl Lifecycle {
         let routes = self.gw.last_registry();
         if let Err(e) = crate::routing::registry_sync::apply(&self.gw, routes).await {
             tracing::warn!(error = %e, "routing table rebuild failed");
+        }
+    }
+}
+
+/// Remove an ended engine's working directory (what it wrote there goes with it).
+fn remove_workdir(dir: Option<&std::path::Path>) {
+    let Some(dir) = dir else { return };
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "an ended engine's working directory was not removed");
         }
     }
 }

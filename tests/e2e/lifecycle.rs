@@ -207,6 +207,16 @@ async fn a_managed_model_starts_loads_runs_is_routed_with_its_key_and_stops() {
     // The engine's key is in its environment, never on its command line; none of the gateway's
     // own secrets reach it.
     let pid = engine_pid(&gw, &c, &id).await;
+    // Its own empty working directory, gone with it.
+    let workdir = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert!(
+        workdir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("infergate-engine-{id}-")),
+        "{workdir:?}"
+    );
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ).to_string();
     let key = environ
@@ -255,6 +265,11 @@ async fn a_managed_model_starts_loads_runs_is_routed_with_its_key_and_stops() {
     until_state(&gw, &c, &id, "stopped").await;
     assert_eq!(gw.chat(&c, &chat_body("managed-qwen")).await.status(), 404);
     eventually_gone(pid).await;
+    let removed = eventually(Duration::from_secs(5), || async { !workdir.exists() }).await;
+    assert!(
+        removed,
+        "the ended engine's working directory {workdir:?} is left behind"
+    );
     let (_, ready) = call(
         &gw,
         &c,
