@@ -269,36 +269,38 @@ fn agree_prefix_seed(gw: &std::sync::Arc<Gateway>) {
     if !gw.store.shares_prefixes() {
         return;
     }
-    let agreed = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let agreed = before_serving_run(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            crate::routing::prefix::seed::agree(&*gw.store, &gw.prefix_seed, &gw.prefix),
+        )
+        .await
+        .map_err(|_| "the store did not answer within 3 s".to_string())?
         .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(3),
-                    crate::routing::prefix::seed::agree(&*gw.store, &gw.prefix_seed, &gw.prefix),
-                )
-                .await
-            })
-            .map_err(|_| "the store did not answer within 3 s".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        });
+    });
     if let Err(e) = agreed {
         tracing::warn!(error = %e, "prefix hash seed not agreed yet: this instance's own until the store answers");
     }
 }
 
-/// Load the API keys before serving, so that the first requests are checked against them.
-fn load_keys(gw: &std::sync::Arc<Gateway>) {
-    let loaded = tokio::runtime::Builder::new_current_thread()
+/// Run `work` to its end on a runtime of its own, before the server's runtimes exist.
+fn before_serving_run<T>(
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(crate::identity::sync::reload(gw))
-                .map_err(|e| e.to_string())
-        });
+        .map_err(|e| e.to_string())?
+        .block_on(work)
+}
+
+/// Load the API keys before serving, so that the first requests are checked against them.
+fn load_keys(gw: &std::sync::Arc<Gateway>) {
+    let loaded = before_serving_run(async {
+        crate::identity::sync::reload(gw)
+            .await
+            .map_err(|e| e.to_string())
+    });
     match loaded {
         Ok(n) => tracing::info!(keys = n, "API keys loaded"),
         Err(e) => tracing::error!(
