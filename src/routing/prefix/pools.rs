@@ -282,23 +282,7 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
                 .elapsed()
                 .as_secs_f64();
             self.update_rates(dt_s);
-            if self.gw.prefix_share.is_some() && std::time::Instant::now() >= seed_due {
-                seed_due = std::time::Instant::now()
-                    + match super::seed::agree(
-                        &*self.gw.store,
-                        &self.gw.prefix_seed,
-                        &self.gw.prefix,
-                    )
-                    .await
-                    {
-                        Ok(_) => super::seed::CHECK_EVERY,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "prefix hash seed not checked");
-                            std::time::Duration::from_secs(1)
-                        }
-                    };
-            }
-            self.share(&mut cursor).await;
+            self.share(&mut cursor, &mut seed_due).await;
             let now = crate::telemetry::now_ms();
             for (model, p, dropped) in self.gw.prefix.maintain(now, dt_s) {
                 self.gw.metrics.prefix_index(
@@ -313,13 +297,24 @@ impl pingora::services::background::BackgroundService for PrefixMaintenance {
 }
 
 impl PrefixMaintenance {
-    /// With a shared store: publish what this instance routed since the last tick and its load
-    /// on each server, read what the others shared after `cursor`, and count it.
-    async fn share(&self, cursor: &mut Option<String>) {
+    /// With a shared store: check the hash seed when `seed_due`, publish what this instance
+    /// routed since the last tick and its load on each server, read what the others shared
+    /// after `cursor`, and count it.
+    async fn share(&self, cursor: &mut Option<String>, seed_due: &mut std::time::Instant) {
         let (Some(prefixes), Some(loads)) = (&self.gw.prefix_share, &self.gw.load_share) else {
             return;
         };
         let store = &self.gw.store;
+        if std::time::Instant::now() >= *seed_due {
+            *seed_due = std::time::Instant::now()
+                + match super::seed::agree(&**store, &self.gw.prefix_seed, &self.gw.prefix).await {
+                    Ok(_) => super::seed::CHECK_EVERY,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "prefix hash seed not checked");
+                        std::time::Duration::from_secs(1)
+                    }
+                };
+        }
         for batch in prefixes.take_batches() {
             if let Err(e) = store.prefix_publish(batch).await {
                 tracing::debug!(error = %e, "routed prefixes not shared");
