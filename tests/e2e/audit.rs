@@ -368,13 +368,14 @@ async fn audit_filters_pages_and_csv_export() {
             &c,
             Method::POST,
             "/admin/orgs",
-            Some(json!({"name": format!("o{i}")})),
+            // (A hyphen: no generated id, `org_` and 16 letters or digits, contains these names.)
+            Some(json!({"name": format!("org-{i}")})),
         )
         .await;
         assert_eq!(s, 201);
         ids.push(org["id"].as_str().unwrap().to_string());
     }
-    let dup = Some(json!({"name": "o0"}));
+    let dup = Some(json!({"name": "org-0"}));
     assert_eq!(
         change(&gw, &c, Method::POST, "/admin/orgs", dup).await.0,
         409
@@ -427,7 +428,7 @@ async fn audit_filters_pages_and_csv_export() {
     assert_eq!(total("status=409").await, 1);
     assert_eq!(total("status=4xx").await, 2);
     assert_eq!(
-        total("target=o0").await,
+        total("target=org-0").await,
         1,
         "the name a refused create asked for"
     );
