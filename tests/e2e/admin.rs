@@ -650,6 +650,16 @@ async fn demand_of_a_server_url() {
         assert_eq!(gw.chat(&c, &chat_body(model)).await.status(), 200);
     }
     let encoded: String = url::form_urlencoded::byte_serialize(a.url().as_bytes()).collect();
+    // (The client has an answer a moment before the gateway counts its request out.)
+    let out = eventually(Duration::from_secs(2), || async {
+        let (_, d) = gw.admin_get(&c, &format!("/admin/demand/{encoded}")).await;
+        d["inflight"] == 0
+            && d["models"]
+                .as_array()
+                .is_some_and(|m| m.iter().all(|m| m["inflight"] == 0))
+    })
+    .await;
+    assert!(out, "a request still counts as in flight");
     let (status, body) = gw
         .admin_get(&c, &format!("/api/ai/v1/admin/demand/{encoded}"))
         .await;
