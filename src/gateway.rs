@@ -36,10 +36,9 @@ pub struct Gateway {
     pub table: ArcSwap<RoutingTable>,
     /// The prefix indexes of the models routed by prefix (kept across table rebuilds).
     pub prefix: crate::routing::prefix::PrefixIndexes,
-    /// What this instance routed by prefix, on its way to the other instances (with Valkey).
-    pub prefix_share: Option<crate::routing::prefix::share::PrefixShare>,
-    /// Each server's load as the other instances shared it (with Valkey).
-    pub load_share: Option<crate::routing::load_share::LoadShare>,
+    /// With a shared store: what this instance routed by prefix, on its way to the other
+    /// instances, and each server's load as they shared it.
+    pub routing_share: Option<crate::routing::RoutingShare>,
     /// The seed of prompts' block hashes: random, the same on every instance sharing a store
     /// (`routing::prefix::seed`).
     pub prefix_seed: std::sync::atomic::AtomicU64,
@@ -138,8 +137,7 @@ impl Gateway {
             config,
             table: ArcSwap::from_pointee(table),
             prefix,
-            prefix_share: store.shares_prefixes().then(Default::default),
-            load_share: store.shares_prefixes().then(Default::default),
+            routing_share: store.shares_routing().then(Default::default),
             prefix_seed: std::sync::atomic::AtomicU64::new(rand::random()),
             metrics,
             demand: Default::default(),

@@ -266,7 +266,7 @@ fn watched_cert(
 /// prompts routed by prefix hash as theirs do (with the store down, this instance's own until
 /// the store answers: the sharing loop checks again).
 fn agree_prefix_seed(gw: &std::sync::Arc<Gateway>) {
-    if !gw.store.shares_prefixes() {
+    if gw.routing_share.is_none() {
         return;
     }
     let agreed = before_serving_run(async {

@@ -151,7 +151,7 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
         balance_abs: r.balance_abs,
         balance_rel: r.balance_rel,
         balance_share: r.balance_share,
-        load_shared_by_instances: s.gw.load_share.as_ref().map(|l| l.instances()),
+        load_shared_by_instances: s.gw.routing_share.as_ref().map(|s| s.loads.instances()),
         models,
     })
 }

@@ -189,9 +189,9 @@ impl ProxyApp {
                 // its prefix find it there.
                 if member.slot != NO_SLOT && !ctx.chain.is_empty() {
                     let added = ix.record(ctx.chain, usize::from(member.slot), now);
-                    if let (true, Some(share)) = (added > 0, &gw.prefix_share) {
+                    if let (true, Some(share)) = (added > 0, &gw.routing_share) {
                         // New to this server here: news to the other instances too.
-                        share.offer(&pool.model, &backend.id, ctx.chain);
+                        share.prefixes.offer(&pool.model, &backend.id, ctx.chain);
                     }
                 }
             }

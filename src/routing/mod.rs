@@ -16,5 +16,13 @@ mod select;
 mod table;
 
 pub use request::{route_key_json, route_key_multipart, BodyError, RouteKey};
+
+/// What this instance shares with the other instances through a shared store (Valkey): the
+/// prompts it routed by prefix, and each server's load.
+#[derive(Default)]
+pub struct RoutingShare {
+    pub prefixes: prefix::share::PrefixShare,
+    pub loads: load_share::LoadShare,
+}
 pub use select::{choose, Choice};
 pub use table::{Balance, Member, Pool, RoutingTable};

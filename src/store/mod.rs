@@ -235,7 +235,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether other instances can be there to share routing state with: cache-aware
     /// routing's prefixes and each server's load.
-    fn shares_prefixes(&self) -> bool {
+    fn shares_routing(&self) -> bool {
         false
     }
 

@@ -301,7 +301,7 @@ impl PrefixMaintenance {
     /// routed since the last tick and its load on each server, read what the others shared
     /// after `cursor`, and count it.
     async fn share(&self, cursor: &mut Option<String>, seed_due: &mut std::time::Instant) {
-        let (Some(prefixes), Some(loads)) = (&self.gw.prefix_share, &self.gw.load_share) else {
+        let Some(crate::routing::RoutingShare { prefixes, loads }) = &self.gw.routing_share else {
             return;
         };
         let store = &self.gw.store;

@@ -207,7 +207,7 @@ impl Store for ValkeyStore {
         self.local.affinity_get(user, model, now_ms)
     }
 
-    fn shares_prefixes(&self) -> bool {
+    fn shares_routing(&self) -> bool {
         true
     }
 
