@@ -6,7 +6,6 @@ use super::AdminState;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// The `[routing]` settings and every routed model's policy.
@@ -126,7 +125,7 @@ pub async fn report(State(s): State<Arc<AdminState>>) -> Json<RoutingReport> {
                                     (f64::from(m.rate.get()) * 1000.0).round() / 1000.0
                                 }),
                                 queued_prefill_blocks: member
-                                    .map_or(0, |m| m.backend.queued_prefill.load(Relaxed).max(0)),
+                                    .map_or(0, |m| m.backend.own_prefill_queue()),
                                 others_inflight: member.map_or(0, |m| m.backend.others.inflight()),
                                 others_queued_prefill_blocks: member
                                     .map_or(0, |m| m.backend.others.queued_prefill()),

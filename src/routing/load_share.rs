@@ -71,7 +71,7 @@ impl LoadShare {
             .iter()
             .filter_map(|b| {
                 let inflight = b.inflight.get().max(0);
-                let queued_prefill = b.queued_prefill.load(Relaxed).max(0);
+                let queued_prefill = b.own_prefill_queue();
                 (inflight > 0 || queued_prefill > 0).then(|| ServerLoad {
                     server: server_key(&b.id),
                     inflight,

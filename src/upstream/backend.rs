@@ -162,14 +162,20 @@ impl Backend {
         self.inflight.get() + self.others.inflight()
     }
 
-    /// Prompt blocks sent to this server and not prefilled yet ([`Backend::queued_prefill`]),
-    /// by this instance and the others.
+    /// Prompt blocks this instance sent this server and it has not prefilled yet
+    /// ([`Backend::queued_prefill`], never below 0).
     #[inline]
-    pub fn prefill_queue(&self) -> i64 {
+    pub fn own_prefill_queue(&self) -> i64 {
         self.queued_prefill
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(0)
-            + self.others.queued_prefill()
+    }
+
+    /// Prompt blocks sent to this server and not prefilled yet, by this instance and the
+    /// others.
+    #[inline]
+    pub fn prefill_queue(&self) -> i64 {
+        self.own_prefill_queue() + self.others.queued_prefill()
     }
 
     #[inline]
