@@ -297,9 +297,10 @@ async fn five_short_prompts(gw: &Gateway, c: &Client) -> (Vec<String>, Vec<reqwe
 }
 
 /// One server's queued prefill and learnt pace, from `GET /admin/routing`.
-async fn queue_of(gw: &Gateway, c: &Client) -> (i64, Option<f64>) {
+/// Server `url`'s queued prefill blocks and learnt pace in model m's pool.
+async fn queue_of(gw: &Gateway, c: &Client, url: &str) -> (i64, Option<f64>) {
     let (_, routing) = gw.admin_get(c, "/admin/routing").await;
-    let s = &model_report(&routing, "m")["index"]["servers"][0];
+    let s = server_report(&routing, "m", url);
     (
         s["queued_prefill_blocks"].as_i64().unwrap(),
         s["prefill_ms_per_block"].as_f64(),
@@ -332,13 +333,13 @@ async fn an_answer_not_streamed_leaves_the_queue_when_its_prefill_is_likely_done
     // Nothing learnt yet: a whole answer keeps its prompt queued until it ends.
     let a = spawn_whole("a".repeat(4000));
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let (queued, pace) = queue_of(&gw, &c).await;
+    let (queued, pace) = queue_of(&gw, &c, &m.url()).await;
     assert!(queued >= 30, "{queued} blocks queued");
     assert_eq!(pace, None);
     assert_eq!(a.await.unwrap().status(), 200);
     // (The client has the answer a moment before the gateway ends the attempt.)
     let out = eventually(Duration::from_secs(2), || async {
-        queue_of(&gw, &c).await.0 == 0
+        queue_of(&gw, &c, &m.url()).await.0 == 0
     })
     .await;
     assert!(out, "the whole answer's prompt stayed queued after its end");
@@ -346,7 +347,7 @@ async fn an_answer_not_streamed_leaves_the_queue_when_its_prefill_is_likely_done
     let b = gw.chat(&c, &chat("m", &"b".repeat(4000), "q", true)).await;
     assert_eq!(b.status(), 200);
     b.bytes().await.unwrap();
-    let (queued, pace) = queue_of(&gw, &c).await;
+    let (queued, pace) = queue_of(&gw, &c, &m.url()).await;
     assert_eq!(queued, 0);
     let pace = pace.expect("a pace learnt");
     assert!((25.0..=60.0).contains(&pace), "{pace} ms a block");
@@ -354,9 +355,9 @@ async fn an_answer_not_streamed_leaves_the_queue_when_its_prefill_is_likely_done
     let sent = std::time::Instant::now();
     let c3 = spawn_whole("c".repeat(4000));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(queue_of(&gw, &c).await.0 >= 30);
+    assert!(queue_of(&gw, &c, &m.url()).await.0 >= 30);
     let left = eventually(Duration::from_secs(3), || async {
-        queue_of(&gw, &c).await.0 == 0
+        queue_of(&gw, &c, &m.url()).await.0 == 0
     })
     .await;
     let at = sent.elapsed();
@@ -389,22 +390,11 @@ async fn a_server_that_learnt_no_pace_takes_its_pools() {
     ))
     .await;
     let c = Client::new();
-    let queued_on = |url: String| {
-        let (gw, c) = (&gw, &c);
-        async move {
-            let (_, r) = gw.admin_get(c, "/admin/routing").await;
-            let s = server_report(&r, "m", &url);
-            (
-                s["queued_prefill_blocks"].as_i64().unwrap(),
-                s["prefill_ms_per_block"].as_f64(),
-            )
-        }
-    };
     // A stream of n (only a serves it) teaches a its pace.
     let r = gw.chat(&c, &chat("n", &"x".repeat(4000), "q", true)).await;
     assert_eq!(served_by(&r), "a");
     r.bytes().await.unwrap();
-    assert!(queued_on(a.url()).await.1.is_some());
+    assert!(queue_of(&gw, &c, &a.url()).await.1.is_some());
     // Another keeps a prefilling, so a whole answer of m goes to b, which never streamed.
     let busy = gw.chat(&c, &chat("n", &"y".repeat(4000), "q", true)).await;
     assert_eq!(served_by(&busy), "a");
@@ -416,12 +406,12 @@ async fn a_server_that_learnt_no_pace_takes_its_pools() {
         tokio::spawn(async move { c.post(url).json(&body).send().await.unwrap() })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (queued, pace) = queued_on(b.url()).await;
+    let (queued, pace) = queue_of(&gw, &c, &b.url()).await;
     assert!(queued >= 30, "{queued} blocks queued on b");
     assert_eq!(pace, None, "b learnt nothing");
     // It leaves b's queue after a's pace times its blocks (about 1 s), not at its end.
     let left = eventually(Duration::from_secs(3), || async {
-        queued_on(b.url()).await.0 == 0
+        queue_of(&gw, &c, &b.url()).await.0 == 0
     })
     .await;
     let at = sent.elapsed();
